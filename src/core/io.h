@@ -1,0 +1,26 @@
+// File helpers shared by every loader and writer: whole-file reads with clear errors, and
+// atomic writes (temporary file + rename) so an interrupted run never leaves half a file.
+#pragma once
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <ostream>
+#include <string>
+#include <vector>
+
+namespace rlhf {
+
+// Reads a whole file; throws Error("<path>: cannot open ...") when it is missing/unreadable.
+std::string read_file(const std::filesystem::path& path);
+
+// Writes `path` atomically: `write` fills a stream on `path.tmp.<pid>`, which is flushed,
+// closed and renamed over `path`. On any exception the temporary file is removed and
+// `path` is left as it was.
+void write_file_atomic(const std::filesystem::path& path,
+                       const std::function<void(std::ostream&)>& write);
+void write_file_atomic(const std::filesystem::path& path, const std::string& contents);
+
+// Reads a gzip-compressed or plain file (detected by magic bytes) into memory.
+std::string read_maybe_gzip(const std::filesystem::path& path);
+
+}  // namespace rlhf

@@ -1,0 +1,113 @@
+// Tokenizer: text <-> token ids, exactly as the reference tokenizers do it. Two kinds:
+//   SentencePiece-style BPE with byte fallback (Llama-2, llama2.c, GGUF "llama") and
+//   byte-level BPE (GPT-2, Llama-3, Qwen2) with regex pre-tokenization (PCRE2).
+// load_tokenizer() picks the right one from a file or folder.
+#pragma once
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+namespace rlhf {
+
+struct EncodeOptions {
+  bool add_bos = false;        // prepend BOS (when the tokenizer has one)
+  bool add_eos = false;        // append EOS
+  bool parse_special = true;   // "<|endoftext|>" etc. in the text become their special ids
+};
+
+class Tokenizer {
+ public:
+  virtual ~Tokenizer() = default;
+
+  virtual std::vector<int32_t> encode(const std::string& text, const EncodeOptions& opt = {}) const = 0;
+  // Decodes ids to text. Special/control tokens are dropped when skip_special is true.
+  virtual std::string decode(const std::vector<int32_t>& ids, bool skip_special = true) const = 0;
+  // Raw bytes of one token as it appears in the middle of a text (may be an incomplete
+  // UTF-8 sequence: byte-level and byte-fallback tokens carry single bytes). Used for
+  // streaming output; see TextStreamer.
+  virtual std::string token_bytes(int32_t id) const = 0;
+
+  virtual int64_t vocab_size() const = 0;
+  virtual std::string token_text(int32_t id) const = 0;   // the vocabulary entry, as stored
+  virtual int32_t token_id(const std::string& token_text) const = 0;  // -1 if absent
+  virtual bool is_special(int32_t id) const = 0;
+
+  int32_t bos_id() const { return bos_id_; }
+  int32_t eos_id() const { return eos_id_; }
+  int32_t pad_id() const { return pad_id_; }   // -1 when the tokenizer declares none
+  void set_bos_id(int32_t id) { bos_id_ = id; }
+  void set_eos_id(int32_t id) { eos_id_ = id; }
+  void set_pad_id(int32_t id) { pad_id_ = id; }
+  bool add_bos_default() const { return add_bos_default_; }  // the model's BOS rule
+  void set_add_bos_default(bool v) { add_bos_default_ = v; }
+
+  // Serializes to Hugging Face tokenizer.json (so transformers/tokenizers load it) and the
+  // matching tokenizer_config.json.
+  virtual nlohmann::json to_hf_json() const = 0;
+  nlohmann::json hf_tokenizer_config() const;
+
+ protected:
+  int32_t bos_id_ = -1, eos_id_ = -1, pad_id_ = -1;
+  bool add_bos_default_ = false;
+};
+
+// Loads a tokenizer from: a Hugging Face folder or tokenizer.json; a folder or pair with
+// encoder.json + vocab.bpe (GPT-2); a llama2.c tokenizer .bin (tok512.bin). GGUF files carry
+// their tokenizer in the metadata: see model/gguf.h. Throws Error naming the path.
+std::unique_ptr<Tokenizer> load_tokenizer(const std::filesystem::path& path);
+// Same from an already-parsed tokenizer.json (+ optional tokenizer_config.json, may be null).
+std::unique_ptr<Tokenizer> tokenizer_from_hf_json(const nlohmann::json& tokenizer_json,
+                                                  const nlohmann::json& tokenizer_config,
+                                                  const std::string& source);
+
+// Turns a stream of token ids into printable text, holding back bytes of an incomplete
+// UTF-8 character until it completes. Invalid bytes come out as U+FFFD.
+class TextStreamer {
+ public:
+  explicit TextStreamer(const Tokenizer& tok) : tok_(tok) {}
+  std::string put(int32_t id);     // text that became complete with this token
+  std::string flush();             // whatever is left (incomplete bytes -> U+FFFD)
+ private:
+  const Tokenizer& tok_;
+  std::string pending_;
+  bool first_ = true;
+};
+
+}  // namespace rlhf
+
+namespace rlhf {
+
+// Token kinds as in GGUF / SentencePiece: 1 normal, 2 unknown, 3 control, 4 user-defined,
+// 5 unused, 6 byte.
+enum class TokenType : int32_t { Normal = 1, Unknown = 2, Control = 3, UserDefined = 4, Unused = 5, Byte = 6 };
+
+// SentencePiece-style BPE with byte fallback. Pieces use U+2581 for spaces and <0xNN> for
+// byte tokens; merges follow the scores (higher merges first), as SentencePiece/llama.cpp do.
+// `add_dummy_prefix`: a space is prepended to the text before encoding (Llama-2 default).
+struct SpmVocab {
+  std::vector<std::string> pieces;
+  std::vector<float> scores;
+  std::vector<TokenType> types;      // empty: all Normal except detected <0xNN> / <s> </s> <unk>
+  int32_t bos_id = 1, eos_id = 2, unk_id = 0, pad_id = -1;
+  bool add_dummy_prefix = true;
+  bool add_bos = true;
+};
+std::unique_ptr<Tokenizer> make_spm_tokenizer(SpmVocab vocab, const std::string& source);
+
+// Byte-level BPE (GPT-2 family). `tokens` are in GPT-2's byte-to-unicode alphabet;
+// `merges` are "a b" strings in priority order; `pretokenizer` names the split pattern:
+// "gpt2", "llama3", "qwen2" (or a raw PCRE2 pattern when it starts with "regex:").
+struct ByteBpeVocab {
+  std::vector<std::string> tokens;
+  std::vector<std::string> merges;
+  std::vector<TokenType> types;      // empty: all Normal
+  std::string pretokenizer = "gpt2";
+  int32_t bos_id = -1, eos_id = -1, pad_id = -1;
+  bool add_bos = false;
+};
+std::unique_ptr<Tokenizer> make_byte_bpe_tokenizer(ByteBpeVocab vocab, const std::string& source);
+
+}  // namespace rlhf
