@@ -1,7 +1,8 @@
 // The decoder-only transformer: one module for the Llama family and the GPT-2 family,
-// selected by ModelConfig. Parameters carry the canonical (HF Llama) names of tensor_map.h.
+// selected by ModelConfig. Parameters carry the canonical (HF Llama) names of tensor_map.h,
+// so `named_parameters()` is directly the TensorMap the loaders and writers exchange.
 // Dimension letters: B batch, T new tokens, S = past + new positions, C hidden,
-// H query heads, H_kv key/value heads, D head dim, V vocabulary.
+// H query heads, H_kv key/value heads, D head dim, I MLP width, V vocabulary.
 #pragma once
 #include <torch/torch.h>
 
@@ -22,13 +23,72 @@ struct KVCache {
   void select_rows(const torch::Tensor& index);
 };
 
+// RMSNorm (weight only) or LayerNorm (weight and bias), as the config says.
+class NormImpl : public torch::nn::Module {
+ public:
+  NormImpl(NormType type, int64_t dim, double eps);
+  torch::Tensor forward(const torch::Tensor& x);  // (..., C) -> (..., C)
+ private:
+  NormType type_;
+  double eps_;
+  torch::Tensor weight, bias;  // (C)
+};
+TORCH_MODULE(Norm);
+
+class AttentionImpl : public torch::nn::Module {
+ public:
+  explicit AttentionImpl(const ModelConfig& cfg);
+  // x (B, T, C); cos/sin (B, 1, T, D) or undefined (learned positions); mask (B, 1, T, S)
+  // bool, true = may attend; cache_k/v: this layer's cache slices or undefined.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                        const torch::Tensor& mask, KVCache* cache, int64_t layer);
+ private:
+  int64_t H_, H_kv_, D_;
+  torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+};
+TORCH_MODULE(Attention);
+
+class MlpImpl : public torch::nn::Module {
+ public:
+  explicit MlpImpl(const ModelConfig& cfg);
+  torch::Tensor forward(const torch::Tensor& x);  // (B, T, C) -> (B, T, C)
+ private:
+  MlpType type_;
+  torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+};
+TORCH_MODULE(Mlp);
+
+class BlockImpl : public torch::nn::Module {
+ public:
+  explicit BlockImpl(const ModelConfig& cfg);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                        const torch::Tensor& mask, KVCache* cache, int64_t layer);
+ private:
+  Norm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
+  Attention self_attn{nullptr};
+  Mlp mlp{nullptr};
+};
+TORCH_MODULE(Block);
+
+// The embeddings, blocks and final norm: registered as "model" so names read model.layers.0...
+class BodyImpl : public torch::nn::Module {
+ public:
+  explicit BodyImpl(const ModelConfig& cfg);
+  torch::nn::Embedding embed_tokens{nullptr};
+  torch::nn::Embedding embed_positions{nullptr};  // learned positions only
+  torch::nn::ModuleList layers{nullptr};
+  Norm norm{nullptr};
+};
+TORCH_MODULE(Body);
+
 class TransformerImpl : public torch::nn::Module {
  public:
   explicit TransformerImpl(const ModelConfig& cfg);
 
-  // tokens, positions: (B, T) int64. attention_mask: (B, S) with 1 for real tokens and 0 for
-  // padding, S = cache length + T (undefined: all real). cache: appended to when given.
-  // Returns the final hidden states (B, T, C), after the last norm.
+  // tokens, positions: (B, T) int64 (positions undefined: past + 0..T-1). attention_mask:
+  // (B, S) with 1 for real tokens and 0 for padding, S = cache length + T (undefined: all
+  // real). cache: read and appended to when given. Returns hidden states (B, T, C) after
+  // the final norm, in the model's dtype.
   torch::Tensor hidden_states(const torch::Tensor& tokens, const torch::Tensor& positions = {},
                               const torch::Tensor& attention_mask = {}, KVCache* cache = nullptr);
   // Logits (B, T, V) in float32.
@@ -36,29 +96,23 @@ class TransformerImpl : public torch::nn::Module {
                         const torch::Tensor& attention_mask = {}, KVCache* cache = nullptr);
   torch::Tensor logits(const torch::Tensor& hidden);  // (B, T, C) -> (B, T, V) float32
 
-  // Copies `weights` (canonical names) into the parameters; every parameter must be present
-  // with the right shape, and no unknown tensor may be left over. Error names `source`.
+  // Copies `weights` (canonical names) into the parameters, converting dtype and device.
+  // Every parameter must be present with its shape and nothing may be left over; the
+  // Error names `source` and the tensor.
   void load_weights(const TensorMap& weights, const std::string& source);
-  TensorMap weights() const;         // canonical name -> parameter (shares storage)
+  TensorMap weights();               // canonical name -> parameter (shares storage)
   const ModelConfig& config() const { return cfg_; }
+  torch::Device device() const;
+  torch::Dtype dtype() const;
 
  private:
-  struct Layer {
-    torch::nn::Module* attn_norm;    // RMSNorm or LayerNorm
-    torch::nn::Linear q{nullptr}, k{nullptr}, v{nullptr}, o{nullptr};
-    torch::nn::Module* mlp_norm;
-    torch::nn::Linear gate{nullptr}, up{nullptr}, down{nullptr};
-  };
-  torch::Tensor norm(torch::nn::Module* m, const torch::Tensor& x) const;
-
   ModelConfig cfg_;
-  torch::nn::Embedding embed_tokens_{nullptr};
-  torch::nn::Embedding embed_positions_{nullptr};
-  std::vector<Layer> layers_;
-  torch::nn::Module* final_norm_ = nullptr;
-  torch::nn::Linear lm_head_{nullptr};
-  torch::Tensor rope_cos_, rope_sin_;  // (T_max, D/2) float32 buffers, not parameters
+  Body model{nullptr};
+  torch::nn::Linear lm_head{nullptr};  // null when tied to embed_tokens
 };
 TORCH_MODULE(Transformer);
+
+// (B, T) int64 positions of a left-padded batch: 0 at each sequence's first real token.
+torch::Tensor positions_from_mask(const torch::Tensor& attention_mask);  // (B, S) -> (B, S)
 
 }  // namespace rlhf
