@@ -1,1 +1,193 @@
-int main() { return 0; }
+// rlhf: the command-line tool. One subcommand per stage; each parses flags, calls the
+// library and prints. Errors become one line on stderr and exit code 1.
+#include <CLI/CLI.hpp>
+#include <unistd.h>
+
+#include <chrono>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "generate/generator.h"
+#include "model/formats.h"
+#include "model/model.h"
+#include "tokenizer/tokenizer.h"
+
+using namespace rlhf;
+using json = nlohmann::json;
+
+namespace {
+
+std::string read_stdin() {
+  std::string s((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>());
+  return s;
+}
+
+// ---- rlhf generate -------------------------------------------------------------------
+struct GenerateArgs {
+  std::string model, tokenizer, prompt, device = "cpu", dtype = "float32";
+  int n = 1;
+  bool json_out = false, no_bos = false;
+  GenerateOptions gen;
+};
+
+void add_generate(CLI::App& app) {
+  auto args = std::make_shared<GenerateArgs>();
+  auto* cmd = app.add_subcommand("generate", "Generate text with a model (streams to the terminal)");
+  cmd->add_option("--model,-m", args->model, "Model: HF folder, .gguf, or llama2.c .bin")->required();
+  cmd->add_option("--tokenizer", args->tokenizer, "Tokenizer file/folder (overrides the model's)");
+  cmd->add_option("--prompt,-p", args->prompt, "Prompt text (empty: start from BOS)");
+  cmd->add_option("--n", args->n, "Number of sequences to sample for the prompt")->check(CLI::PositiveNumber);
+  cmd->add_option("--max-new-tokens", args->gen.max_new_tokens, "Tokens to generate at most")->capture_default_str();
+  cmd->add_option("--temperature,-t", args->gen.sampling.temperature, "Sampling temperature; 0 = greedy")->capture_default_str();
+  cmd->add_option("--top-k", args->gen.sampling.top_k, "Keep the k most likely tokens; 0 = off")->capture_default_str();
+  cmd->add_option("--top-p", args->gen.sampling.top_p, "Nucleus sampling mass; 1 = off")->capture_default_str();
+  cmd->add_option("--min-p", args->gen.sampling.min_p, "Drop tokens below min_p * p_max; 0 = off")->capture_default_str();
+  cmd->add_option("--repetition-penalty", args->gen.sampling.repetition_penalty, "HF-style penalty; 1 = off")->capture_default_str();
+  cmd->add_option("--seed,-s", args->gen.seed, "Random seed (sequence i uses a stream derived from it)")->capture_default_str();
+  cmd->add_option("--stop", args->gen.stop_strings, "Stop when the text contains this string (repeatable)");
+  cmd->add_option("--batch", args->gen.max_batch, "Sequences decoded together at most")->capture_default_str();
+  cmd->add_flag("--no-bos", args->no_bos, "Do not prepend BOS to the prompt");
+  cmd->add_flag("--json", args->json_out, "Print one JSON object per sequence (text, tokens, logprobs)");
+  cmd->add_option("--device", args->device, "cpu, cuda or cuda:N")->capture_default_str();
+  cmd->add_option("--dtype", args->dtype, "float32 or bfloat16")->capture_default_str();
+  cmd->callback([args] {
+    auto lm = load_model(args->model, {args->device, args->dtype, args->tokenizer});
+    check(lm.tokenizer != nullptr, args->model + ": no tokenizer found with the model; pass --tokenizer");
+    const Tokenizer& tok = *lm.tokenizer;
+    EncodeOptions enc;
+    enc.add_bos = !args->no_bos && (tok.add_bos_default() || args->prompt.empty()) && tok.bos_id() >= 0;
+    auto prompt_ids = tok.encode(args->prompt, enc);
+    check(!prompt_ids.empty(), "the prompt is empty and the tokenizer has no BOS token to start from");
+    std::vector<std::vector<int32_t>> prompts(args->n, prompt_ids);
+
+    const bool stream = !args->json_out && args->n == 1;
+    TextStreamer streamer(tok);
+    if (stream) {
+      for (int32_t id : prompt_ids) std::cout << streamer.put(id);
+      std::cout << std::flush;
+    }
+    auto t0 = std::chrono::steady_clock::now();
+    auto results = generate(lm.model, tok, prompts, args->gen, [&](size_t, int32_t id) {
+      if (stream) std::cout << streamer.put(id) << std::flush;
+    });
+    double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    size_t n_tokens = 0;
+    for (size_t i = 0; i < results.size(); ++i) {
+      const auto& r = results[i];
+      n_tokens += r.tokens.size();
+      if (args->json_out) {
+        std::cout << json{{"index", i}, {"prompt", args->prompt}, {"text", r.text}, {"tokens", r.tokens},
+                          {"logprobs", r.logprobs}, {"finish_reason", r.finish_reason}}.dump()
+                  << "\n";
+      } else if (!stream) {
+        std::cout << "--- sample " << i << " (" << r.finish_reason << ")\n" << args->prompt << r.text << "\n";
+      }
+    }
+    if (stream) std::cout << streamer.flush() << "\n";
+    std::cerr << "generated " << n_tokens << " tokens in " << secs << " s (" << (n_tokens / std::max(secs, 1e-9))
+              << " tokens/s)\n";
+  });
+}
+
+// ---- rlhf tokenize -------------------------------------------------------------------
+void add_tokenize(CLI::App& app) {
+  struct Args { std::string model, tokenizer; bool decode = false, lines = false, no_special = false, raw = false; };
+  auto args = std::make_shared<Args>();
+  auto* cmd = app.add_subcommand("tokenize", "Text on stdin -> token ids as a JSON array (or back with --decode)");
+  auto* m = cmd->add_option("--model,-m", args->model, "Take the tokenizer of this model");
+  auto* t = cmd->add_option("--tokenizer", args->tokenizer,
+                            "Tokenizer file or folder (tokenizer.json, encoder.json+vocab.bpe, tok512.bin)");
+  m->excludes(t);
+  cmd->add_flag("--decode", args->decode, "Read a JSON array of ids on stdin, print the text");
+  cmd->add_flag("--lines", args->lines, "One input per line (JSON array per line out)");
+  cmd->add_flag("--no-special", args->no_special, "Add no BOS/EOS (default: the tokenizer's own rule)");
+  cmd->add_flag("--raw-special", args->raw, "Treat special-token text such as <|endoftext|> as plain text");
+  cmd->callback([args] {
+    std::unique_ptr<Tokenizer> tok;
+    if (!args->tokenizer.empty()) {
+      tok = load_tokenizer(args->tokenizer);
+    } else {
+      check(!args->model.empty(), "tokenize needs --model or --tokenizer");
+      tok = read_model_files(args->model).tokenizer;
+      check(tok != nullptr, args->model + ": the model carries no tokenizer; pass --tokenizer");
+    }
+    const std::string input = read_stdin();
+    std::vector<std::string> items;
+    if (args->lines) {
+      std::istringstream ss(input);
+      for (std::string line; std::getline(ss, line);) items.push_back(line);
+    } else {
+      items.push_back(input);
+    }
+    EncodeOptions enc;
+    enc.add_bos = !args->no_special && tok->add_bos_default();
+    enc.parse_special = !args->raw;
+    for (const auto& item : items) {
+      if (args->decode) {
+        json ids;
+        try {
+          ids = json::parse(item);
+        } catch (const json::exception& e) {
+          throw Error("stdin: expected a JSON array of token ids: " + std::string(e.what()));
+        }
+        check(ids.is_array(), "stdin: expected a JSON array of token ids");
+        std::vector<int32_t> v;
+        for (const auto& x : ids) {
+          check(x.is_number_integer() && x.get<int64_t>() >= 0 && x.get<int64_t>() < tok->vocab_size(),
+                "stdin: " + x.dump() + " is not a token id of this vocabulary (size " + std::to_string(tok->vocab_size()) + ")");
+          v.push_back(x.get<int32_t>());
+        }
+        std::cout << tok->decode(v, false) << (args->lines ? "\n" : "");
+      } else {
+        std::cout << json(tok->encode(item, enc)).dump() << "\n";
+      }
+    }
+  });
+}
+
+// ---- rlhf convert --------------------------------------------------------------------
+void add_convert(CLI::App& app) {
+  struct Args { std::string in, out, tokenizer, dtype = "float32"; };
+  auto args = std::make_shared<Args>();
+  auto* cmd = app.add_subcommand("convert", "Convert any readable model to the Hugging Face layout");
+  cmd->add_option("--in,-i", args->in, "Source: HF folder, .gguf, or llama2.c .bin")->required();
+  cmd->add_option("--out,-o", args->out, "Destination folder (created; files replaced atomically)")->required();
+  cmd->add_option("--tokenizer", args->tokenizer, "Tokenizer for sources without one");
+  cmd->add_option("--dtype", args->dtype, "float32 or bfloat16")->capture_default_str();
+  cmd->callback([args] {
+    const auto dtype = parse_dtype(args->dtype);
+    auto files = read_model_files(args->in, args->tokenizer);
+    if (!args->tokenizer.empty()) files.tokenizer = load_tokenizer(args->tokenizer);
+    validate_weights(files.config, files.weights, args->in);
+    for (auto& [name, t] : files.weights) t = t.to(dtype);
+    write_hf_dir(args->out, files.config, files.weights, files.tokenizer.get());
+    std::cerr << "wrote " << args->out << " (" << files.weights.size() << " tensors, "
+              << files.config.num_parameters() << " parameters" << (files.tokenizer ? ", tokenizer" : "") << ")\n";
+  });
+}
+
+// c10 errors carry a backtrace after the first line; users need only the first line.
+std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"rlhf: align language models with human feedback (rlhf.cpp)"};
+  app.require_subcommand(1);
+  add_generate(app);
+  add_tokenize(app);
+  add_convert(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const c10::Error& e) {
+    std::cerr << "rlhf: error: " << first_line(e.what_without_backtrace()) << "\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "rlhf: error: " << first_line(e.what()) << "\n";
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,148 @@
+#include "generate/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "core/error.h"
+
+namespace rlhf {
+
+Candidates Candidates::from_logits(std::span<const float> logits) {
+  Candidates c;
+  c.ids.resize(logits.size());
+  std::iota(c.ids.begin(), c.ids.end(), 0);
+  c.logits.assign(logits.begin(), logits.end());
+  return c;
+}
+
+void Candidates::sort_descending() {
+  if (sorted) return;
+  std::vector<size_t> order(ids.size());
+  std::iota(order.begin(), order.end(), 0);
+  // Stable: equal logits keep id order, so ties resolve to the lower id like argmax does.
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return logits[a] > logits[b]; });
+  std::vector<int32_t> new_ids(ids.size());
+  std::vector<float> new_logits(ids.size());
+  for (size_t i = 0; i < order.size(); ++i) {
+    new_ids[i] = ids[order[i]];
+    new_logits[i] = logits[order[i]];
+  }
+  ids.swap(new_ids);
+  logits.swap(new_logits);
+  sorted = true;
+}
+
+void Candidates::keep_first(size_t n) {
+  if (n < ids.size()) {
+    ids.resize(n);
+    logits.resize(n);
+  }
+}
+
+std::vector<float> Candidates::probabilities() const {
+  const float mx = *std::max_element(logits.begin(), logits.end());
+  std::vector<float> p(logits.size());
+  double sum = 0;
+  for (size_t i = 0; i < p.size(); ++i) sum += p[i] = std::exp(logits[i] - mx);
+  for (auto& x : p) x = static_cast<float>(x / sum);
+  return p;
+}
+
+void RepetitionPenalty::apply(Candidates& c, std::span<const int32_t> context) const {
+  std::vector<int32_t> seen(context.begin(), context.end());
+  std::sort(seen.begin(), seen.end());
+  for (size_t i = 0; i < c.ids.size(); ++i)
+    if (std::binary_search(seen.begin(), seen.end(), c.ids[i]))
+      c.logits[i] = c.logits[i] > 0 ? c.logits[i] / penalty : c.logits[i] * penalty;
+  c.sorted = false;
+}
+
+void Temperature::apply(Candidates& c, std::span<const int32_t>) const {
+  for (auto& l : c.logits) l /= t;
+}
+
+void TopK::apply(Candidates& c, std::span<const int32_t>) const {
+  if (k <= 0 || static_cast<size_t>(k) >= c.ids.size()) return;
+  c.sort_descending();
+  c.keep_first(k);
+}
+
+void TopP::apply(Candidates& c, std::span<const int32_t>) const {
+  if (p >= 1.0f) return;
+  c.sort_descending();
+  auto probs = c.probabilities();
+  double mass = 0;
+  size_t n = 0;
+  while (n < probs.size()) {
+    mass += probs[n++];
+    if (mass >= p) break;
+  }
+  c.keep_first(std::max<size_t>(n, 1));
+}
+
+void MinP::apply(Candidates& c, std::span<const int32_t>) const {
+  if (p <= 0.0f) return;
+  c.sort_descending();
+  // p_i >= min_p * p_max  <=>  logit_i >= logit_max + log(min_p)
+  const float threshold = c.logits[0] + std::log(p);
+  size_t n = 1;
+  while (n < c.logits.size() && c.logits[n] >= threshold) ++n;
+  c.keep_first(n);
+}
+
+Sampler::Sampler(const SamplingParams& params) : params_(params) {
+  check(params.temperature >= 0, "temperature must be >= 0, got " + std::to_string(params.temperature));
+  check(params.top_p > 0 && params.top_p <= 1, "top_p must be in (0, 1], got " + std::to_string(params.top_p));
+  check(params.min_p >= 0 && params.min_p < 1, "min_p must be in [0, 1), got " + std::to_string(params.min_p));
+  check(params.top_k >= 0, "top_k must be >= 0, got " + std::to_string(params.top_k));
+  check(params.repetition_penalty > 0, "repetition_penalty must be > 0");
+  if (params.repetition_penalty != 1.0f) chain_.push_back(std::make_unique<RepetitionPenalty>(params.repetition_penalty));
+  if (greedy()) return;
+  if (params.temperature != 1.0f) chain_.push_back(std::make_unique<Temperature>(params.temperature));
+  if (params.top_k > 0) chain_.push_back(std::make_unique<TopK>(params.top_k));
+  if (params.top_p < 1.0f) chain_.push_back(std::make_unique<TopP>(params.top_p));
+  if (params.min_p > 0.0f) chain_.push_back(std::make_unique<MinP>(params.min_p));
+}
+
+Candidates Sampler::distribution(std::span<const float> logits, std::span<const int32_t> context) const {
+  auto c = Candidates::from_logits(logits);
+  for (const auto& stage : chain_) stage->apply(c, context);
+  return c;
+}
+
+int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> context,
+                        std::mt19937_64& rng) const {
+  if (greedy() && chain_.empty())
+    return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+  auto c = distribution(logits, context);
+  if (greedy()) return c.ids[std::max_element(c.logits.begin(), c.logits.end()) - c.logits.begin()];
+  auto probs = c.probabilities();
+  // Inverse-CDF draw with a 53-bit uniform: reproducible across platforms, unlike
+  // std::discrete_distribution whose algorithm the standard leaves open.
+  const double u = (rng() >> 11) * 0x1.0p-53;
+  double cdf = 0;
+  for (size_t i = 0; i < probs.size(); ++i) {
+    cdf += probs[i];
+    if (u < cdf) return c.ids[i];
+  }
+  return c.ids.back();
+}
+
+float token_logprob(std::span<const float> logits, int32_t token, float temperature) {
+  const float t = temperature > 0 ? temperature : 1.0f;
+  float mx = -INFINITY;
+  for (float l : logits) mx = std::max(mx, l / t);
+  double sum = 0;
+  for (float l : logits) sum += std::exp(l / t - mx);
+  return static_cast<float>(logits[token] / t - mx - std::log(sum));
+}
+
+std::mt19937_64 sequence_rng(uint64_t seed, uint64_t index) {
+  uint64_t z = seed + 0x9E3779B97F4A7C15ull * (index + 1);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return std::mt19937_64(z ^ (z >> 31));
+}
+
+}  // namespace rlhf
