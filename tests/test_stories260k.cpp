@@ -117,3 +117,16 @@ TEST(Stories260K, SeededSamplingIsReproducibleAndVaries) {
   }
   EXPECT_GT(differ, 0);
 }
+
+TEST(Stories260K, Bfloat16RunsCloseToFloat32) {
+  auto bf = load_model(dir() / "stories260K.gguf", {.device = "cpu", .dtype = "bfloat16"});
+  EXPECT_EQ(bf.model->dtype(), torch::kBFloat16);
+  auto& f32 = gguf_model();
+  torch::NoGradGuard g;
+  auto ids = torch::tensor(std::vector<int64_t>{1, 403, 407, 261, 378, 432, 383, 286, 261, 376, 298}).unsqueeze(0);
+  auto a = f32.model->forward(ids), b = bf.model->forward(ids);
+  EXPECT_EQ(b.scalar_type(), torch::kFloat32);  // logits always come back in float32
+  auto agree = (a.argmax(-1) == b.argmax(-1)).to(torch::kFloat32).mean().item<float>();
+  EXPECT_GE(agree, 0.8f);
+  EXPECT_LT((a - b).abs().max().item<float>(), 1.0f);
+}
