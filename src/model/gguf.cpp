@@ -376,8 +376,9 @@ ModelConfig config_from_metadata(const Meta& meta, const std::string& arch, cons
     c.norm_eps = meta.number(p + "attention.layer_norm_epsilon", 1e-5);
   }
   c.tie_word_embeddings = !weights.count("lm_head.weight");
-  c.bos_token_id = meta.token_id("tokenizer.ggml.bos_token_id", arch == "gpt2" ? 50256 : 1);
-  int64_t eos = meta.token_id("tokenizer.ggml.eos_token_id", arch == "gpt2" ? 50256 : 2);
+  // Without tokenizer ids: Llama's conventional 1/2; a GPT-2 vocabulary has no fixed ids.
+  c.bos_token_id = meta.token_id("tokenizer.ggml.bos_token_id", arch == "gpt2" ? -1 : 1);
+  int64_t eos = meta.token_id("tokenizer.ggml.eos_token_id", arch == "gpt2" ? -1 : 2);
   c.eos_token_ids = eos >= 0 ? std::vector<int64_t>{eos} : std::vector<int64_t>{};
   c.pad_token_id = meta.token_id("tokenizer.ggml.padding_token_id", -1);
   c.validate(file);
