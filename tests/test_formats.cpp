@@ -5,6 +5,7 @@
 #include <c10/util/Half.h>
 
 #include <cstring>
+#include <random>
 
 #include "core/error.h"
 #include "core/io.h"
@@ -472,6 +473,40 @@ TEST(Gguf, TruncatedAtEveryPartNamesThePart) {
   std::memcpy(long_array.data() + count_at, &n, 8);
   write_file_atomic(dir / "array.gguf", long_array);
   expect_error([&] { read_gguf(dir / "array.gguf"); }, {"array.gguf", "tokenizer.ggml.scores", "elements"});
+}
+
+// Random damage to the header, metadata and tensor infos, and truncation anywhere: each read
+// either succeeds (the damage hit a value nobody checks) or is an rlhf::Error; never a crash,
+// another exception type, a hang or a giant allocation.
+TEST(Gguf, DamagedFilesFailCleanly) {
+  test::TempDir dir;
+  const std::string real = read_file(stories() / "stories260K.gguf");
+  const size_t data_start = 14176;  // first tensor's data; everything before it is structure
+  std::mt19937 rng(7);
+  int errors = 0;
+  auto try_read = [&](const std::string& bytes, const std::string& what) {
+    write_file_atomic(dir / "d.gguf", bytes);
+    try {
+      read_gguf(dir / "d.gguf");
+    } catch (const Error& e) {
+      ++errors;
+      EXPECT_NE(std::string(e.what()).find("d.gguf"), std::string::npos) << what << ": " << e.what();
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << what << ": not an rlhf::Error: " << e.what();
+    }
+  };
+  for (int k = 0; k < 150; ++k) {
+    std::string bad = real;
+    const size_t at = rng() % data_start;
+    const char values[] = {'\xff', '\x7f', '\x00', '\x80', static_cast<char>(rng())};
+    bad[at] = values[k % 5];
+    try_read(bad, "byte " + std::to_string(at) + " changed");
+  }
+  for (int k = 0; k < 60; ++k) {
+    const size_t at = rng() % real.size();
+    try_read(real.substr(0, at), "cut at " + std::to_string(at));
+  }
+  EXPECT_GT(errors, 60);  // at least every truncation
 }
 
 // ---------------------------------------------------------------- llama2.c

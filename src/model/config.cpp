@@ -216,7 +216,7 @@ json ModelConfig::to_hf_json() const {
     j["n_embd"] = hidden_size;
     j["n_layer"] = num_layers;
     j["n_head"] = num_heads;
-    j["n_inner"] = intermediate_size;
+    j["n_inner"] = intermediate_size == 4 * hidden_size ? json(nullptr) : json(intermediate_size);  // null: 4C, as GPT-2 writes it
     j["n_positions"] = max_position_embeddings;
     j["n_ctx"] = max_position_embeddings;  // older readers' name for n_positions
     j["layer_norm_epsilon"] = norm_eps;
@@ -298,8 +298,6 @@ void ModelConfig::validate(const std::string& source) const {
       fail("MistralForCausalLM has no biases");
     if (architecture == "Qwen2ForCausalLM" && (!attention_bias || attention_out_bias || mlp_bias))
       fail("Qwen2ForCausalLM has biases on q, k, v only");
-    if (architecture == "Qwen2ForCausalLM" && head_dim * num_heads != hidden_size)
-      fail("Qwen2ForCausalLM needs head_dim * num_heads == hidden_size");
   }
 }
 

@@ -472,6 +472,9 @@ ModelFiles read_gguf(const std::filesystem::path& path) {
     static const std::regex qkv_re(R"(blk\.(\d+)\.attn_qkv\.(weight|bias))");
     if (arch == "gpt2" && std::regex_match(t.name, m, qkv_re)) {
       // (3C, C) rows are q, k, v (llama.cpp's converter already turned Conv1D into (out, in)).
+      if (w.size(0) == 0 || w.size(0) % 3 != 0)
+        throw Error(name + ": tensor '" + t.name + "' does not split into q, k and v (shape " +
+                    c10::str(w.sizes()) + ")");
       auto parts = w.chunk(3, 0);
       const std::string p = "model.layers." + m[1].str() + ".self_attn.", kind = m[2].str();
       out.weights[p + "q_proj." + kind] = parts[0].contiguous();
@@ -481,10 +484,15 @@ ModelFiles read_gguf(const std::filesystem::path& path) {
     }
     std::string cname = canonical_name(t.name);
     if (cname.empty()) cname = t.name;  // unknown: validate_weights names it
-    if (arch == "llama" && cname.find(".self_attn.q_proj.") != std::string::npos)
-      w = rotary_interleaved_to_half(w, n_head);
-    else if (arch == "llama" && cname.find(".self_attn.k_proj.") != std::string::npos)
-      w = rotary_interleaved_to_half(w, n_head_kv);
+    const bool is_q = cname.find(".self_attn.q_proj.") != std::string::npos;
+    const bool is_k = cname.find(".self_attn.k_proj.") != std::string::npos;
+    if (arch == "llama" && (is_q || is_k)) {
+      const int64_t heads = is_q ? n_head : n_head_kv;
+      if (heads <= 0 || w.size(0) % (2 * heads) != 0)
+        throw Error(name + ": tensor '" + t.name + "' has " + std::to_string(w.size(0)) +
+                    " rows, which do not split into " + std::to_string(heads) + " heads of an even size");
+      w = rotary_interleaved_to_half(w, heads);
+    }
     if (out.weights.count(cname)) throw Error(name + ": tensor '" + t.name + "' appears twice");
     out.weights[cname] = w;
   }

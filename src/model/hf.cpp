@@ -80,7 +80,7 @@ ModelFiles read_hf_dir(const fs::path& dir) {
   // 1. Tensors under canonical names.
   TensorMap raw = read_hf_weights(dir);
   if (c.architecture == "GPT2LMHeadModel") {
-    out.weights = gpt2_to_canonical(raw);
+    out.weights = gpt2_to_canonical(raw, dir.string());
   } else {
     for (auto& [name, t] : raw)
       if (!name.ends_with("rotary_emb.inv_freq"))  // a buffer older checkpoints saved, not a weight

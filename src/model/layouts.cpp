@@ -31,7 +31,7 @@ torch::Tensor rotary_half_to_interleaved(const torch::Tensor& w, int64_t n_heads
   return swap_row_axes(w, n_heads, /*split_pairs_first=*/false);
 }
 
-TensorMap gpt2_to_canonical(const TensorMap& hf) {
+TensorMap gpt2_to_canonical(const TensorMap& hf, const std::string& source) {
   static const std::regex layer_re(R"(h\.(\d+)\.(.+))");
   // Per-layer HF suffix -> canonical suffix (c_attn is split separately).
   static const std::map<std::string, std::string> layer_names = {
@@ -70,9 +70,17 @@ TensorMap gpt2_to_canonical(const TensorMap& hf) {
     }
     const std::string p = "model.layers." + m[1].str() + ".", rest = m[2].str();
     if (rest == "attn.bias" || rest == "attn.masked_bias") continue;  // causal-mask buffers
+    const bool conv1d_weight = rest == "attn.c_attn.weight" || rest == "attn.c_proj.weight" ||
+                               rest == "mlp.c_fc.weight" || rest == "mlp.c_proj.weight";
+    if (conv1d_weight && t.dim() != 2)
+      throw Error(source + ": tensor '" + full_name + "' has " + std::to_string(t.dim()) +
+                  " dimensions, expected a 2-D Conv1D weight");
     if (rest == "attn.c_attn.weight" || rest == "attn.c_attn.bias") {
       // weight (C, 3C) in Conv1D (in, out) layout -> (3C, C) -> q, k, v rows; bias (3C).
       torch::Tensor w = rest == "attn.c_attn.weight" ? t.t() : t;
+      if (w.dim() < 1 || w.size(0) == 0 || w.size(0) % 3 != 0)
+        throw Error(source + ": tensor '" + full_name + "' does not split into q, k and v (shape " +
+                    c10::str(t.sizes()) + ")");
       auto qkv = w.chunk(3, 0);
       const std::string kind = rest == "attn.c_attn.weight" ? "weight" : "bias";
       out[p + "self_attn.q_proj." + kind] = qkv[0].contiguous();
@@ -85,7 +93,6 @@ TensorMap gpt2_to_canonical(const TensorMap& hf) {
       out[full_name] = t;
       continue;
     }
-    bool conv1d_weight = rest == "attn.c_proj.weight" || rest == "mlp.c_fc.weight" || rest == "mlp.c_proj.weight";
     out[p + it->second] = conv1d_weight ? t.t().contiguous() : t;
   }
   return out;

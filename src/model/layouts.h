@@ -19,8 +19,8 @@ torch::Tensor rotary_half_to_interleaved(const torch::Tensor& w, int64_t n_heads
 // "transformer." prefix; Conv1D weights are (in, out)) -> canonical names, with c_attn split
 // into q/k/v and every weight turned to the (out, in) Linear layout. The causal-mask buffers
 // (attn.bias, attn.masked_bias) are dropped; names it does not know pass through unchanged
-// so that validate_weights reports them.
-TensorMap gpt2_to_canonical(const TensorMap& hf);
+// so that validate_weights reports them. Errors name `source`.
+TensorMap gpt2_to_canonical(const TensorMap& hf, const std::string& source = "GPT-2 checkpoint");
 // The reverse: canonical -> transformer.* names as GPT2LMHeadModel.save_pretrained writes them.
 TensorMap canonical_to_gpt2(const TensorMap& canonical);
 

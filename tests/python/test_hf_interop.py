@@ -1,5 +1,6 @@
 """Hugging Face interop, both directions, through rlhf_dump_tensors:
-1. tiny random GPT2LMHeadModel and Qwen2ForCausalLM saved by transformers are read by our HF
+1. tiny random GPT2LMHeadModel, Qwen2ForCausalLM (tied and not), LlamaForCausalLM and
+   MistralForCausalLM saved by transformers are read by our HF
    reader; the canonical tensors equal the HF state dict after the documented mapping;
 2. what our writer produces (stories260K from GGUF, and the tiny models read back) loads in
    transformers with no missing/unexpected keys, the same config, and parameters equal to
@@ -95,11 +96,21 @@ def tiny_models():
                     rope_theta=1e6, rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=[2, 3])
     qwen = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(tie_word_embeddings=False, **qwen_cfg))
     qwen_tied = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(tie_word_embeddings=True, **qwen_cfg))
-    for m in (gpt2, qwen, qwen_tied):  # non-trivial biases and norms
+    # Llama with every bias and a head_dim that is not C/H; Mistral with one kv head.
+    llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=100, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, attention_bias=True, mlp_bias=True, rope_theta=5e5,
+        max_position_embeddings=64, rms_norm_eps=1e-5))
+    mistral = transformers.MistralForCausalLM(transformers.MistralConfig(
+        vocab_size=100, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=1, sliding_window=16, max_position_embeddings=64))
+    models = {"gpt2": gpt2, "qwen2": qwen, "qwen2_tied": qwen_tied, "llama": llama, "mistral": mistral}
+    for m in models.values():  # non-trivial biases and norms
         with torch.no_grad():
             for p in m.parameters():
                 p.add_(torch.randn_like(p) * 0.1)
-    return {"gpt2": gpt2.eval(), "qwen2": qwen.eval(), "qwen2_tied": qwen_tied.eval()}
+        m.eval()
+    return models
 
 
 def main():
@@ -129,11 +140,14 @@ def main():
             compare(state_dict(back), sd, f"{name} export")
             for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                         "num_key_value_heads", "max_position_embeddings", "tie_word_embeddings",
-                        "bos_token_id", "eos_token_id"):
+                        "bos_token_id", "eos_token_id", "sliding_window", "attention_bias", "mlp_bias",
+                        "rms_norm_eps", "layer_norm_epsilon", "n_inner", "activation_function"):
                 if hasattr(model.config, key):
                     assert getattr(back.config, key) == getattr(model.config, key), (name, key)
-            if name.startswith("qwen2"):
-                assert back.config.rope_parameters["rope_theta"] == 1e6
+            if name != "gpt2":
+                assert back.config.rope_parameters == model.config.rope_parameters, name
+                if hasattr(model.config, "head_dim"):  # Qwen2Config has none: C / H
+                    assert back.config.head_dim == model.config.head_dim, name
             ids = torch.tensor([[5, 17, 42, 9]])
             with torch.no_grad():
                 assert torch.equal(back(ids).logits, model(ids).logits), f"{name}: logits differ after export"
