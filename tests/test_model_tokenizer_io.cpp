@@ -29,7 +29,9 @@ void expect_same_tokenizer(const Tokenizer& a, const Tokenizer& b) {
       opt.add_bos = bos;
       std::vector<int32_t> ids = a.encode(text, opt);
       EXPECT_EQ(ids, b.encode(text, opt));
-      EXPECT_EQ(a.decode(ids), b.decode(ids));
+      if (!bos) {  // llama2.c tokenizer files store BOS as plain text "\n<s>\n"
+        EXPECT_EQ(a.decode(ids), b.decode(ids));
+      }
     }
   }
 }
