@@ -3,6 +3,7 @@
 // learned positions, GELU, biases). Read from / written to Hugging Face config.json.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -45,5 +46,10 @@ struct ModelConfig {
   void validate(const std::string& source) const;
   int64_t num_parameters() const;    // exact count of the module's parameters
 };
+
+// Every tensor a model with this config has: canonical name (tensor_map.h) -> shape. The one
+// list that validate_weights() and num_parameters() both read.
+using TensorShapes = std::map<std::string, std::vector<int64_t>>;
+TensorShapes canonical_shapes(const ModelConfig& cfg);
 
 }  // namespace rlhf
