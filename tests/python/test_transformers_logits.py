@@ -12,7 +12,7 @@ import transformers
 BUILD = os.environ["RLHF_BUILD"]
 DATA = os.environ["RLHF_DATA"]
 RLHF = os.path.join(BUILD, "bin", "rlhf")
-LOGITS = os.path.join(BUILD, "tests", "rlhf_logits_tool")
+LOGITS = os.path.join(BUILD, "bin", "rlhf_logits_tool")
 
 
 def our_logits(model_dir, batch):
