@@ -28,11 +28,13 @@ TEST(ChatTemplate, Llama2EncodesBosAndEosAsSpecialTokens) {
   auto tok = load_tokenizer(test::data_dir() / "stories260K" / "tok512.bin");
   const std::string text = apply_chat_template("llama2", {{"user", "Hi"}, {"assistant", "Yo"}}, false, tok.get());
   const auto ids = tok->encode(text, {.add_bos = false, .parse_special = true});
-  ASSERT_FALSE(ids.empty());
-  EXPECT_EQ(ids.front(), tok->bos_id());
-  EXPECT_EQ(ids.back(), tok->eos_id());
-  EXPECT_EQ(std::count(ids.begin(), ids.end(), tok->bos_id()), 1);
-  EXPECT_EQ(tok->decode(ids, false), text);
+  // Llama-2-chat's training tokenization: BOS, the turn encoded as text (dummy prefix
+  // included: "[INST]" starts with "▁"), EOS.
+  std::vector<int32_t> expected = {tok->bos_id()};
+  for (int32_t id : tok->encode("[INST] Hi [/INST] Yo ")) expected.push_back(id);
+  expected.push_back(tok->eos_id());
+  EXPECT_EQ(ids, expected);
+  EXPECT_EQ(tok->token_text(ids[1]).rfind("\xE2\x96\x81", 0), 0u);
 }
 
 TEST(ChatTemplate, ChatML) {

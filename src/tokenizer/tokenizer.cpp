@@ -58,7 +58,8 @@ std::string config_token(const json& config, const char* key) {
 
 // The id a TemplateProcessing post-processor puts first (the BOS rule), if any.
 std::optional<int32_t> template_bos(const json& post_processor) {
-  const json* tp = find_part(parts(post_processor), "TemplateProcessing");
+  const std::vector<json> ps = parts(post_processor);
+  const json* tp = find_part(ps, "TemplateProcessing");
   if (!tp || !tp->contains("single") || !(*tp)["single"].is_array() || (*tp)["single"].empty()) return std::nullopt;
   const json& first = (*tp)["single"][0];
   if (!first.contains("SpecialToken")) return std::nullopt;
