@@ -1,6 +1,9 @@
 // Byte-level BPE: GPT-2 against reference encodings from OpenAI's encoder (gpt-3-encoder),
 // special tokens, byte-exact round trips of any bytes, the Llama-3/Qwen2 split patterns, and
 // the tokenizer.json round trip.
+#include <random>
+#include <thread>
+
 #include "core/error.h"
 #include "core/io.h"
 #include "test_util.h"
@@ -64,6 +67,14 @@ TEST(ByteBpeTokenizer, AnyBytesRoundTripExactly) {
   for (const auto& text : texts) {
     const auto ids = tok->encode(text);
     EXPECT_EQ(tok->decode(ids), text) << "ids: " << ::testing::PrintToString(ids);
+  }
+  // Random bytes, biased towards UTF-8 lead/continuation bytes and whitespace.
+  std::mt19937 rng(1234);
+  const std::string alphabet = std::string("ab 1\n\t'") + "\x80\xBF\xC2\xC3\xE2\xE6\xED\xF0\xF4\xF8\xFF\x9F\x97";
+  for (int n = 0; n < 300; ++n) {
+    std::string text;
+    for (int k = rng() % 24; k > 0; --k) text += alphabet[rng() % alphabet.size()];
+    ASSERT_EQ(tok->decode(tok->encode(text)), text) << ::testing::PrintToString(text);
   }
   // An invalid byte is a chunk of its own: exactly one byte token.
   const auto ff = tok->encode("\xFF");
@@ -150,6 +161,24 @@ TEST(ByteBpeTokenizer, HfJsonRoundTripEncodesIdentically) {
     ASSERT_EQ(llama3_hf->encode(line, {.add_bos = true}), ids) << line;
     ASSERT_EQ(llama3_hf->decode(ids), line);
   }
+}
+
+TEST(ByteBpeTokenizer, ConcurrentEncodesAgree) {
+  // encode() is const and shares a chunk cache: threads must see the same ids as one thread.
+  auto tok = load_tokenizer(gpt2_dir());
+  const auto lines = shakespeare_lines(300);
+  auto reference = load_tokenizer(gpt2_dir());  // its own cache, filled by one thread
+  std::vector<std::vector<int32_t>> want;
+  for (const auto& line : lines) want.push_back(reference->encode(line));
+  std::vector<int> mismatches(4, 0);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&, t] {
+      for (size_t i = 0; i < lines.size(); ++i) mismatches[t] += tok->encode(lines[(i + 37 * t) % lines.size()]) !=
+                                                                want[(i + 37 * t) % lines.size()];
+    });
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(mismatches, std::vector<int>(4, 0));
 }
 
 TEST(ByteBpeTokenizer, ConfigTokensAndBadFiles) {

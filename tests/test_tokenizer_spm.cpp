@@ -149,6 +149,17 @@ TEST(SpmTokenizer, HfJsonRoundTripEncodesIdentically) {
   EXPECT_EQ(cfg["add_bos_token"], true);
   EXPECT_EQ(cfg["model_max_length"], 256);
 
+  // The newer Llama layout: no normalizer, a Metaspace pre-tokenizer does the same job.
+  auto metaspace = j;
+  metaspace["normalizer"] = nullptr;
+  metaspace["pre_tokenizer"] = {
+      {"type", "Metaspace"}, {"replacement", "\xE2\x96\x81"}, {"prepend_scheme", "first"}, {"split", false}};
+  auto ms = tokenizer_from_hf_json(metaspace, nullptr, "metaspace");
+  EXPECT_EQ(ms->encode(kLily), tok->encode(kLily));
+  EXPECT_EQ(ms->decode(ms->encode(kLily)), kLily);
+  metaspace["pre_tokenizer"]["split"] = true;
+  EXPECT_THROW(tokenizer_from_hf_json(metaspace, nullptr, "metaspace"), Error);
+
   // tokenizer_config.json wins over the post-processor, and tokens may be objects.
   auto no_bos = tokenizer_from_hf_json(j, {{"add_bos_token", false}, {"eos_token", {{"content", "</s>"}}}}, "x");
   EXPECT_FALSE(no_bos->add_bos_default());

@@ -15,6 +15,9 @@ from transformers import AutoTokenizer, GPT2TokenizerFast, PreTrainedTokenizerFa
 DATA = os.environ.get("RLHF_DATA", os.path.join(os.path.dirname(__file__), "../../../shared/data"))
 BUILD = os.environ.get("RLHF_BUILD", os.path.join(os.path.dirname(__file__), "../../build"))
 TOOL = os.path.join(BUILD, "tests", "rlhf_tokenize_tool")
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_PATTERN = LLAMA3_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}")
 
 
 def ours(tokenizer, texts, *flags):
@@ -58,7 +61,9 @@ def corpus():
             if len(hh) >= 240:
                 break
     edge = ["", " ", "  leading spaces", "trailing  ", "tabs\tand\r\nCRLF", "naïve café — “quotes” 🙂",
-            "日本語のテキスト", "e\u0301 combining", "x" * 300, "1234567890 3.14159", "don't WE'LL it's"]
+            "日本語のテキスト", "e\u0301 combining", "x" * 300, "1234567890 3.14159", "don't WE'LL it's",
+            "Call 555-1234567 or 2024/12/31, it's 99.5% DONE; WE'LL see!", "x\r\n\r\n  y\n\t\n z",
+            "  ¿Qué? ¡Sí! — déjà vu… 東京2020年 ١٢٣٤ ⅓ ²³", "A\u00a0B\u2003C\u3000D\u200bE"]
     return shakespeare, hh, edge
 
 
@@ -96,6 +101,24 @@ def check_gpt2(texts):
                     [auto.encode(t, add_special_tokens=False) for t in texts])
         assert auto.encode("a<|endoftext|>b", add_special_tokens=False) == [64, 50256, 65]
         assert ours(d, ["a<|endoftext|>b"]) == [[64, 50256, 65]]
+
+        # Llama-3 and Qwen2 split with their own regexes (Split + ByteLevel without regex):
+        # HF runs them with Oniguruma, we with PCRE2. The GPT-2 vocabulary stands in for theirs.
+        with open(os.path.join(d, "tokenizer.json"), encoding="utf-8") as f:
+            gpt2_json = json.load(f)
+        for name, regex, ignore_merges in [("llama3", LLAMA3_PATTERN, True), ("qwen2", QWEN2_PATTERN, False)]:
+            variant = dict(gpt2_json)
+            variant["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False},
+                {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+            variant["model"] = dict(gpt2_json["model"], ignore_merges=ignore_merges)
+            vdir = os.path.join(d, name)
+            os.mkdir(vdir)
+            with open(os.path.join(vdir, "tokenizer.json"), "w", encoding="utf-8") as f:
+                json.dump(variant, f)
+            hf_variant = Tokenizer.from_file(os.path.join(vdir, "tokenizer.json"))
+            assert_same(f"{name} split pattern, tokenizers", texts, ours(vdir, texts),
+                        [e.ids for e in hf_variant.encode_batch(texts, add_special_tokens=False)])
 
 
 def check_spm(texts):
