@@ -23,7 +23,9 @@ class Tokenizer {
   virtual ~Tokenizer() = default;
 
   virtual std::vector<int32_t> encode(const std::string& text, const EncodeOptions& opt = {}) const = 0;
-  // Decodes ids to text. Special/control tokens are dropped when skip_special is true.
+  // Decodes ids to text, byte-exact: decode(encode(s)) == s for any bytes s, invalid UTF-8
+  // included (so the result need not be valid UTF-8). Special tokens are dropped when
+  // skip_special is true.
   virtual std::string decode(const std::vector<int32_t>& ids, bool skip_special = true) const = 0;
   // Raw bytes of one token as it appears in the middle of a text (may be an incomplete
   // UTF-8 sequence: byte-level and byte-fallback tokens carry single bytes). Used for
@@ -37,7 +39,7 @@ class Tokenizer {
   virtual int64_t vocab_size() const = 0;
   virtual std::string token_text(int32_t id) const = 0;   // the vocabulary entry, as stored
   virtual int32_t token_id(const std::string& token_text) const = 0;  // -1 if absent
-  virtual bool is_special(int32_t id) const = 0;
+  virtual bool is_special(int32_t id) const = 0;     // control or unknown token
 
   int32_t bos_id() const { return bos_id_; }
   int32_t eos_id() const { return eos_id_; }
@@ -65,7 +67,12 @@ class Tokenizer {
 // encoder.json + vocab.bpe (GPT-2); a llama2.c tokenizer .bin (tok512.bin). GGUF files carry
 // their tokenizer in the metadata: see model/gguf.h. Throws Error naming the path.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::filesystem::path& path);
-// Same from an already-parsed tokenizer.json (+ optional tokenizer_config.json, may be null).
+// Same from an already-parsed tokenizer.json (+ optional tokenizer_config.json, may be null;
+// its bos/eos/pad tokens and add_bos_token win over the post-processor's template).
+// Supported: BPE models that are byte-level (ByteLevel, or Split(Regex) + ByteLevel) or
+// SentencePiece-style (U+2581 via Metaspace or Replace/Prepend normalizers, byte fallback).
+// An NFC normalizer (Qwen2) is accepted but not applied. Anything else throws Error naming
+// `source`.
 std::unique_ptr<Tokenizer> tokenizer_from_hf_json(const nlohmann::json& tokenizer_json,
                                                   const nlohmann::json& tokenizer_config,
                                                   const std::string& source);
