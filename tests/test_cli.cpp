@@ -35,7 +35,7 @@ void expect_clean_error(const test::CliResult& r, std::vector<std::string> needl
 
 TEST(Cli, GenerateGreedyJsonHasTextTokensLogprobs) {
   auto r = run_cli("generate --model " + stories("stories260K.gguf") +
-                   " --prompt 'Once upon a time' --temperature 0 --max-new-tokens 20 --json --n 2 2>/dev/null");
+                   " --prompt 'Once upon a time' --temperature 0 --max-new-tokens 20 --json --n 2", "", false);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   std::istringstream lines(r.output);
   std::string line;
@@ -52,7 +52,7 @@ TEST(Cli, GenerateGreedyJsonHasTextTokensLogprobs) {
 }
 
 TEST(Cli, GenerateStreamsTheReferenceStory) {
-  auto r = run_cli("generate --model " + stories("stories260K.bin") + " --temperature 0 --max-new-tokens 255 2>/dev/null");
+  auto r = run_cli("generate --model " + stories("stories260K.bin") + " --temperature 0 --max-new-tokens 256", "", false);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   auto expected = read_file(test::data_dir() / "stories260K" / "expected_greedy_t0.txt");
   EXPECT_EQ(r.output.substr(0, 60), expected.substr(0, 60));
@@ -76,8 +76,8 @@ TEST(Cli, ConvertWritesAHuggingFaceFolderThatLoadsBack) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   for (auto f : {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"})
     EXPECT_TRUE(std::filesystem::exists(tmp / "hf" / f)) << f;
-  auto a = run_cli("generate --model " + out + " --temperature 0 --max-new-tokens 16 --json 2>/dev/null");
-  auto b = run_cli("generate --model " + stories("stories260K.gguf") + " --temperature 0 --max-new-tokens 16 --json 2>/dev/null");
+  auto a = run_cli("generate --model " + out + " --temperature 0 --max-new-tokens 16 --json", "", false);
+  auto b = run_cli("generate --model " + stories("stories260K.gguf") + " --temperature 0 --max-new-tokens 16 --json", "", false);
   ASSERT_EQ(a.exit_code, 0) << a.output;
   EXPECT_EQ(nlohmann::json::parse(a.output)["tokens"], nlohmann::json::parse(b.output)["tokens"]);
 }

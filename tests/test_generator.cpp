@@ -24,6 +24,7 @@ class IdTokenizer : public Tokenizer {
   int32_t token_id(const std::string&) const override { return -1; }
   bool is_special(int32_t) const override { return false; }
   nlohmann::json to_hf_json() const override { return {}; }
+  std::string hf_tokenizer_class() const override { return "PreTrainedTokenizerFast"; }
 };
 
 Transformer random_model() {

@@ -9,10 +9,10 @@
 
 namespace rlhf::test {
 
-// ../shared/data or $RLHF_DATA (set by CTest).
+// $RLHF_DATA, else the data folder CMake saw at configure time (../shared/data).
 inline std::filesystem::path data_dir() {
   const char* d = std::getenv("RLHF_DATA");
-  return d ? std::filesystem::path(d) : std::filesystem::path("../shared/data");
+  return d ? std::filesystem::path(d) : std::filesystem::path(RLHF_DEFAULT_DATA);
 }
 
 // A fresh empty folder under the system temp dir, removed when the object dies.
@@ -34,10 +34,10 @@ struct CliResult {
   std::string output;  // stdout and stderr together
 };
 
-// Runs the rlhf CLI ($RLHF_CLI, set by CTest) with `args` (already shell-quoted).
-inline CliResult run_cli(const std::string& args, const std::string& stdin_text = "") {
-  const char* cli = std::getenv("RLHF_CLI");
-  std::string cmd = std::string(cli ? cli : "rlhf") + " " + args + " 2>&1";
+// Runs the rlhf CLI built with the tests with `args` (already shell-quoted). `output` holds
+// stdout and stderr, or stdout alone when `with_stderr` is false.
+inline CliResult run_cli(const std::string& args, const std::string& stdin_text = "", bool with_stderr = true) {
+  std::string cmd = std::string(RLHF_CLI_PATH) + " " + args + (with_stderr ? " 2>&1" : " 2>/dev/null");
   std::filesystem::path in_file;
   if (!stdin_text.empty()) {
     char tmpl[] = "/tmp/rlhf_stdin_XXXXXX";

@@ -193,6 +193,12 @@ ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& source) 
     c.eos_token_ids = f.token_ids("eos_token_id", qwen ? std::vector<int64_t>{} : std::vector<int64_t>{2});
   }
   c.pad_token_id = f.token_id("pad_token_id", -1);
+  // transformers only warns about special ids outside the vocabulary (its default GPT-2
+  // config says 50256 whatever the size); such an id can never be produced, so drop it.
+  auto in_vocab = [&](int64_t id) { return id >= 0 && id < c.vocab_size; };
+  if (!in_vocab(c.bos_token_id)) c.bos_token_id = -1;
+  if (!in_vocab(c.pad_token_id)) c.pad_token_id = -1;
+  std::erase_if(c.eos_token_ids, [&](int64_t id) { return !in_vocab(id); });
   c.validate(source);
   return c;
 }
