@@ -18,13 +18,12 @@ def main():
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
 
     import torch, transformers
     torch.set_num_threads(args.threads)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus; "
-          f"threads={args.threads} OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} "
+          f"threads={args.threads} OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')} "
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
     print(f"torch {torch.__version__}, transformers {transformers.__version__}; "
           f"model stories260K, {args.new_tokens} new tokens per sequence, sampling T=1")

@@ -2,6 +2,7 @@
 #include "model/transformer.h"
 
 #include <cmath>
+#include <limits>
 
 #include "core/error.h"
 
@@ -34,7 +35,7 @@ KVCache KVCache::allocate(const ModelConfig& cfg, int64_t batch, int64_t capacit
   KVCache c;
   c.capacity = capacity;
   for (int64_t l = 0; l < cfg.num_layers; ++l) {
-    c.k.push_back(torch::empty({batch, cfg.num_kv_heads, capacity, cfg.head_dim}, options));
+    c.k.push_back(torch::empty({batch, cfg.num_kv_heads, cfg.head_dim, capacity}, options));
     c.v.push_back(torch::empty({batch, cfg.num_kv_heads, capacity, cfg.head_dim}, options));
   }
   return c;
@@ -51,58 +52,61 @@ NormImpl::NormImpl(NormType type, int64_t dim, double eps) : type_(type), eps_(e
 }
 
 torch::Tensor NormImpl::forward(const torch::Tensor& x) {
-  if (type_ == NormType::LayerNorm)
-    return torch::layer_norm(x, {x.size(-1)}, weight, bias, eps_);
-  // RMSNorm in float32 as the reference implementations do, then back to the model dtype.
-  auto xf = x.to(torch::kFloat32);
-  xf = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps_);
-  return weight * xf.to(x.scalar_type());
+  if (type_ == NormType::LayerNorm) return torch::layer_norm(x, {x.size(-1)}, weight, bias, eps_);
+  return torch::rms_norm(x, {x.size(-1)}, weight, eps_);  // computed in float32, as HF does
 }
 
 AttentionImpl::AttentionImpl(const ModelConfig& cfg)
     : H_(cfg.num_heads), H_kv_(cfg.num_kv_heads), D_(cfg.head_dim) {
   const int64_t C = cfg.hidden_size;
-  q_proj = register_module("q_proj", linear(C, H_ * D_, cfg.attention_bias));
-  k_proj = register_module("k_proj", linear(C, H_kv_ * D_, cfg.attention_bias));
-  v_proj = register_module("v_proj", linear(C, H_kv_ * D_, cfg.attention_bias));
+  qkv_proj = register_module("qkv_proj", linear(C, (H_ + 2 * H_kv_) * D_, cfg.attention_bias));
   o_proj = register_module("o_proj", linear(H_ * D_, C, cfg.attention_out_bias));
 }
 
 torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
                                      const torch::Tensor& sin, const torch::Tensor& mask,
                                      KVCache* cache, int64_t layer) {
-  const int64_t B = x.size(0), T = x.size(1);
-  auto q = q_proj(x).view({B, T, H_, D_}).transpose(1, 2);     // (B, H, T, D)
-  auto k = k_proj(x).view({B, T, H_kv_, D_}).transpose(1, 2);  // (B, H_kv, T, D)
-  auto v = v_proj(x).view({B, T, H_kv_, D_}).transpose(1, 2);  // (B, H_kv, T, D)
-  if (cos.defined()) {
-    q = q * cos + rotate_half(q) * sin;
-    k = k * cos + rotate_half(k) * sin;
-  }
+  const int64_t B = x.size(0), T = x.size(1), G = H_ / H_kv_;
+  auto qkv = qkv_proj(x).view({B, T, H_ + 2 * H_kv_, D_});
+  // Rotary positions on the query and key heads together (one set of ops, not two).
+  auto qk = qkv.narrow(2, 0, H_ + H_kv_);  // (B, T, H + H_kv, D)
+  if (cos.defined()) qk = qk * cos + rotate_half(qk) * sin;
+  auto q = qk.narrow(2, 0, H_);                  // (B, T, H, D)
+  auto k = qk.narrow(2, H_, H_kv_);              // (B, T, H_kv, D)
+  auto v = qkv.narrow(2, H_ + H_kv_, H_kv_);     // (B, T, H_kv, D)
+  torch::Tensor k_t = k.permute({0, 2, 3, 1});   // (B, H_kv, D, S): keys are stored transposed
+  torch::Tensor v_s = v.transpose(1, 2);         // (B, H_kv, S, D)
   if (cache) {
     const int64_t past = cache->length;
     check(past + T <= cache->capacity, "KV cache full: " + std::to_string(past + T) +
                                            " positions, capacity " + std::to_string(cache->capacity));
-    cache->k[layer].narrow(2, past, T).copy_(k);
-    cache->v[layer].narrow(2, past, T).copy_(v);
-    k = cache->k[layer].narrow(2, 0, past + T);  // (B, H_kv, S, D)
-    v = cache->v[layer].narrow(2, 0, past + T);
+    cache->k[layer].narrow(3, past, T).copy_(k_t);
+    cache->v[layer].narrow(2, past, T).copy_(v_s);
+    k_t = cache->k[layer].narrow(3, 0, past + T);
+    v_s = cache->v[layer].narrow(2, 0, past + T);
   }
-  auto y = at::scaled_dot_product_attention(q, k, v, mask, /*dropout_p=*/0.0, /*is_causal=*/false,
-                                            /*scale=*/std::nullopt, /*enable_gqa=*/H_kv_ != H_);
-  return o_proj(y.transpose(1, 2).reshape({B, T, H_ * D_}));
+  // Grouped-query attention without copying K/V per query head: the G = H / H_kv query
+  // heads that share a K/V head are folded into the query-length axis, (B, H_kv, G*T, D)
+  // (a pure view when T = 1). Plain matmuls: at small head sizes they beat the fused CPU
+  // attention kernel several times over.
+  auto q_g = q.permute({0, 2, 1, 3}).reshape({B, H_kv_, G * T, D_});
+  auto scores = torch::matmul(q_g, k_t);  // (B, H_kv, G*T, S)
+  scores.mul_(1.0 / std::sqrt(double(D_))).add_(mask);
+  auto y = torch::matmul(torch::softmax(scores, -1), v_s);  // (B, H_kv, G*T, D) = (B, H, T, D)
+  return o_proj(y.view({B, H_, T, D_}).transpose(1, 2).reshape({B, T, H_ * D_}));
 }
 
-MlpImpl::MlpImpl(const ModelConfig& cfg) : type_(cfg.mlp) {
-  const int64_t C = cfg.hidden_size, I = cfg.intermediate_size;
-  if (type_ == MlpType::SwiGLU) gate_proj = register_module("gate_proj", linear(C, I, cfg.mlp_bias));
-  up_proj = register_module("up_proj", linear(C, I, cfg.mlp_bias));
-  down_proj = register_module("down_proj", linear(I, C, cfg.mlp_bias));
+MlpImpl::MlpImpl(const ModelConfig& cfg) : type_(cfg.mlp), I_(cfg.intermediate_size) {
+  const int64_t C = cfg.hidden_size;
+  up_proj = register_module(type_ == MlpType::SwiGLU ? "gate_up_proj" : "up_proj",
+                            linear(C, (type_ == MlpType::SwiGLU ? 2 : 1) * I_, cfg.mlp_bias));
+  down_proj = register_module("down_proj", linear(I_, C, cfg.mlp_bias));
 }
 
 torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
-  if (type_ == MlpType::SwiGLU) return down_proj(F::silu(gate_proj(x)) * up_proj(x));
-  return down_proj(torch::gelu(up_proj(x), "tanh"));
+  auto h = up_proj(x);
+  if (type_ == MlpType::SwiGLU) return down_proj(F::silu(h.narrow(-1, 0, I_)) * h.narrow(-1, I_, I_));
+  return down_proj(torch::gelu(h, "tanh"));
 }
 
 BlockImpl::BlockImpl(const ModelConfig& cfg) {
@@ -161,23 +165,28 @@ torch::Tensor TransformerImpl::hidden_states(const torch::Tensor& tokens, const 
     // Rotary angles position * theta^(-2i/D), computed in float32 as HF does.
     auto inv_freq = torch::pow(cfg_.rope_theta, -torch::arange(0, cfg_.head_dim, 2, torch::TensorOptions().dtype(torch::kFloat32).device(dev)) / double(cfg_.head_dim));
     auto angles = positions.to(torch::kFloat32).unsqueeze(-1) * inv_freq;  // (B, T, D/2)
-    auto emb = torch::cat({angles, angles}, -1).unsqueeze(1);                // (B, 1, T, D)
+    auto emb = torch::cat({angles, angles}, -1).unsqueeze(2);                // (B, T, 1, D)
     cos = emb.cos().to(x.scalar_type());
     sin = emb.sin().to(x.scalar_type());
   }
 
-  // mask (B, 1, T, S): causal within the new tokens, padding columns off. Each query keeps at
-  // least its own position so rows of padding tokens stay finite (their outputs are unused).
+  // Additive mask (B or 1, 1, G*T, S), built once for all layers: 0 where a query may
+  // attend, -inf elsewhere; causal within the new tokens, padding columns off. Each query
+  // keeps at least its own position so rows of padding tokens stay finite (their outputs
+  // are unused). Rows repeat G times to match the grouped query layout of AttentionImpl.
   auto q_pos = torch::arange(past, S, torch::TensorOptions().dtype(torch::kLong).device(dev)).unsqueeze(1);  // (T, 1)
   auto k_pos = torch::arange(0, S, torch::TensorOptions().dtype(torch::kLong).device(dev)).unsqueeze(0);     // (1, S)
-  auto mask = (k_pos <= q_pos).unsqueeze(0).unsqueeze(0);  // (1, 1, T, S)
+  auto allowed = (k_pos <= q_pos).unsqueeze(0);  // (1, T, S)
   if (attention_mask.defined()) {
     check(attention_mask.dim() == 2 && attention_mask.size(0) == B && attention_mask.size(1) == S,
           "hidden_states: attention_mask must be (B, S) = [" + std::to_string(B) + ", " + std::to_string(S) +
               "], got " + shape_str(attention_mask.sizes()));
-    mask = mask & attention_mask.to(torch::kBool).view({B, 1, 1, S});
-    mask = mask | (k_pos == q_pos).unsqueeze(0).unsqueeze(0);
+    allowed = (allowed & attention_mask.to(torch::kBool).view({B, 1, S})) | (k_pos == q_pos).unsqueeze(0);
   }
+  const int64_t G = cfg_.num_heads / cfg_.num_kv_heads, Bm = allowed.size(0);
+  auto mask = torch::zeros({Bm, T, S}, x.options())
+                  .masked_fill_(allowed.logical_not(), -std::numeric_limits<float>::infinity())
+                  .unsqueeze(1).expand({Bm, G, T, S}).reshape({Bm, 1, G * T, S});
 
   for (int64_t l = 0; l < cfg_.num_layers; ++l)
     x = model->layers[l]->as<Block>()->forward(x, cos, sin, mask, cache, l);
@@ -196,21 +205,45 @@ torch::Tensor TransformerImpl::forward(const torch::Tensor& tokens, const torch:
 }
 
 TensorMap TransformerImpl::weights() {
+  // Fused parameters are split into views under their canonical names, so readers and
+  // writers see the HF layout while the forward pass runs one matmul instead of three.
+  const int64_t q_rows = cfg_.num_heads * cfg_.head_dim, kv_rows = cfg_.num_kv_heads * cfg_.head_dim;
+  const int64_t I = cfg_.intermediate_size;
+  auto split = [](TensorMap& out, const std::string& prefix, const std::string& suffix, const torch::Tensor& t,
+                  std::vector<std::pair<std::string, int64_t>> parts) {
+    int64_t at = 0;
+    for (auto& [name, rows] : parts) {
+      out[prefix + name + suffix] = t.narrow(0, at, rows);
+      at += rows;
+    }
+  };
   TensorMap out;
-  for (const auto& p : named_parameters()) out[p.key()] = p.value();
+  for (const auto& p : named_parameters()) {
+    const std::string& name = p.key();
+    auto cut = [&](const std::string& fused) { return name.find(fused) != std::string::npos; };
+    if (cut("self_attn.qkv_proj.")) {
+      auto prefix = name.substr(0, name.find("qkv_proj.")), suffix = name.substr(name.rfind('.'));
+      split(out, prefix, suffix, p.value(), {{"q_proj", q_rows}, {"k_proj", kv_rows}, {"v_proj", kv_rows}});
+    } else if (cut("mlp.gate_up_proj.")) {
+      auto prefix = name.substr(0, name.find("gate_up_proj.")), suffix = name.substr(name.rfind('.'));
+      split(out, prefix, suffix, p.value(), {{"gate_proj", I}, {"up_proj", I}});
+    } else {
+      out[name] = p.value();
+    }
+  }
   return out;
 }
 
 void TransformerImpl::load_weights(const TensorMap& weights, const std::string& source) {
   torch::NoGradGuard no_grad;
-  auto params = named_parameters();
-  for (const auto& p : params) {
-    auto it = weights.find(p.key());
-    check(it != weights.end(), source + ": missing tensor " + p.key());
-    check(it->second.sizes() == p.value().sizes(),
-          source + ": tensor " + p.key() + " has shape " + shape_str(it->second.sizes()) +
-              ", expected " + shape_str(p.value().sizes()));
-    p.value().copy_(it->second);
+  auto params = this->weights();
+  for (auto& [name, param] : params) {
+    auto it = weights.find(name);
+    check(it != weights.end(), source + ": missing tensor " + name);
+    check(it->second.sizes() == param.sizes(), source + ": tensor " + name + " has shape " +
+                                                   shape_str(it->second.sizes()) + ", expected " +
+                                                   shape_str(param.sizes()));
+    param.copy_(it->second);
   }
   for (const auto& [name, t] : weights)
     check(params.contains(name), source + ": unexpected tensor " + name + " for this architecture");

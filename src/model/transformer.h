@@ -1,6 +1,7 @@
 // The decoder-only transformer: one module for the Llama family and the GPT-2 family,
-// selected by ModelConfig. Parameters carry the canonical (HF Llama) names of tensor_map.h,
-// so `named_parameters()` is directly the TensorMap the loaders and writers exchange.
+// selected by ModelConfig. `weights()` shows the parameters under the canonical (HF Llama)
+// names of tensor_map.h, the TensorMap the loaders and writers exchange; inside, q/k/v and
+// gate/up are fused matrices so a layer runs two matmuls fewer.
 // Dimension letters: B batch, T new tokens, S = past + new positions, C hidden,
 // H query heads, H_kv key/value heads, D head dim, I MLP width, V vocabulary.
 #pragma once
@@ -13,7 +14,10 @@ namespace rlhf {
 
 // Keys and values of past positions, preallocated for `capacity` positions.
 struct KVCache {
-  std::vector<torch::Tensor> k, v;   // per layer: (B, H_kv, capacity, D)
+  // Keys are kept transposed so that scores = q @ k is a plain matmul over contiguous rows,
+  // which is several times faster than q @ k^T at small head sizes.
+  std::vector<torch::Tensor> k;      // per layer: (B, H_kv, D, capacity)
+  std::vector<torch::Tensor> v;      // per layer: (B, H_kv, capacity, D)
   int64_t length = 0;                // positions filled (the same for every sequence)
   int64_t capacity = 0;
 
@@ -38,13 +42,16 @@ TORCH_MODULE(Norm);
 class AttentionImpl : public torch::nn::Module {
  public:
   explicit AttentionImpl(const ModelConfig& cfg);
-  // x (B, T, C); cos/sin (B, 1, T, D) or undefined (learned positions); mask (B, 1, T, S)
-  // bool, true = may attend; cache_k/v: this layer's cache slices or undefined.
+  // x (B, T, C); cos/sin (B, T, 1, D) or undefined (learned positions); mask: additive,
+  // (B or 1, 1, G*T, S) with G = H / H_kv query heads per K/V head (see hidden_states);
+  // cache: appended to at this layer when given.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                         const torch::Tensor& mask, KVCache* cache, int64_t layer);
  private:
   int64_t H_, H_kv_, D_;
-  torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  // q, k and v projections fused into one (H + 2 H_kv) * D-row matrix; weights() shows
+  // them under their canonical q_proj/k_proj/v_proj names.
+  torch::nn::Linear qkv_proj{nullptr}, o_proj{nullptr};
 };
 TORCH_MODULE(Attention);
 
@@ -54,7 +61,9 @@ class MlpImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x);  // (B, T, C) -> (B, T, C)
  private:
   MlpType type_;
-  torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+  int64_t I_;
+  // SwiGLU: gate and up fused into one (2I, C) matrix ("gate_up_proj"); GELU: up (I, C).
+  torch::nn::Linear up_proj{nullptr}, down_proj{nullptr};
 };
 TORCH_MODULE(Mlp);
 
