@@ -114,3 +114,15 @@ TEST(Sampler, RejectsInvalidParameters) {
   EXPECT_ANY_THROW(Sampler({.top_p = 0.0f}));
   EXPECT_ANY_THROW(Sampler({.min_p = 1.5f}));
 }
+
+TEST(Sampler, TemperatureDrawsMatchTheSharpenedDistribution) {
+  // The plain-temperature fast path: p = (0.5, 0.3, 0.2) at T = 0.5 -> (0.25, 0.09, 0.04) / 0.38.
+  Sampler s({.temperature = 0.5f});
+  auto logits = logits_of({0.5, 0.3, 0.2});
+  auto rng = sequence_rng(7, 1);
+  std::vector<int> counts(3);
+  const int N = 60000;
+  for (int i = 0; i < N; ++i) counts[s.sample(logits, {}, rng)]++;
+  EXPECT_NEAR(counts[0] / double(N), 0.25 / 0.38, 0.01);
+  EXPECT_NEAR(counts[2] / double(N), 0.04 / 0.38, 0.01);
+}

@@ -1,5 +1,7 @@
 #include "generate/generator.h"
 
+#include <ATen/Parallel.h>  // at::parallel_for
+
 #include <numeric>
 
 #include "core/error.h"
@@ -68,14 +70,21 @@ void generate_batch(Transformer& model, const Tokenizer& tok, std::vector<Slot>&
     auto cpu_logits = logits.to(torch::kCPU).contiguous();  // (B', V) float32
     const int64_t V = cpu_logits.size(1);
     std::vector<int64_t> next(rows.size());
+    // Rows sample independently (each has its own generator), so they run in parallel.
+    at::parallel_for(0, rows.size(), 8, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        Slot& s = slots[rows[r]];
+        std::span<const float> row(cpu_logits.data_ptr<float>() + r * V, V);
+        const int32_t id = sampler.sample(row, s.context, s.rng);
+        next[r] = id;
+        s.out.tokens.push_back(id);
+        s.out.logprobs.push_back(token_logprob(row, id, opt.sampling.temperature));
+        s.context.push_back(id);
+      }
+    });
     for (size_t r = 0; r < rows.size(); ++r) {
       Slot& s = slots[rows[r]];
-      std::span<const float> row(cpu_logits.data_ptr<float>() + r * V, V);
-      const int32_t id = sampler.sample(row, s.context, s.rng);
-      next[r] = id;
-      s.out.tokens.push_back(id);
-      s.out.logprobs.push_back(token_logprob(row, id, opt.sampling.temperature));
-      s.context.push_back(id);
+      const int32_t id = static_cast<int32_t>(next[r]);
       if (on_token) on_token(s.prompt_index, id);
       if (opt.stop_at_eos && std::find(eos.begin(), eos.end(), id) != eos.end()) {
         s.done = true;

@@ -115,12 +115,28 @@ int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> 
                         std::mt19937_64& rng) const {
   if (greedy() && chain_.empty())
     return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+  // Inverse-CDF draws with a 53-bit uniform: reproducible across platforms, unlike
+  // std::discrete_distribution whose algorithm the standard leaves open.
+  const double u = (rng() >> 11) * 0x1.0p-53;
+  if (chain_.empty() || (chain_.size() == 1 && params_.repetition_penalty == 1.0f && params_.top_k == 0 &&
+                         params_.top_p >= 1.0f && params_.min_p <= 0.0f)) {
+    // Plain temperature sampling, the rollout default: draw straight from the logits, in id
+    // order like the general path, without building a candidate list.
+    const float inv_t = 1.0f / params_.temperature;
+    const float mx = *std::max_element(logits.begin(), logits.end()) * inv_t;
+    double sum = 0;
+    for (float l : logits) sum += std::exp(l * inv_t - mx);
+    const double target = u * sum;
+    double cdf = 0;
+    for (size_t i = 0; i < logits.size(); ++i) {
+      cdf += std::exp(logits[i] * inv_t - mx);
+      if (target < cdf) return static_cast<int32_t>(i);
+    }
+    return static_cast<int32_t>(logits.size() - 1);
+  }
   auto c = distribution(logits, context);
   if (greedy()) return c.ids[std::max_element(c.logits.begin(), c.logits.end()) - c.logits.begin()];
   auto probs = c.probabilities();
-  // Inverse-CDF draw with a 53-bit uniform: reproducible across platforms, unlike
-  // std::discrete_distribution whose algorithm the standard leaves open.
-  const double u = (rng() >> 11) * 0x1.0p-53;
   double cdf = 0;
   for (size_t i = 0; i < probs.size(); ++i) {
     cdf += probs[i];
