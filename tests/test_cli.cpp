@@ -156,3 +156,17 @@ TEST(Cli, BadFlagsFailWithNonZeroExit) {
   expect_clean_error(run_cli("generate --model " + stories("stories260K.gguf") + " --device tpu"), {"tpu"});
   expect_clean_error(run_cli("generate --model /nonexistent/model.gguf"), {"/nonexistent/model.gguf"});
 }
+
+TEST(Cli, ChatTemplateWrapsThePromptAndStopsAtTheNextTurn) {
+  auto r = run_cli("generate --model " + stories("stories260K.gguf") +
+                       " --chat hh --prompt 'Tell me a story' --max-new-tokens 60 --json --n 4 --seed 5",
+                   "", false);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::istringstream lines(r.output);
+  for (std::string line; std::getline(lines, line);) {
+    auto o = nlohmann::json::parse(line);
+    EXPECT_EQ(o["prompt"], "\n\nHuman: Tell me a story\n\nAssistant:");
+    EXPECT_EQ(o["text"].get<std::string>().find("\n\nHuman:"), std::string::npos);
+  }
+  expect_clean_error(run_cli("generate --model " + stories("stories260K.gguf") + " --chat nope -p x"), {"nope", "chatml"});
+}

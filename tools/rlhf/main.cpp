@@ -11,6 +11,7 @@
 #include "generate/generator.h"
 #include "model/formats.h"
 #include "model/model.h"
+#include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
 
 using namespace rlhf;
@@ -25,7 +26,7 @@ std::string read_stdin() {
 
 // ---- rlhf generate -------------------------------------------------------------------
 struct GenerateArgs {
-  std::string model, tokenizer, prompt, device = "cpu", dtype = "float32";
+  std::string model, tokenizer, prompt, chat, system, device = "cpu", dtype = "float32";
   int n = 1;
   bool json_out = false, no_bos = false;
   GenerateOptions gen;
@@ -47,6 +48,8 @@ void add_generate(CLI::App& app) {
   cmd->add_option("--seed,-s", args->gen.seed, "Random seed (sequence i uses a stream derived from it)")->capture_default_str();
   cmd->add_option("--stop", args->gen.stop_strings, "Stop when the text contains this string (repeatable)");
   cmd->add_option("--batch", args->gen.max_batch, "Sequences decoded together at most")->capture_default_str();
+  cmd->add_option("--chat", args->chat, "Send the prompt as a user message with this chat template (llama2, chatml, hh)");
+  cmd->add_option("--system", args->system, "System message for --chat");
   cmd->add_flag("--no-bos", args->no_bos, "Do not prepend BOS to the prompt");
   cmd->add_flag("--json", args->json_out, "Print one JSON object per sequence (text, tokens, logprobs)");
   cmd->add_option("--device", args->device, "cpu, cuda or cuda:N")->capture_default_str();
@@ -57,7 +60,19 @@ void add_generate(CLI::App& app) {
     const Tokenizer& tok = *lm.tokenizer;
     EncodeOptions enc;
     enc.add_bos = !args->no_bos && (tok.add_bos_default() || args->prompt.empty()) && tok.bos_id() >= 0;
-    auto prompt_ids = tok.encode(args->prompt, enc);
+    std::string prompt_text = args->prompt;
+    if (!args->chat.empty()) {
+      std::vector<ChatMessage> messages;
+      if (!args->system.empty()) messages.push_back({"system", args->system});
+      messages.push_back({"user", args->prompt});
+      prompt_text = apply_chat_template(args->chat, messages, /*add_generation_prompt=*/true, &tok);
+      // The template writes BOS itself where the model wants one (as apply_chat_template does).
+      enc.add_bos = false;
+      // Chat models end their turn with EOS (</s>, <|im_end|>); the plain HH format has none,
+      // so the next "Human:" turn ends the reply.
+      if (args->chat == "hh") args->gen.stop_strings.push_back("\n\nHuman:");
+    }
+    auto prompt_ids = tok.encode(prompt_text, enc);
     check(!prompt_ids.empty(), "the prompt is empty and the tokenizer has no BOS token to start from");
     std::vector<std::vector<int32_t>> prompts(args->n, prompt_ids);
 
@@ -77,11 +92,11 @@ void add_generate(CLI::App& app) {
       const auto& r = results[i];
       n_tokens += r.tokens.size();
       if (args->json_out) {
-        std::cout << json{{"index", i}, {"prompt", args->prompt}, {"text", r.text}, {"tokens", r.tokens},
+        std::cout << json{{"index", i}, {"prompt", prompt_text}, {"text", r.text}, {"tokens", r.tokens},
                           {"logprobs", r.logprobs}, {"finish_reason", r.finish_reason}}.dump()
                   << "\n";
       } else if (!stream) {
-        std::cout << "--- sample " << i << " (" << r.finish_reason << ")\n" << args->prompt << r.text << "\n";
+        std::cout << "--- sample " << i << " (" << r.finish_reason << ")\n" << prompt_text << r.text << "\n";
       }
     }
     if (stream) std::cout << streamer.flush() << "\n";
