@@ -437,7 +437,11 @@ std::unique_ptr<Tokenizer> tokenizer_from_metadata(const Meta& meta, int64_t voc
     std::string pre = meta.string("tokenizer.ggml.pre", "default");
     if (pre == "default" || pre == "gpt-2" || pre == "gpt2") pre = "gpt2";
     else if (pre == "llama-bpe" || pre == "llama3" || pre == "llama-v3") pre = "llama3";
+    else if (pre == "qwen2") pre = "qwen2";
     v.pretokenizer = pre;
+    // Llama-3's tokenizer.json sets ignore_merges (a pre-token that is itself in the
+    // vocabulary is kept whole); llama.cpp applies the same rule for this pre-tokenizer.
+    v.ignore_merges = pre == "llama3";
     v.bos_id = id("tokenizer.ggml.bos_token_id", -1);
     v.eos_id = id("tokenizer.ggml.eos_token_id", -1);
     v.pad_id = id("tokenizer.ggml.padding_token_id", -1);
