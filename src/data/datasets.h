@@ -1,0 +1,66 @@
+// Training data in the JSONL formats the Python trainers use, read with errors that name the
+// file, line and field. Plain or gzip-compressed files are read alike.
+//   SFT:          {"prompt": ..., "completion": ...}  or  {"messages": [{"role", "content"}...]}
+//   Preferences:  {"prompt": ..., "chosen": ..., "rejected": ...}, or HH-RLHF style
+//                 {"chosen": dialogue, "rejected": dialogue}: the shared prefix up to and
+//                 including the last "\n\nAssistant:" is the prompt.
+//   Rankings:     {"prompt": ..., "completions": [K texts], "ranking": [...], "labeler": ...}
+//                 ranking lists completion indices best first; an inner list is a tie group,
+//                 e.g. [2, [0, 3], 1]. Other fields (flags, notes) are kept in `extra`.
+#pragma once
+#include <cstddef>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+namespace rlhf {
+
+struct ReadOptions {
+  bool skip_bad = false;    // skip malformed lines (and count them) instead of failing
+};
+
+struct ReadStats {
+  size_t lines = 0;         // non-empty lines seen
+  size_t skipped = 0;       // malformed lines skipped (skip_bad)
+};
+
+struct SftExample {
+  std::string prompt;       // text the loss ignores
+  std::string completion;   // text the loss is computed on
+};
+
+struct PreferencePair {
+  std::string prompt, chosen, rejected;  // chosen/rejected are completions of prompt
+  double margin = 0.0;      // optional "margin" field (Bradley-Terry with margin)
+  size_t group = 0;         // index of the prompt/ranking it came from (same-batch option)
+};
+
+struct Ranking {
+  std::string prompt;
+  std::vector<std::string> completions;
+  std::vector<std::vector<int>> tiers;   // best first; each tier holds tied completion indices
+  std::string labeler;
+  nlohmann::json extra = nlohmann::json::object();  // any other fields (flags, note, ...)
+};
+
+// `chat_template`: how a `messages` list becomes prompt + completion (the last assistant
+// message is the completion, everything before it, rendered with the template and its
+// generation prompt, the prompt). Required only when the file has `messages` lines.
+std::vector<SftExample> read_sft(const std::filesystem::path& path, const ReadOptions& opt = {},
+                                 const std::string& chat_template = "", ReadStats* stats = nullptr);
+std::vector<PreferencePair> read_preferences(const std::filesystem::path& path, const ReadOptions& opt = {},
+                                             ReadStats* stats = nullptr);
+std::vector<Ranking> read_rankings(const std::filesystem::path& path, const ReadOptions& opt = {},
+                                   ReadStats* stats = nullptr);
+void write_rankings(const std::filesystem::path& path, const std::vector<Ranking>& rankings);  // atomic
+
+// InstructGPT: every pair of completions in different tiers, better one as chosen
+// (K choose 2 minus tied pairs). `group` is the ranking's index.
+std::vector<PreferencePair> rankings_to_pairs(const std::vector<Ranking>& rankings);
+
+// Splits an HH-RLHF dialogue pair into prompt/chosen/rejected (see above). Error if the
+// two dialogues share no "\n\nAssistant:" prefix.
+PreferencePair split_hh_pair(const std::string& chosen, const std::string& rejected, const std::string& where);
+
+}  // namespace rlhf
