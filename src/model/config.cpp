@@ -22,6 +22,13 @@ std::string model_type_of(const std::string& arch) {
   return "";
 }
 
+// <Family>ForSequenceClassification <-> the family's causal-LM class.
+const std::vector<std::pair<std::string, std::string>> kClassifiers = {
+    {"LlamaForSequenceClassification", "LlamaForCausalLM"},
+    {"MistralForSequenceClassification", "MistralForCausalLM"},
+    {"Qwen2ForSequenceClassification", "Qwen2ForCausalLM"},
+    {"GPT2ForSequenceClassification", "GPT2LMHeadModel"}};
+
 std::string arch_of_model_type(const std::string& model_type) {
   for (const char* a : {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "GPT2LMHeadModel"})
     if (model_type_of(a) == model_type) return a;
@@ -124,8 +131,18 @@ ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& source) 
       throw Error(source + ": unknown architecture (no 'architectures' field, model_type '" + mt +
                   "'; supported: " + kSupported + ")");
   }
+  for (const auto& [cls, causal] : kClassifiers)
+    if (arch == cls) {
+      arch = causal;
+      c.num_labels = j.contains("num_labels") && j["num_labels"].is_number_integer() ? j["num_labels"].get<int64_t>()
+                     : j.contains("id2label") && j["id2label"].is_object() ? int64_t(j["id2label"].size())
+                                                                           : 2;  // transformers' default
+      c.reward_gain = j.value("rlhf_reward_gain", 1.0);
+      c.reward_bias = j.value("rlhf_reward_bias", 0.0);
+    }
   if (model_type_of(arch).empty())
-    throw Error(source + ": unknown architecture '" + arch + "' (supported: " + kSupported + ")");
+    throw Error(source + ": unknown architecture '" + arch + "' (supported: " + kSupported +
+                ", and their ForSequenceClassification classes)");
   c.architecture = arch;
 
   // 2. Sizes and the family's fixed choices.
@@ -207,6 +224,20 @@ json ModelConfig::to_hf_json() const {
   json j;
   j["architectures"] = json::array({architecture});
   j["model_type"] = model_type_of(architecture);
+  if (num_labels > 0) {
+    for (const auto& [cls, causal] : kClassifiers)
+      if (causal == architecture) j["architectures"] = json::array({cls});
+    j["num_labels"] = num_labels;
+    json id2label = json::object(), label2id = json::object();
+    for (int64_t i = 0; i < num_labels; ++i) {
+      id2label[std::to_string(i)] = "LABEL_" + std::to_string(i);
+      label2id["LABEL_" + std::to_string(i)] = i;
+    }
+    j["id2label"] = id2label;
+    j["label2id"] = label2id;
+    j["rlhf_reward_gain"] = reward_gain;
+    j["rlhf_reward_bias"] = reward_bias;
+  }
   j["vocab_size"] = vocab_size;
   j["tie_word_embeddings"] = tie_word_embeddings;
   j["bos_token_id"] = bos_token_id >= 0 ? json(bos_token_id) : json(nullptr);
@@ -345,7 +376,8 @@ TensorShapes canonical_shapes(const ModelConfig& c) {
     linear(p + "mlp.down_proj", C, I, c.mlp_bias);
   }
   norm("model.norm");
-  if (!c.tie_word_embeddings) s["lm_head.weight"] = {V, C};
+  if (c.num_labels > 0) s["score.weight"] = {c.num_labels, C};
+  else if (!c.tie_word_embeddings) s["lm_head.weight"] = {V, C};
   return s;
 }
 

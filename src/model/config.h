@@ -39,6 +39,12 @@ struct ModelConfig {
   std::vector<int64_t> eos_token_ids = {2};
   int64_t pad_token_id = -1;         // -1: none declared by the model
   int64_t sliding_window = 0;        // informational (Mistral); 0 = none
+  // Sequence classification (a reward model): num_labels > 0 replaces lm_head by a
+  // `score.weight` (num_labels, C) head read at the last real token, and the class becomes
+  // <Family>ForSequenceClassification in config.json. The reward is gain * score + bias
+  // (normalization fitted after training; stored as rlhf_reward_gain/bias).
+  int64_t num_labels = 0;
+  double reward_gain = 1.0, reward_bias = 0.0;
 
   // Throws rlhf::Error naming `source` and the field when a value is missing or inconsistent.
   static ModelConfig from_hf_json(const nlohmann::json& j, const std::string& source);

@@ -118,6 +118,7 @@ TensorMap canonical_to_gpt2(const TensorMap& canonical) {
       {"model.norm.weight", "transformer.ln_f.weight"},
       {"model.norm.bias", "transformer.ln_f.bias"},
       {"lm_head.weight", "lm_head.weight"},
+      {"score.weight", "score.weight"},  // sequence-classification (reward) head
   };
   TensorMap out;
   for (const auto& [name, t] : canonical) {

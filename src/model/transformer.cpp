@@ -136,7 +136,14 @@ BodyImpl::BodyImpl(const ModelConfig& cfg) {
 
 TransformerImpl::TransformerImpl(const ModelConfig& cfg) : cfg_(cfg) {
   model = register_module("model", Body(cfg));
-  if (!cfg.tie_word_embeddings) lm_head = register_module("lm_head", linear(cfg.hidden_size, cfg.vocab_size, false));
+  if (cfg.num_labels > 0) {
+    score = register_module("score", linear(cfg.hidden_size, cfg.num_labels, false));
+    // Reward head init N(0, 1/sqrt(C + 1)) (lm-human-preferences; PPO_DETAILS #10).
+    torch::NoGradGuard no_grad;
+    score->weight.normal_(0.0, 1.0 / std::sqrt(double(cfg.hidden_size + 1)));
+  } else if (!cfg.tie_word_embeddings) {
+    lm_head = register_module("lm_head", linear(cfg.hidden_size, cfg.vocab_size, false));
+  }
 }
 
 torch::Device TransformerImpl::device() const { return model->embed_tokens->weight.device(); }
@@ -194,7 +201,18 @@ torch::Tensor TransformerImpl::hidden_states(const torch::Tensor& tokens, const 
   return model->norm(x);
 }
 
+torch::Tensor TransformerImpl::scores(const torch::Tensor& tokens, const torch::Tensor& attention_mask) {
+  check(!score.is_empty(), "scores: this model has no classification head (num_labels = 0)");
+  auto hidden = hidden_states(tokens, {}, attention_mask);  // (B, T, C)
+  // The last real token of each right-padded row: index = number of real tokens - 1.
+  auto last = attention_mask.defined() ? attention_mask.to(torch::kLong).sum(1) - 1
+                                       : torch::full({tokens.size(0)}, tokens.size(1) - 1, tokens.options().dtype(torch::kLong));
+  auto h = hidden.gather(1, last.view({-1, 1, 1}).expand({-1, 1, hidden.size(2)})).squeeze(1);  // (B, C)
+  return score(h).to(torch::kFloat32);  // (B, num_labels)
+}
+
 torch::Tensor TransformerImpl::logits(const torch::Tensor& hidden) {
+  check(score.is_empty(), "logits: a sequence-classification model has no language-model head");
   const auto& w = lm_head ? lm_head->weight : model->embed_tokens->weight;  // (V, C)
   return torch::matmul(hidden, w.t()).to(torch::kFloat32);
 }

@@ -104,6 +104,10 @@ class TransformerImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& tokens, const torch::Tensor& positions = {},
                         const torch::Tensor& attention_mask = {}, KVCache* cache = nullptr);
   torch::Tensor logits(const torch::Tensor& hidden);  // (B, T, C) -> (B, T, V) float32
+  // Sequence classification (num_labels > 0): the head read at the last real token of each
+  // right-padded row (attention_mask (B, T), 1 = real). Returns (B, num_labels) float32, the
+  // raw score before any normalization or probability.
+  torch::Tensor scores(const torch::Tensor& tokens, const torch::Tensor& attention_mask = {});
 
   // Copies `weights` (canonical names) into the parameters, converting dtype and device.
   // Every parameter must be present with its shape and nothing may be left over; the
@@ -117,7 +121,8 @@ class TransformerImpl : public torch::nn::Module {
  private:
   ModelConfig cfg_;
   Body model{nullptr};
-  torch::nn::Linear lm_head{nullptr};  // null when tied to embed_tokens
+  torch::nn::Linear lm_head{nullptr};  // null when tied to embed_tokens or a classifier
+  torch::nn::Linear score{nullptr};    // (num_labels, C) classification head, or null
 };
 TORCH_MODULE(Transformer);
 

@@ -8,10 +8,16 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/io.h"
+#include "data/datasets.h"
 #include "generate/generator.h"
 #include "model/formats.h"
 #include "model/model.h"
 #include "tokenizer/chat_template.h"
+#include "train/config_fields.h"
+#include "trainers/dpo_trainer.h"
+#include "trainers/reward_trainer.h"
+#include "trainers/sft_trainer.h"
 #include "tokenizer/tokenizer.h"
 
 using namespace rlhf;
@@ -182,6 +188,85 @@ void add_convert(CLI::App& app) {
   });
 }
 
+// ---- training stages: rlhf sft / rm train / dpo ------------------------------------------
+// Every field of the stage's config is a flag and a TOML key; `--config FILE` is read first
+// and flags override it. The resolved config lands in RUN_DIR/config.toml.
+template <class Config, class Train>
+void add_trainer(CLI::App& parent, const std::string& name, const std::string& help, Train train) {
+  auto cfg = std::make_shared<Config>();
+  auto config_path = std::make_shared<std::string>();
+  auto resume = std::make_shared<bool>(false);
+  auto* cmd = parent.add_subcommand(name, help);
+  add_config_options(*cmd, *cfg, *config_path);
+  cmd->add_flag("--resume", *resume, "Continue the run in run_dir from its last checkpoint");
+  cmd->callback([cfg, resume, train] {
+    auto m = train(*cfg, *resume);
+    json j = json::object();
+    for (const auto& [k, v] : m) j[k] = v;
+    std::cout << j.dump() << "\n";
+    std::cerr << "model written to " << (std::filesystem::path(cfg->train.run_dir) / "model").string() << "\n";
+  });
+}
+
+// ---- rlhf rm score --------------------------------------------------------------------
+void add_rm_score(CLI::App& rm) {
+  struct Args { std::string model, in, device = "cpu"; int64_t max_length = 512, batch = 16; };
+  auto args = std::make_shared<Args>();
+  auto* cmd = rm.add_subcommand("score", "Score texts with a reward model: JSONL in, JSONL with \"score\" out");
+  cmd->add_option("--model,-m", args->model, "Reward model folder (from rlhf rm train)")->required();
+  cmd->add_option("--in,-i", args->in,
+                  "JSONL with prompt/completion, or text, per line (preference files: chosen and rejected are scored)")
+      ->required();
+  cmd->add_option("--max-length", args->max_length, "Tokens per text at most")->capture_default_str();
+  cmd->add_option("--batch", args->batch, "Texts scored together")->capture_default_str();
+  cmd->add_option("--device", args->device, "cpu, cuda or cuda:N")->capture_default_str();
+  cmd->callback([args] {
+    auto rm = load_reward_model(args->model, {args->device});
+    std::istringstream lines(read_maybe_gzip(args->in));
+    std::vector<json> records;
+    std::vector<std::pair<std::string, std::string>> texts;
+    size_t line_no = 0;
+    for (std::string line; std::getline(lines, line);) {
+      ++line_no;
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      json j = json::parse(line, nullptr, false);
+      const std::string where = args->in + ":" + std::to_string(line_no);
+      check(j.is_object(), where + ": not a JSON object");
+      auto str = [&](const char* k) {
+        check(j[k].is_string(), where + ": field '" + k + "' must be a string");
+        return j[k].get<std::string>();
+      };
+      if (j.contains("chosen") && j.contains("rejected")) {
+        auto p = j.contains("prompt") ? PreferencePair{str("prompt"), str("chosen"), str("rejected")}
+                                      : split_hh_pair(str("chosen"), str("rejected"), where);
+        texts.emplace_back(p.prompt, p.chosen);
+        texts.emplace_back(p.prompt, p.rejected);
+      } else if (j.contains("completion")) {
+        texts.emplace_back(j.contains("prompt") ? str("prompt") : "", str("completion"));
+      } else {
+        texts.emplace_back("", str("text"));
+      }
+      records.push_back(j);
+    }
+    check(!records.empty(), args->in + ": no records");
+    std::vector<double> raw;
+    auto scores = score_texts(rm, texts, args->max_length, args->batch, &raw);
+    size_t k = 0;
+    for (auto& j : records) {
+      if (j.contains("chosen") && j.contains("rejected")) {
+        j["score_chosen"] = scores[k];
+        j["score_rejected"] = scores[k + 1];
+        k += 2;
+      } else {
+        j["score"] = scores[k];
+        j["raw_score"] = raw[k];
+        ++k;
+      }
+      std::cout << j.dump() << "\n";
+    }
+  });
+}
+
 // c10 errors carry a backtrace after the first line; users need only the first line.
 std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
 
@@ -193,6 +278,15 @@ int main(int argc, char** argv) {
   add_generate(app);
   add_tokenize(app);
   add_convert(app);
+  add_trainer<SftConfig>(app, "sft", "Supervised fine-tuning on prompt/completion or messages JSONL",
+                         [](SftConfig c, bool resume) { return train_sft(c, resume); });
+  auto* rm = app.add_subcommand("rm", "Reward models: train one from preferences or rankings, score texts");
+  rm->require_subcommand(1);
+  add_trainer<RewardConfig>(*rm, "train", "Train a reward model (Bradley-Terry) on preference pairs or rankings",
+                            [](RewardConfig c, bool resume) { return train_reward_model(c, resume); });
+  add_rm_score(*rm);
+  add_trainer<DpoConfig>(app, "dpo", "Direct preference optimization (or IPO) against a frozen reference",
+                         [](DpoConfig c, bool resume) { return train_dpo(c, resume); });
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

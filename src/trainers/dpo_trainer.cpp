@@ -1,0 +1,131 @@
+#include "trainers/dpo_trainer.h"
+
+#include <numeric>
+
+#include "core/error.h"
+#include "data/collate.h"
+#include "losses/losses.h"
+#include "model/formats.h"
+#include "train/config_fields.h"
+#include "trainers/reward_trainer.h"
+#include "trainers/trainer_util.h"
+
+namespace rlhf {
+
+namespace {
+
+struct TokPair {
+  TokenizedExample chosen, rejected;
+  double ref_chosen = 0, ref_rejected = 0;  // reference logps, filled once
+};
+
+}  // namespace
+
+Metrics train_dpo(DpoConfig cfg, bool resume, int64_t stop_after) {
+  const TrainConfig& tc = cfg.train;
+  check(!tc.model.empty(), "dpo: `model` is required");
+  check(!tc.train_data.empty(), "dpo: `train_data` is required");
+  check(cfg.beta > 0, "dpo: beta must be positive");
+  check(cfg.loss_type == "sigmoid" || cfg.loss_type == "ipo", "dpo: loss_type must be sigmoid or ipo, got '" + cfg.loss_type + "'");
+  const auto type = cfg.loss_type == "ipo" ? DpoLossType::IPO : DpoLossType::Sigmoid;
+  const bool average = type == DpoLossType::IPO;  // TRL scores IPO with per-token mean logps
+  torch::manual_seed(tc.seed);
+
+  auto lm = load_model(tc.model, {tc.device, tc.dtype});
+  check(lm.tokenizer != nullptr, tc.model + ": no tokenizer found with the model");
+  const Tokenizer& tok = *lm.tokenizer;
+  const auto dev = lm.model->device();
+  const int32_t pad = training_pad_id(tok);
+
+  ReadOptions ro{tc.skip_bad};
+  auto read = [&](const std::string& p) { return read_pairs(p, cfg.data_format, ro); };
+  auto [train_pairs, eval_pairs] = train_eval_split(tc, read(tc.train_data), read);
+  auto tokenize = [&](const std::vector<PreferencePair>& ps) {
+    std::vector<TokPair> out;
+    for (const auto& p : ps)
+      out.push_back({tokenize_example(tok, p.prompt, p.chosen, tc.max_length),
+                     tokenize_example(tok, p.prompt, p.rejected, tc.max_length)});
+    return out;
+  };
+  auto train = tokenize(train_pairs), eval = tokenize(eval_pairs);
+
+  // Summed (IPO: mean) completion logps of chosen and rejected, (n) each.
+  auto logps = [&](Transformer& model, const std::vector<TokPair>& set, const std::vector<size_t>& idx) {
+    std::vector<TokenizedExample> xs;
+    for (size_t i : idx) xs.push_back(set[i].chosen);
+    for (size_t i : idx) xs.push_back(set[i].rejected);
+    auto b = to_device(collate(xs, pad), dev);
+    auto lp = sequence_logprobs(model->forward(b.input_ids, {}, b.attention_mask), b.input_ids, b.loss_mask, average);
+    const int64_t n = idx.size();
+    return std::make_pair(lp.narrow(0, 0, n), lp.narrow(0, n, n));
+  };
+
+  // 1. Reference logps, once, from a frozen copy of the starting (or given) model.
+  {
+    auto ref = load_model(cfg.ref_model.empty() ? tc.model : cfg.ref_model, {tc.device, tc.dtype});
+    for (auto& p : ref.model->parameters()) p.set_requires_grad(false);
+    torch::NoGradGuard no_grad;
+    const size_t bs = std::max<int64_t>(1, tc.batch_size / tc.grad_accum_steps);
+    for (auto* set : {&train, &eval})
+      for (size_t begin = 0; begin < set->size(); begin += bs) {
+        std::vector<size_t> idx(std::min(bs, set->size() - begin));
+        std::iota(idx.begin(), idx.end(), begin);
+        auto [c, r] = logps(ref.model, *set, idx);
+        for (size_t k = 0; k < idx.size(); ++k) {
+          (*set)[idx[k]].ref_chosen = c[k].item<double>();
+          (*set)[idx[k]].ref_rejected = r[k].item<double>();
+        }
+      }
+  }
+
+  // 2. The DPO loss of a set of pairs, summed, with the TRL metrics (sums as well).
+  auto dpo = [&](const std::vector<TokPair>& set, const std::vector<size_t>& idx) {
+    auto [pc, pr] = logps(lm.model, set, idx);
+    std::vector<double> rc, rr;
+    for (size_t i : idx) {
+      rc.push_back(set[i].ref_chosen);
+      rr.push_back(set[i].ref_rejected);
+    }
+    auto to_t = [&](const std::vector<double>& v) { return torch::tensor(v, torch::kFloat64).to(torch::kFloat32).to(dev); };
+    auto out = dpo_loss(pc, pr, to_t(rc), to_t(rr), cfg.beta, cfg.label_smoothing, type);
+    Metrics sums{{"rewards/chosen", out.chosen_rewards.sum().item<double>()},
+                 {"rewards/rejected", out.rejected_rewards.sum().item<double>()},
+                 {"rewards/accuracies", (out.chosen_rewards > out.rejected_rewards).sum().item<double>()},
+                 {"rewards/margins", (out.chosen_rewards - out.rejected_rewards).sum().item<double>()},
+                 {"logps/chosen", pc.sum().item<double>()},
+                 {"logps/rejected", pr.sum().item<double>()}};
+    return MicroStep{out.losses.sum(), sums};
+  };
+  TrainHooks hooks;
+  hooks.count = [](const std::vector<size_t>& idx) { return double(idx.size()); };
+  hooks.micro_step = [&](const std::vector<size_t>& idx) {
+    lm.model->train();
+    return dpo(train, idx);
+  };
+  if (!eval.empty())
+    hooks.evaluate = [&]() -> Metrics {
+      torch::NoGradGuard no_grad;
+      lm.model->eval();
+      Metrics total;
+      const size_t bs = std::max<int64_t>(1, tc.batch_size / tc.grad_accum_steps);
+      for (size_t begin = 0; begin < eval.size(); begin += bs) {
+        std::vector<size_t> idx(std::min(bs, eval.size() - begin));
+        std::iota(idx.begin(), idx.end(), begin);
+        auto r = dpo(eval, idx);
+        total["loss"] += r.loss_sum.item<double>();
+        for (const auto& [k, v] : r.sums) total[k] += v;
+      }
+      for (auto& [k, v] : total) v /= double(eval.size());
+      return total;
+    };
+  hooks.save_model = [&](const std::filesystem::path& dir) {
+    TensorMap w;
+    for (auto& [name, t] : lm.model->weights()) w[name] = t.detach().to(torch::kCPU);
+    write_hf_dir(dir, lm.config, w, &tok);
+  };
+
+  TrainLoop loop(tc, named_trainable(*lm.model), to_toml(cfg), train.size());
+  return loop.run(hooks, resume, stop_after);
+}
+
+}  // namespace rlhf

@@ -1,0 +1,200 @@
+#include "trainers/reward_trainer.h"
+
+#include <cmath>
+#include <numeric>
+
+#include "core/error.h"
+#include "core/io.h"
+#include "data/collate.h"
+#include "generate/generator.h"
+#include "losses/losses.h"
+#include "model/formats.h"
+#include "train/config_fields.h"
+#include "trainers/trainer_util.h"
+
+namespace rlhf {
+
+std::vector<PreferencePair> read_pairs(const std::string& path, const std::string& format, const ReadOptions& opt) {
+  std::string f = format;
+  if (f == "auto") {
+    // A rankings file has "completions" on its lines; look at the first record.
+    auto text = read_maybe_gzip(path);
+    auto first = text.substr(0, text.find('\n'));
+    f = first.find("\"completions\"") != std::string::npos ? "rankings" : "preferences";
+  }
+  if (f == "rankings") return rankings_to_pairs(read_rankings(path, opt));
+  check(f == "preferences", "data_format must be auto, preferences or rankings, got '" + f + "'");
+  return read_preferences(path, opt);
+}
+
+LoadedModel load_reward_model(const std::string& path, const LoadOptions& options) {
+  auto lm = load_model(path, options);
+  check(lm.config.num_labels == 1, path + ": not a reward model (expected a ForSequenceClassification "
+                                          "model with num_labels = 1, got num_labels = " +
+                                       std::to_string(lm.config.num_labels) + ")");
+  return lm;
+}
+
+namespace {
+
+// The raw score (B) of a batch of prompt+completion examples.
+torch::Tensor raw_scores(Transformer& rm, const std::vector<TokenizedExample>& xs, int32_t pad, torch::Device dev) {
+  auto b = to_device(collate(xs, pad), dev);
+  return rm->scores(b.input_ids, b.attention_mask).squeeze(-1);
+}
+
+}  // namespace
+
+std::vector<double> score_texts(LoadedModel& rm, const std::vector<std::pair<std::string, std::string>>& texts,
+                                int64_t max_length, int64_t batch_size, std::vector<double>* raw) {
+  check(rm.tokenizer != nullptr, "reward model has no tokenizer");
+  torch::NoGradGuard no_grad;
+  rm.model->eval();
+  const int32_t pad = training_pad_id(*rm.tokenizer);
+  std::vector<double> out;
+  for (size_t begin = 0; begin < texts.size(); begin += batch_size) {
+    std::vector<TokenizedExample> xs;
+    for (size_t i = begin; i < std::min(texts.size(), begin + size_t(batch_size)); ++i)
+      xs.push_back(tokenize_example(*rm.tokenizer, texts[i].first, texts[i].second, max_length, /*add_eos=*/false));
+    auto r = raw_scores(rm.model, xs, pad, rm.model->device()).to(torch::kCPU);
+    for (int64_t i = 0; i < r.size(0); ++i) {
+      const double x = r[i].item<double>();
+      if (raw) raw->push_back(x);
+      out.push_back(rm.config.reward_gain * x + rm.config.reward_bias);
+    }
+  }
+  return out;
+}
+
+Metrics train_reward_model(RewardConfig cfg, bool resume, int64_t stop_after) {
+  const TrainConfig& tc = cfg.train;
+  check(!tc.model.empty(), "rm train: `model` is required");
+  check(!tc.train_data.empty(), "rm train: `train_data` is required");
+  torch::manual_seed(tc.seed);
+
+  // 1. Backbone from the policy with a fresh scalar head (the LM head is dropped).
+  auto files = read_model_files(tc.model);
+  check(files.tokenizer != nullptr, tc.model + ": no tokenizer found with the model");
+  ModelConfig rm_cfg = files.config;
+  rm_cfg.num_labels = 1;
+  files.weights.erase("lm_head.weight");
+  LoadedModel rm;
+  rm.config = rm_cfg;
+  rm.model = Transformer(rm_cfg);
+  files.weights["score.weight"] = rm.model->weights().at("score.weight").detach().clone();
+  rm.model->load_weights(files.weights, tc.model);
+  rm.model->to(parse_device(tc.device), parse_dtype(tc.dtype));
+  rm.tokenizer = std::move(files.tokenizer);
+  const Tokenizer& tok = *rm.tokenizer;
+  const auto dev = rm.model->device();
+  const int32_t pad = training_pad_id(tok);
+
+  // 2. Pairs, tokenized once. No EOS is appended: the reward is read at the last text token,
+  // where transformers' sequence classifier reads it too (it skips pad = EOS tokens).
+  ReadOptions ro{tc.skip_bad};
+  auto read = [&](const std::string& p) { return read_pairs(p, cfg.data_format, ro); };
+  auto [train_pairs, eval_pairs] = train_eval_split(tc, read(tc.train_data), read);
+  struct TokPair { TokenizedExample chosen, rejected; double margin; };
+  auto tokenize = [&](const std::vector<PreferencePair>& ps) {
+    std::vector<TokPair> out;
+    for (const auto& p : ps)
+      out.push_back({tokenize_example(tok, p.prompt, p.chosen, tc.max_length, false),
+                     tokenize_example(tok, p.prompt, p.rejected, tc.max_length, false), p.margin});
+    return out;
+  };
+  const auto train = tokenize(train_pairs), eval = tokenize(eval_pairs);
+  // Units the loop shuffles: single pairs, or all pairs of one prompt.
+  std::vector<std::vector<size_t>> units;
+  if (cfg.group_by_prompt) {
+    std::map<size_t, std::vector<size_t>> by_group;
+    for (size_t i = 0; i < train_pairs.size(); ++i) by_group[train_pairs[i].group].push_back(i);
+    for (auto& [g, idx] : by_group) units.push_back(idx);
+  } else {
+    for (size_t i = 0; i < train.size(); ++i) units.push_back({i});
+  }
+  auto pairs_of = [&](const std::vector<size_t>& unit_idx) {
+    std::vector<size_t> out;
+    for (size_t u : unit_idx) out.insert(out.end(), units[u].begin(), units[u].end());
+    return out;
+  };
+
+  // 3. Bradley-Terry on (chosen, rejected) scored in one batch.
+  auto pair_losses = [&](const std::vector<TokPair>& set, const std::vector<size_t>& idx) {
+    std::vector<TokenizedExample> xs;
+    std::vector<double> margins;
+    for (size_t i : idx) xs.push_back(set[i].chosen);
+    for (size_t i : idx) xs.push_back(set[i].rejected);
+    for (size_t i : idx) margins.push_back(set[i].margin);
+    auto r = raw_scores(rm.model, xs, pad, dev);  // (2n)
+    const int64_t n = idx.size();
+    auto rc = r.narrow(0, 0, n), rr = r.narrow(0, n, n);
+    auto margin = torch::tensor(margins, torch::kFloat64).to(torch::kFloat32).to(dev);
+    auto loss_sum = reward_loss(rc, rr, margin) * double(n);
+    const double correct = (rc > rr).sum().item<double>();
+    return std::make_tuple(loss_sum, correct, (rc - rr).sum().item<double>());
+  };
+  TrainHooks hooks;
+  hooks.count = [&](const std::vector<size_t>& u) { return double(pairs_of(u).size()); };
+  hooks.micro_step = [&](const std::vector<size_t>& u) {
+    rm.model->train();
+    auto [loss_sum, correct, margin_sum] = pair_losses(train, pairs_of(u));
+    return MicroStep{loss_sum, {{"accuracy", correct}, {"margin", margin_sum}}};
+  };
+  if (!eval.empty())
+    hooks.evaluate = [&]() -> Metrics {
+      torch::NoGradGuard no_grad;
+      rm.model->eval();
+      double loss = 0, correct = 0, margin = 0;
+      const size_t bs = std::max<int64_t>(1, tc.batch_size / tc.grad_accum_steps);
+      for (size_t begin = 0; begin < eval.size(); begin += bs) {
+        std::vector<size_t> idx(std::min(bs, eval.size() - begin));
+        std::iota(idx.begin(), idx.end(), begin);
+        auto [l, c, m] = pair_losses(eval, idx);
+        loss += l.item<double>();
+        correct += c;
+        margin += m;
+      }
+      const double n = double(eval.size());
+      return {{"loss", loss / n}, {"accuracy", correct / n}, {"margin", margin / n}};
+    };
+  hooks.save_model = [&](const std::filesystem::path& dir) {
+    // 4. Normalization: gain and bias so that the reference policy's samples score mean 0,
+    // std 1 (lm-human-preferences; PPO_DETAILS #11), fitted on prompts of the training data.
+    ModelConfig out_cfg = rm.config;
+    out_cfg.pad_token_id = pad;  // transformers needs it to find the last token of a row
+    if (cfg.norm_samples > 0) {
+      auto policy = load_model(tc.model, {tc.device, tc.dtype});
+      std::vector<std::vector<int32_t>> prompts;
+      std::vector<std::string> prompt_texts;
+      for (int64_t i = 0; i < cfg.norm_samples; ++i) {
+        const auto& p = train_pairs[i % train_pairs.size()].prompt;
+        prompt_texts.push_back(p);
+        prompts.push_back(tok.encode(p, {.add_bos = tok.add_bos_default() || p.empty()}));
+      }
+      GenerateOptions g;
+      g.max_new_tokens = cfg.norm_max_new_tokens;
+      g.seed = static_cast<uint64_t>(tc.seed);
+      auto samples = generate(policy.model, *policy.tokenizer, prompts, g);
+      std::vector<std::pair<std::string, std::string>> texts;
+      for (size_t i = 0; i < samples.size(); ++i) texts.emplace_back(prompt_texts[i], samples[i].text);
+      rm.config.reward_gain = 1.0;
+      rm.config.reward_bias = 0.0;
+      auto r = score_texts(rm, texts, tc.max_length);
+      const double mean = std::accumulate(r.begin(), r.end(), 0.0) / r.size();
+      double var = 0;
+      for (double x : r) var += (x - mean) * (x - mean);
+      const double sd = std::sqrt(var / r.size());
+      out_cfg.reward_gain = 1.0 / std::max(sd, 1e-8);
+      out_cfg.reward_bias = -mean * out_cfg.reward_gain;
+      rm.config = out_cfg;
+    }
+    TensorMap w;
+    for (auto& [name, t] : rm.model->weights()) w[name] = t.detach().to(torch::kCPU);
+    write_hf_dir(dir, out_cfg, w, &tok);
+  };
+
+  TrainLoop loop(tc, named_trainable(*rm.model), to_toml(cfg), units.size());
+  return loop.run(hooks, resume, stop_after);
+}
+
+}  // namespace rlhf

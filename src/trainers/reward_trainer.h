@@ -1,0 +1,47 @@
+// Reward model training: the policy's backbone with a scalar head read at the last real
+// token, fitted to preference pairs with the Bradley-Terry loss; then its output is
+// normalized so the reference policy's own samples score mean 0, std 1.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "data/datasets.h"
+#include "model/model.h"
+#include "train/train_loop.h"
+
+namespace rlhf {
+
+struct RewardConfig {
+  TrainConfig train;
+  std::string data_format = "auto";  // auto | preferences | rankings
+  bool group_by_prompt = false;      // all pairs of one prompt in one batch (batch_size counts prompts)
+  int64_t norm_samples = 64;         // reference-policy samples for reward normalization; 0: off
+  int64_t norm_max_new_tokens = 64;
+
+  RewardConfig() {
+    train.run_dir = "runs/rm";
+    train.lr = 1e-4;
+  }
+  template <class V>
+  void visit(V&& v) {
+    visit_train_fields(train, v);
+    v("data_format", data_format, "auto (by the fields of the first line), preferences or rankings");
+    v("group_by_prompt", group_by_prompt, "Keep all pairs of one prompt in one batch; batch_size then counts prompts");
+    v("norm_samples", norm_samples, "Samples of the reference policy (`model`) for reward normalization; 0: off");
+    v("norm_max_new_tokens", norm_max_new_tokens, "Length of those samples");
+  }
+};
+
+// Reads preference pairs from a preferences file or (converted K-choose-2) a rankings file.
+std::vector<PreferencePair> read_pairs(const std::string& path, const std::string& format, const ReadOptions& opt);
+
+Metrics train_reward_model(RewardConfig cfg, bool resume, int64_t stop_after = 0);
+
+// Loads a reward model (a *ForSequenceClassification folder written by train_reward_model).
+LoadedModel load_reward_model(const std::string& path, const LoadOptions& options = {});
+
+// Normalized rewards (gain * raw + bias) of prompt+completion texts, in batches.
+std::vector<double> score_texts(LoadedModel& rm, const std::vector<std::pair<std::string, std::string>>& texts,
+                                int64_t max_length, int64_t batch_size = 16, std::vector<double>* raw = nullptr);
+
+}  // namespace rlhf

@@ -1,0 +1,51 @@
+// Small pieces the trainers share: the held-out split, moving batches to the device, and
+// exporting a trained policy.
+#pragma once
+#include <torch/torch.h>
+
+#include <random>
+#include <vector>
+
+#include "data/collate.h"
+#include "model/model.h"
+#include "train/train_loop.h"
+
+namespace rlhf {
+
+// Splits `items` into (train, eval): eval_data when given (read by `read`), else the last
+// eval_fraction of a seeded shuffle of the training items.
+template <class T, class Read>
+std::pair<std::vector<T>, std::vector<T>> train_eval_split(const TrainConfig& cfg, std::vector<T> items, Read read) {
+  std::vector<T> eval;
+  if (!cfg.eval_data.empty()) {
+    eval = read(cfg.eval_data);
+  } else if (cfg.eval_fraction > 0) {
+    std::mt19937_64 rng(static_cast<uint64_t>(cfg.seed) + 17);
+    for (size_t i = items.size(); i > 1; --i) std::swap(items[i - 1], items[rng() % i]);
+    const size_t n_eval = std::min(items.size() - 1, static_cast<size_t>(items.size() * cfg.eval_fraction));
+    eval.assign(items.end() - n_eval, items.end());
+    items.resize(items.size() - n_eval);
+  }
+  return {std::move(items), std::move(eval)};
+}
+
+inline TokenBatch to_device(TokenBatch b, torch::Device d) {
+  b.input_ids = b.input_ids.to(d);
+  b.attention_mask = b.attention_mask.to(d);
+  b.loss_mask = b.loss_mask.to(d);
+  b.lengths = b.lengths.to(d);
+  return b;
+}
+
+// The pad id for training batches: the tokenizer's pad, else its EOS (masked either way).
+inline int32_t training_pad_id(const Tokenizer& tok) { return tok.pad_id() >= 0 ? tok.pad_id() : std::max(tok.eos_id(), 0); }
+
+// Trainable parameters under stable (module) names, for the optimizer and checkpoints.
+inline AdamW::NamedParams named_trainable(torch::nn::Module& m) {
+  AdamW::NamedParams out;
+  for (const auto& p : m.named_parameters())
+    if (p.value().requires_grad()) out.emplace_back(p.key(), p.value());
+  return out;
+}
+
+}  // namespace rlhf
