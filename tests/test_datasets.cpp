@@ -309,6 +309,11 @@ TEST(Datasets, RankingsRoundTripKeepsTiesAndExtraFields) {
   EXPECT_EQ(back[1].extra, nlohmann::json::object());
   // Extra fields play no part in the pairs.
   EXPECT_EQ(rankings_to_pairs(back).size(), 5u);
+
+  // Generations may hold invalid UTF-8, which JSON cannot: it is saved as U+FFFD, not lost.
+  b.completions[1] = "ok\xFF";
+  write_rankings(dir / "r.jsonl", {b});
+  EXPECT_EQ(read_rankings(dir / "r.jsonl")[0].completions[1], "ok\xEF\xBF\xBD");
 }
 
 }  // namespace

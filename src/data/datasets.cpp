@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <functional>
 #include <optional>
-#include <sstream>
 #include <string_view>
 
 #include "core/error.h"
