@@ -20,6 +20,8 @@ struct ReadOptions {
   bool skip_bad = false;    // skip malformed lines (and count them) instead of failing
 };
 
+// Errors name the line: "<file>:<line>: <what> (field '<name>')"; lines count from 1 in the
+// (decompressed) file, empty lines included. A file with no records is an Error.
 struct ReadStats {
   size_t lines = 0;         // non-empty lines seen
   size_t skipped = 0;       // malformed lines skipped (skip_bad)
@@ -44,9 +46,12 @@ struct Ranking {
   nlohmann::json extra = nlohmann::json::object();  // any other fields (flags, note, ...)
 };
 
-// `chat_template`: how a `messages` list becomes prompt + completion (the last assistant
-// message is the completion, everything before it, rendered with the template and its
-// generation prompt, the prompt). Required only when the file has `messages` lines.
+// `chat_template`: how a `messages` list becomes prompt + completion. The list must end with
+// an assistant message. The prompt is everything before it, rendered with the template and
+// its generation prompt; the completion is what the full rendering adds after that prompt:
+// the reply with the template's markup around it (" Hi" in hh, "Hi<|im_end|>\n" in chatml),
+// as TRL does, so the model learns to end its turn. Required only when the file has
+// `messages` lines (Error naming the line otherwise, even with skip_bad).
 std::vector<SftExample> read_sft(const std::filesystem::path& path, const ReadOptions& opt = {},
                                  const std::string& chat_template = "", ReadStats* stats = nullptr);
 std::vector<PreferencePair> read_preferences(const std::filesystem::path& path, const ReadOptions& opt = {},
