@@ -41,8 +41,8 @@ void check_batch(const torch::Tensor& t, int64_t B, const char* name) {
 torch::Tensor completion_logprobs(const torch::Tensor& logits, const torch::Tensor& input_ids,
                                   const torch::Tensor& loss_mask) {
   check_mask(input_ids, loss_mask);
-  auto logps = token_logprobs(logits, input_ids);                     // (B, T-1)
-  auto scored = loss_mask.slice(1, 1).to(logps.device()) != 0;        // (B, T-1)
+  auto logps = token_logprobs(logits, input_ids);               // (B, T-1)
+  auto scored = loss_mask.slice(1, 1).to(logps.device()) != 0;  // (B, T-1)
   return logps.masked_fill(scored.logical_not(), 0.0);
 }
 
@@ -50,7 +50,7 @@ torch::Tensor completion_logprobs(const torch::Tensor& logits, const torch::Tens
 
 torch::Tensor token_logprobs(const torch::Tensor& logits, const torch::Tensor& input_ids) {
   check_tokens(logits, input_ids);
-  auto l = logits.slice(1, 0, -1).to(torch::kFloat32);                      // (B, T-1, V)
+  auto l = logits.slice(1, 0, -1).to(torch::kFloat32);                           // (B, T-1, V)
   auto next = input_ids.slice(1, 1).to(l.device(), torch::kLong).unsqueeze(-1);  // (B, T-1, 1)
   // log_softmax then gather, without materialising the full log_softmax tensor.
   return l.gather(-1, next).squeeze(-1) - l.logsumexp(-1);
