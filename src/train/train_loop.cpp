@@ -129,6 +129,7 @@ int64_t TrainLoop::load_checkpoint() {
 }
 
 Metrics TrainLoop::run(const TrainHooks& hooks, bool resume, int64_t stop_after) {
+  torch::AutoGradMode grad_on(true);  // whatever the caller's mode, training needs gradients
   fs::create_directories(run_dir_);
   write_file_atomic(run_dir_ / "config.toml", config_toml_);
   int64_t start = 0;

@@ -28,7 +28,6 @@ Metrics train_dpo(DpoConfig cfg, bool resume, int64_t stop_after) {
   check(cfg.beta > 0, "dpo: beta must be positive");
   check(cfg.loss_type == "sigmoid" || cfg.loss_type == "ipo", "dpo: loss_type must be sigmoid or ipo, got '" + cfg.loss_type + "'");
   const auto type = cfg.loss_type == "ipo" ? DpoLossType::IPO : DpoLossType::Sigmoid;
-  const bool average = type == DpoLossType::IPO;  // TRL scores IPO with per-token mean logps
   torch::manual_seed(tc.seed);
 
   auto lm = load_model(tc.model, {tc.device, tc.dtype});
@@ -49,15 +48,18 @@ Metrics train_dpo(DpoConfig cfg, bool resume, int64_t stop_after) {
   };
   auto train = tokenize(train_pairs), eval = tokenize(eval_pairs);
 
-  // Summed (IPO: mean) completion logps of chosen and rejected, (n) each.
+  // Summed completion logps of chosen and rejected, (n) each, and the completion lengths
+  // (IPO averages per token).
+  struct Logps { torch::Tensor chosen, rejected, chosen_len, rejected_len; };
   auto logps = [&](Transformer& model, const std::vector<TokPair>& set, const std::vector<size_t>& idx) {
     std::vector<TokenizedExample> xs;
     for (size_t i : idx) xs.push_back(set[i].chosen);
     for (size_t i : idx) xs.push_back(set[i].rejected);
     auto b = to_device(collate(xs, pad), dev);
-    auto lp = sequence_logprobs(model->forward(b.input_ids, {}, b.attention_mask), b.input_ids, b.loss_mask, average);
+    auto lp = sequence_logprobs(model->forward(b.input_ids, {}, b.attention_mask), b.input_ids, b.loss_mask);
+    auto len = b.loss_mask.sum(1);
     const int64_t n = idx.size();
-    return std::make_pair(lp.narrow(0, 0, n), lp.narrow(0, n, n));
+    return Logps{lp.narrow(0, 0, n), lp.narrow(0, n, n), len.narrow(0, 0, n), len.narrow(0, n, n)};
   };
 
   // 1. Reference logps, once, from a frozen copy of the starting (or given) model.
@@ -70,24 +72,26 @@ Metrics train_dpo(DpoConfig cfg, bool resume, int64_t stop_after) {
       for (size_t begin = 0; begin < set->size(); begin += bs) {
         std::vector<size_t> idx(std::min(bs, set->size() - begin));
         std::iota(idx.begin(), idx.end(), begin);
-        auto [c, r] = logps(ref.model, *set, idx);
+        auto lp = logps(ref.model, *set, idx);
         for (size_t k = 0; k < idx.size(); ++k) {
-          (*set)[idx[k]].ref_chosen = c[k].item<double>();
-          (*set)[idx[k]].ref_rejected = r[k].item<double>();
+          (*set)[idx[k]].ref_chosen = lp.chosen[k].item<double>();
+          (*set)[idx[k]].ref_rejected = lp.rejected[k].item<double>();
         }
       }
   }
 
   // 2. The DPO loss of a set of pairs, summed, with the TRL metrics (sums as well).
   auto dpo = [&](const std::vector<TokPair>& set, const std::vector<size_t>& idx) {
-    auto [pc, pr] = logps(lm.model, set, idx);
+    auto lp = logps(lm.model, set, idx);
+    const auto& pc = lp.chosen;
+    const auto& pr = lp.rejected;
     std::vector<double> rc, rr;
     for (size_t i : idx) {
       rc.push_back(set[i].ref_chosen);
       rr.push_back(set[i].ref_rejected);
     }
     auto to_t = [&](const std::vector<double>& v) { return torch::tensor(v, torch::kFloat64).to(torch::kFloat32).to(dev); };
-    auto out = dpo_loss(pc, pr, to_t(rc), to_t(rr), cfg.beta, cfg.label_smoothing, type);
+    auto out = dpo_loss(pc, pr, to_t(rc), to_t(rr), cfg.beta, cfg.label_smoothing, type, lp.chosen_len, lp.rejected_len);
     Metrics sums{{"rewards/chosen", out.chosen_rewards.sum().item<double>()},
                  {"rewards/rejected", out.rejected_rewards.sum().item<double>()},
                  {"rewards/accuracies", (out.chosen_rewards > out.rejected_rewards).sum().item<double>()},

@@ -11,7 +11,7 @@
 #include "data/collate.h"
 #include "losses/losses.h"
 #include "model/model.h"
-#include "test_util.h"
+#include "../test_util.h"
 #include "trainers/dpo_trainer.h"
 #include "trainers/reward_trainer.h"
 #include "trainers/sft_trainer.h"
@@ -88,9 +88,11 @@ TEST(Trainers, SftLowersHeldOutLossOnTinyShakespeare) {
   auto eval = read_sft(tmp / "eval.jsonl");
   std::vector<TokenizedExample> xs;
   for (const auto& e : eval) xs.push_back(tokenize_example(*lm.tokenizer, e.prompt, e.completion, 64));
-  torch::NoGradGuard g;
   auto b = collate(xs, training_pad_id(*lm.tokenizer));
-  const double before = sft_loss(lm.model->forward(b.input_ids, {}, b.attention_mask), b.input_ids, b.loss_mask).item<double>();
+  const double before = [&] {
+    torch::NoGradGuard g;
+    return sft_loss(lm.model->forward(b.input_ids, {}, b.attention_mask), b.input_ids, b.loss_mask).item<double>();
+  }();
 
   auto m = train_sft(cfg, false);
   EXPECT_LT(m.at("eval/loss"), before - 0.2) << "before " << before;
