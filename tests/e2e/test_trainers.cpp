@@ -10,6 +10,7 @@
 #include "core/io.h"
 #include "data/collate.h"
 #include "losses/losses.h"
+#include "model/safetensors.h"
 #include "model/model.h"
 #include "../test_util.h"
 #include "trainers/dpo_trainer.h"
@@ -186,4 +187,20 @@ TEST(Trainers, DpoRaisesTheChosenMargin) {
   // The reference (the starting model's file) is untouched: loading it again gives the same weights.
   auto after = load_model(stories()).model->weights();
   for (const auto& [name, t] : before) EXPECT_TRUE(torch::equal(t, after.at(name))) << name;
+}
+
+TEST(Trainers, SftRunsInBfloat16) {
+  test::TempDir tmp;
+  write_shakespeare_sft(tmp / "sft.jsonl", 0, 32);
+  auto cfg = small_sft(tmp, "bf16");
+  cfg.train.dtype = "bfloat16";
+  cfg.train.max_steps = 4;
+  auto m = train_sft(cfg, false);
+  EXPECT_TRUE(std::isfinite(m.at("loss")));
+  EXPECT_EQ(read_safetensors(tmp / "bf16" / "model" / "model.safetensors").at("model.norm.weight").scalar_type(),
+            torch::kBFloat16);  // written as trained
+  auto trained = load_model(tmp / "bf16" / "model", {.dtype = "bfloat16"});
+  auto start = load_model(stories(), {.dtype = "bfloat16"});
+  EXPECT_FALSE(torch::equal(trained.model->weights().at("model.layers.0.mlp.up_proj.weight"),
+                            start.model->weights().at("model.layers.0.mlp.up_proj.weight")));
 }
