@@ -85,15 +85,24 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
     k_t = cache->k[layer].narrow(3, 0, past + T);
     v_s = cache->v[layer].narrow(2, 0, past + T);
   }
-  // Grouped-query attention without copying K/V per query head: the G = H / H_kv query
-  // heads that share a K/V head are folded into the query-length axis, (B, H_kv, G*T, D)
-  // (a pure view when T = 1). Plain matmuls: at small head sizes they beat the fused CPU
-  // attention kernel several times over.
-  auto q_g = q.permute({0, 2, 1, 3}).reshape({B, H_kv_, G * T, D_});
-  auto scores = torch::matmul(q_g, k_t);  // (B, H_kv, G*T, S)
-  scores.mul_(1.0 / std::sqrt(double(D_))).add_(mask);
-  auto y = torch::matmul(torch::softmax(scores, -1), v_s);  // (B, H_kv, G*T, D) = (B, H, T, D)
-  return o_proj(y.view({B, H_, T, D_}).transpose(1, 2).reshape({B, T, H_ * D_}));
+  torch::Tensor y;  // (B, H, T, D)
+  if (T == 1) {
+    // Decoding: grouped-query attention without copying K/V per query head: the G = H / H_kv
+    // query heads that share a K/V head are a (B, H_kv, G, D) view. Plain matmuls: for one
+    // query row at small head sizes they beat the fused CPU attention kernel several times.
+    auto q_g = q.reshape({B, H_kv_, G, D_});
+    auto scores = torch::matmul(q_g, k_t);  // (B, H_kv, G, S)
+    scores.mul_(1.0 / std::sqrt(double(D_))).add_(mask);
+    y = torch::matmul(torch::softmax(scores, -1), v_s).view({B, H_, T, D_});
+  } else {
+    // Prefill and training: the fused kernel (flash attention on the CPU), causal by itself
+    // when there is no padding and no past, else with the boolean mask.
+    const auto attn_mask = mask.defined() ? std::optional<torch::Tensor>(mask) : std::nullopt;
+    y = at::scaled_dot_product_attention(q.transpose(1, 2), k_t.transpose(-1, -2), v_s, attn_mask, /*dropout_p=*/0.0,
+                                         /*is_causal=*/!mask.defined(), /*scale=*/std::nullopt,
+                                         /*enable_gqa=*/H_kv_ != H_);
+  }
+  return o_proj(y.transpose(1, 2).reshape({B, T, H_ * D_}));
 }
 
 MlpImpl::MlpImpl(const ModelConfig& cfg) : type_(cfg.mlp), I_(cfg.intermediate_size) {
@@ -149,6 +158,12 @@ TransformerImpl::TransformerImpl(const ModelConfig& cfg) : cfg_(cfg) {
 torch::Device TransformerImpl::device() const { return model->embed_tokens->weight.device(); }
 torch::Dtype TransformerImpl::dtype() const { return model->embed_tokens->weight.scalar_type(); }
 
+// Each row is ones then zeros (padding only at the end).
+bool is_right_padded(const torch::Tensor& attention_mask) {
+  auto m = attention_mask.to(torch::kLong);
+  return torch::equal(m.cumprod(1), m);
+}
+
 torch::Tensor positions_from_mask(const torch::Tensor& attention_mask) {
   return (attention_mask.to(torch::kLong).cumsum(1) - 1).clamp_min(0);
 }
@@ -177,10 +192,11 @@ torch::Tensor TransformerImpl::hidden_states(const torch::Tensor& tokens, const 
     sin = emb.sin().to(x.scalar_type());
   }
 
-  // Additive mask (B or 1, 1, G*T, S), built once for all layers: 0 where a query may
-  // attend, -inf elsewhere; causal within the new tokens, padding columns off. Each query
-  // keeps at least its own position so rows of padding tokens stay finite (their outputs
-  // are unused). Rows repeat G times to match the grouped query layout of AttentionImpl.
+  // The attention mask, built once for all layers: causal within the new tokens, padding
+  // columns off. Each query keeps at least its own position so rows of padding tokens stay
+  // finite (their outputs are unused). Decoding (T = 1) takes it additive (0 / -inf) for the
+  // G query heads of each K/V head, (B or 1, 1, G, S); longer inputs take it boolean,
+  // (B or 1, 1, T, S), or not at all when plain causal attention is exact (no padding, no past).
   auto q_pos = torch::arange(past, S, torch::TensorOptions().dtype(torch::kLong).device(dev)).unsqueeze(1);  // (T, 1)
   auto k_pos = torch::arange(0, S, torch::TensorOptions().dtype(torch::kLong).device(dev)).unsqueeze(0);     // (1, S)
   auto allowed = (k_pos <= q_pos).unsqueeze(0);  // (1, T, S)
@@ -190,10 +206,17 @@ torch::Tensor TransformerImpl::hidden_states(const torch::Tensor& tokens, const 
               "], got " + shape_str(attention_mask.sizes()));
     allowed = (allowed & attention_mask.to(torch::kBool).view({B, 1, S})) | (k_pos == q_pos).unsqueeze(0);
   }
-  const int64_t G = cfg_.num_heads / cfg_.num_kv_heads, Bm = allowed.size(0);
-  auto mask = torch::zeros({Bm, T, S}, x.options())
-                  .masked_fill_(allowed.logical_not(), -std::numeric_limits<float>::infinity())
-                  .unsqueeze(1).expand({Bm, G, T, S}).reshape({Bm, 1, G * T, S});
+  torch::Tensor mask;
+  if (T == 1) {
+    const int64_t G = cfg_.num_heads / cfg_.num_kv_heads, Bm = allowed.size(0);
+    mask = torch::zeros({Bm, 1, S}, x.options())
+               .masked_fill_(allowed.logical_not(), -std::numeric_limits<float>::infinity())
+               .unsqueeze(1).expand({Bm, 1, G, S}).contiguous();  // a dense operand keeps add_ on its fast path
+  } else if (past > 0 || (attention_mask.defined() && !is_right_padded(attention_mask))) {
+    // With right padding (training batches) plain causal attention is already exact for
+    // every real token: it never looks past itself, so never at the pads after it.
+    mask = allowed.unsqueeze(1);
+  }
 
   for (int64_t l = 0; l < cfg_.num_layers; ++l)
     x = model->layers[l]->as<Block>()->forward(x, cos, sin, mask, cache, l);

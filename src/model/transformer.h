@@ -42,9 +42,9 @@ TORCH_MODULE(Norm);
 class AttentionImpl : public torch::nn::Module {
  public:
   explicit AttentionImpl(const ModelConfig& cfg);
-  // x (B, T, C); cos/sin (B, T, 1, D) or undefined (learned positions); mask: additive,
-  // (B or 1, 1, G*T, S) with G = H / H_kv query heads per K/V head (see hidden_states);
-  // cache: appended to at this layer when given.
+  // x (B, T, C); cos/sin (B, T, 1, D) or undefined (learned positions); mask as built by
+  // TransformerImpl::hidden_states (T = 1: additive (B|1, 1, G, S) with G = H / H_kv;
+  // T > 1: bool (B|1, 1, T, S), or undefined for plain causal); cache: appended to when given.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                         const torch::Tensor& mask, KVCache* cache, int64_t layer);
  private:
@@ -128,5 +128,7 @@ TORCH_MODULE(Transformer);
 
 // (B, T) int64 positions of a left-padded batch: 0 at each sequence's first real token.
 torch::Tensor positions_from_mask(const torch::Tensor& attention_mask);  // (B, S) -> (B, S)
+// True when every row of a (B, S) mask is ones then zeros: padding at the end only.
+bool is_right_padded(const torch::Tensor& attention_mask);
 
 }  // namespace rlhf

