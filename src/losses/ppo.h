@@ -1,12 +1,14 @@
 // The math of PPO for language models as pure functions of tensors: masked statistics, KL
 // estimators, per-token rewards, GAE, the clipped policy and value losses, entropy, and the
-// KL-coefficient controllers. A PPO trainer calls these in order (docs: /shared/PPO_DETAILS.md).
+// KL-coefficient controllers, which a PPO trainer calls in order. "PPO_DETAILS #n" is item n of
+// the project's list of PPO details (../shared/PPO_DETAILS.md), after OpenAI's lm-human-preferences
+// and "The N Implementation Details of RLHF with PPO".
 //
 // B batch of responses, T response length, V vocabulary. `mask` is (B, T), 1 on real response
 // tokens and 0 on padding (responses are right-padded); it is read as "!= 0", so padding
-// positions may hold anything, even -inf logprobs, without leaking NaN into results or
-// gradients. Math runs in float32 whatever the inputs' dtype, on the inputs' device; the losses
-// are differentiable with respect to their first argument.
+// positions of logprobs, values and advantages may hold anything, even -inf, without leaking NaN
+// into results or gradients (logits must still be finite). Math runs in float32 whatever the
+// inputs' dtype, on the inputs' device; the losses are differentiable in their first argument.
 #pragma once
 #include <torch/torch.h>
 
@@ -28,7 +30,7 @@ torch::Tensor masked_mean(const torch::Tensor& x, const torch::Tensor& mask, std
 torch::Tensor masked_var(const torch::Tensor& x, const torch::Tensor& mask, bool unbiased = false);
 
 // (x - mean) / sqrt(var + 1e-8) with mean and var over the masked entries; shift_mean = false
-// adds the mean back (reward whitening keeps the reward's sign, PPO_DETAILS #8). Returns (B, T)
+// adds the mean back (reward whitening rescales but keeps the mean, PPO_DETAILS #8). Returns (B, T)
 // with padding set to 0, as TRL does right after each masked_whiten call. unbiased = true is
 // TRL's masked_whiten exactly; the default is the biased variance of the spec. Throws when the
 // mask has fewer entries than the variance needs (1, or 2 when unbiased).
