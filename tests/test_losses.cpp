@@ -3,10 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <fstream>
-#include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "fixture_util.h"
 #include "losses/losses.h"
 
 using namespace rlhf;
@@ -16,30 +15,15 @@ namespace {
 
 constexpr double kTol = 1e-5;
 
+using test::expect_near;
+using test::tensor;
+
 const json& fixture() {
-  static const json j = [] {
-    std::ifstream f(std::string(RLHF_SOURCE_DIR) + "/tests/fixtures/loss_fixtures.json");
-    EXPECT_TRUE(f.good()) << "missing fixture; regenerate with .venv/bin/python scripts/gen_loss_fixtures.py";
-    return json::parse(f);
-  }();
+  static const json j = test::load_fixture("loss_fixtures.json", "scripts/gen_loss_fixtures.py");
   return j;
 }
 
-// A fixture list as a tensor of the given shape (float32, or int64 for ids).
-torch::Tensor tensor(const json& values, std::vector<int64_t> shape, torch::ScalarType dtype = torch::kFloat32) {
-  std::vector<double> v = values.get<std::vector<double>>();
-  return torch::tensor(v, torch::kFloat64).reshape(shape).to(dtype);
-}
-
 torch::Tensor rows(const torch::Tensor& t, int64_t from, int64_t to) { return t.slice(0, from, to); }
-
-void expect_near(const torch::Tensor& got, const json& want, const std::string& what) {
-  auto w = tensor(want, {-1}, torch::kFloat64);
-  auto g = got.detach().to(torch::kCPU, torch::kFloat64).reshape({-1});
-  ASSERT_EQ(g.numel(), w.numel()) << what;
-  for (int64_t i = 0; i < g.numel(); ++i)
-    EXPECT_NEAR(g[i].item<double>(), w[i].item<double>(), kTol) << what << " [" << i << "]";
-}
 
 struct DpoBatch {
   torch::Tensor policy_logits, ref_logits;  // (2B, T, V) rows [chosen; rejected]
