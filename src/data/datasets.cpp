@@ -181,6 +181,11 @@ std::vector<SftExample> read_sft(const std::filesystem::path& path, const ReadOp
   });
 }
 
+std::vector<std::string> read_prompts(const std::filesystem::path& path, const ReadOptions& opt, ReadStats* stats) {
+  return read_jsonl<std::string>(path, opt, stats,
+                                 [&](const json& r, const std::string&) { return string_field(r, "prompt"); });
+}
+
 std::vector<PreferencePair> read_preferences(const std::filesystem::path& path, const ReadOptions& opt,
                                              ReadStats* stats) {
   return read_jsonl<PreferencePair>(path, opt, stats, [](const json& r, const std::string&) {

@@ -54,6 +54,9 @@ struct Ranking {
 // `messages` lines (Error naming the line otherwise, even with skip_bad).
 std::vector<SftExample> read_sft(const std::filesystem::path& path, const ReadOptions& opt = {},
                                  const std::string& chat_template = "", ReadStats* stats = nullptr);
+// Prompts for rollouts: {"prompt": ...} per line (other fields ignored).
+std::vector<std::string> read_prompts(const std::filesystem::path& path, const ReadOptions& opt = {},
+                                      ReadStats* stats = nullptr);
 std::vector<PreferencePair> read_preferences(const std::filesystem::path& path, const ReadOptions& opt = {},
                                              ReadStats* stats = nullptr);
 std::vector<Ranking> read_rankings(const std::filesystem::path& path, const ReadOptions& opt = {},

@@ -224,14 +224,20 @@ torch::Tensor TransformerImpl::hidden_states(const torch::Tensor& tokens, const 
   return model->norm(x);
 }
 
+torch::Tensor TransformerImpl::token_scores(const torch::Tensor& tokens, const torch::Tensor& attention_mask) {
+  check(!score.is_empty(), "token_scores: this model has no classification head (num_labels = 0)");
+  auto positions = attention_mask.defined() ? positions_from_mask(attention_mask) : torch::Tensor();
+  return score(hidden_states(tokens, positions, attention_mask)).to(torch::kFloat32);  // (B, T, num_labels)
+}
+
 torch::Tensor TransformerImpl::scores(const torch::Tensor& tokens, const torch::Tensor& attention_mask) {
-  check(!score.is_empty(), "scores: this model has no classification head (num_labels = 0)");
-  auto hidden = hidden_states(tokens, {}, attention_mask);  // (B, T, C)
-  // The last real token of each right-padded row: index = number of real tokens - 1.
-  auto last = attention_mask.defined() ? attention_mask.to(torch::kLong).sum(1) - 1
-                                       : torch::full({tokens.size(0)}, tokens.size(1) - 1, tokens.options().dtype(torch::kLong));
-  auto h = hidden.gather(1, last.view({-1, 1, 1}).expand({-1, 1, hidden.size(2)})).squeeze(1);  // (B, C)
-  return score(h).to(torch::kFloat32);  // (B, num_labels)
+  auto all = token_scores(tokens, attention_mask);  // (B, T, num_labels)
+  // The last real token of each row, wherever the padding is: the largest index with mask 1.
+  const int64_t T = tokens.size(1);
+  auto idx = torch::arange(T, tokens.options().dtype(torch::kLong));
+  auto last = attention_mask.defined() ? (attention_mask.to(torch::kLong) * idx).argmax(1)
+                                       : torch::full({tokens.size(0)}, T - 1, tokens.options().dtype(torch::kLong));
+  return all.gather(1, last.view({-1, 1, 1}).expand({-1, 1, all.size(2)})).squeeze(1);  // (B, num_labels)
 }
 
 torch::Tensor TransformerImpl::logits(const torch::Tensor& hidden) {

@@ -105,9 +105,11 @@ class TransformerImpl : public torch::nn::Module {
                         const torch::Tensor& attention_mask = {}, KVCache* cache = nullptr);
   torch::Tensor logits(const torch::Tensor& hidden);  // (B, T, C) -> (B, T, V) float32
   // Sequence classification (num_labels > 0): the head read at the last real token of each
-  // right-padded row (attention_mask (B, T), 1 = real). Returns (B, num_labels) float32, the
-  // raw score before any normalization or probability.
+  // row (attention_mask (B, T), 1 = real; padding on either side, positions follow the
+  // mask). Returns (B, num_labels) float32, the raw score before any normalization.
   torch::Tensor scores(const torch::Tensor& tokens, const torch::Tensor& attention_mask = {});
+  // The head at every position (a value head): (B, T, num_labels) float32.
+  torch::Tensor token_scores(const torch::Tensor& tokens, const torch::Tensor& attention_mask = {});
 
   // Copies `weights` (canonical names) into the parameters, converting dtype and device.
   // Every parameter must be present with its shape and nothing may be left over; the

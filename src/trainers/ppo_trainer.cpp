@@ -1,0 +1,309 @@
+#include "trainers/ppo_trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "core/error.h"
+#include "core/io.h"
+#include "data/datasets.h"
+#include "generate/generator.h"
+#include "losses/ppo.h"
+#include "model/formats.h"
+#include "model/model.h"
+#include "model/safetensors.h"
+#include "train/config_fields.h"
+#include "trainers/reward_trainer.h"
+#include "trainers/trainer_util.h"
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace rlhf {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// One rollout, laid out as [left-padded prompt | right-padded response] so that every model
+// reads it with the same positions (positions follow the mask).
+struct Rollout {
+  torch::Tensor ids;            // (B, P + R) int64
+  torch::Tensor mask;           // (B, P + R) int64, 1 = real token
+  torch::Tensor response_mask;  // (B, R) float, 1 = generated token
+  int64_t P = 0, R = 0;
+  torch::Tensor gen_logprobs;   // (B, R) as the generator reported them
+};
+
+// Log-probs (B, R) of the response tokens and the logits (B, R, V) that scored them, at the
+// sampling temperature (PPO_DETAILS #3).
+std::pair<torch::Tensor, torch::Tensor> response_logprobs(Transformer& m, const Rollout& r, const torch::Tensor& rows,
+                                                          double temperature) {
+  auto ids = r.ids.index_select(0, rows), mask = r.mask.index_select(0, rows);
+  auto logits = m->forward(ids, positions_from_mask(mask), mask).narrow(1, r.P - 1, r.R) / temperature;
+  auto targets = ids.narrow(1, r.P, r.R);
+  auto logp = torch::log_softmax(logits, -1).gather(2, targets.unsqueeze(-1)).squeeze(-1);
+  return {logp, logits};
+}
+
+// Values V(s_t) (B, R): the value head at the position before each response token.
+torch::Tensor response_values(Transformer& v, const Rollout& r, const torch::Tensor& rows) {
+  auto ids = r.ids.index_select(0, rows), mask = r.mask.index_select(0, rows);
+  return v->token_scores(ids, mask).select(2, 0).narrow(1, r.P - 1, r.R);
+}
+
+// A value model: the reward model (head and all), or the policy's backbone with a zero head.
+Transformer make_value_model(const PpoConfig& cfg, const LoadOptions& lo) {
+  const bool from_policy = cfg.value_model == "policy" || cfg.reward_model.empty();
+  auto files = read_model_files(from_policy ? cfg.train.model : (cfg.value_model.empty() ? cfg.reward_model : cfg.value_model));
+  ModelConfig c = files.config;
+  if (from_policy) {
+    c.num_labels = 1;
+    files.weights.erase("lm_head.weight");
+    files.weights["score.weight"] = torch::zeros({1, c.hidden_size});  // zero-initialised (PPO_DETAILS #10)
+  }
+  Transformer v(c);
+  v->load_weights(files.weights, "value model");
+  v->to(parse_device(lo.device), parse_dtype(lo.dtype));
+  return v;
+}
+
+}  // namespace
+
+Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t stop_after) {
+  const TrainConfig& tc = cfg.train;
+  check(!tc.model.empty(), "ppo: `model` (the policy) is required");
+  check(!tc.train_data.empty(), "ppo: `train_data` (prompts JSONL) is required");
+  check(reward_in || !cfg.reward_model.empty(), "ppo: `reward_model` is required");
+  check(cfg.rollout_batch > 0 && cfg.minibatches > 0 && cfg.rollout_batch % cfg.minibatches == 0,
+        "ppo: rollout_batch must be a positive multiple of minibatches");
+  const int64_t mb_size = cfg.rollout_batch / cfg.minibatches;
+  check(mb_size % tc.grad_accum_steps == 0, "ppo: the minibatch size must be a multiple of grad_accum_steps");
+  check(cfg.temperature > 0, "ppo: temperature must be > 0 (sampling)");
+  check(cfg.kl_estimator == "k1" || cfg.kl_estimator == "k3", "ppo: kl_estimator must be k1 or k3");
+  const auto estimator = cfg.kl_estimator == "k3" ? KlEstimator::K3 : KlEstimator::K1;
+  torch::manual_seed(tc.seed);
+  const LoadOptions lo{tc.device, tc.dtype};
+
+  // 1. Policy, frozen reference (PPO_DETAILS #4), value model, reward.
+  auto policy = load_model(tc.model, lo);
+  check(policy.tokenizer != nullptr, tc.model + ": no tokenizer found with the model");
+  const Tokenizer& tok = *policy.tokenizer;
+  auto ref = load_model(tc.model, lo);
+  ref.model->eval();
+  for (auto& p : ref.model->parameters()) p.set_requires_grad(false);
+  Transformer value = make_value_model(cfg, lo);
+  const auto dev = policy.model->device();
+  RewardFn reward = reward_in;
+  std::shared_ptr<LoadedModel> rm;
+  if (!reward) {
+    rm = std::make_shared<LoadedModel>(load_reward_model(cfg.reward_model, lo));
+    reward = [rm, &tc](const std::vector<std::string>& p, const std::vector<std::string>& r, const auto&) {
+      std::vector<std::pair<std::string, std::string>> texts;
+      for (size_t i = 0; i < p.size(); ++i) texts.emplace_back(p[i], r[i]);
+      return score_texts(*rm, texts, tc.max_length);
+    };
+  }
+  const auto prompts = read_prompts(tc.train_data, {tc.skip_bad});
+
+  // 2. One optimizer over policy and value parameters; the KL controller.
+  AdamW::NamedParams params;
+  for (auto& [n, p] : named_trainable(*policy.model)) params.emplace_back("policy." + n, p);
+  for (auto& [n, p] : named_trainable(*value)) params.emplace_back("value." + n, p);
+  AdamW opt(params, {tc.adam_beta1, tc.adam_beta2, tc.adam_eps, tc.weight_decay, tc.adam_tf_epsilon});
+  std::unique_ptr<KlController> kl_ctl;
+  if (cfg.adaptive_kl) kl_ctl = std::make_unique<AdaptiveKlController>(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon);
+  else kl_ctl = std::make_unique<FixedKlController>(cfg.kl_coef);
+
+  const fs::path run_dir = tc.run_dir;
+  fs::create_directories(run_dir);
+  write_file_atomic(run_dir / "config.toml", to_toml(cfg));
+  const int64_t iterations = tc.max_steps > 0 ? tc.max_steps : 1;
+  const int64_t total_updates = iterations * cfg.ppo_epochs * cfg.minibatches;
+  int64_t start = 0;
+  auto save_checkpoint = [&](int64_t it) {
+    const fs::path dir = run_dir / "checkpoint", tmp = run_dir / "checkpoint.tmp";
+    fs::remove_all(tmp);
+    fs::create_directories(tmp);
+    TensorMap w;
+    for (const auto& [n, p] : params) w[n] = p.detach();
+    write_safetensors(tmp / "model.safetensors", w);
+    write_safetensors(tmp / "optimizer.safetensors", opt.state());
+    write_file_atomic(tmp / "state.json", json{{"step", it}, {"kl_coef", kl_ctl->value()}}.dump());
+    fs::remove_all(dir);
+    fs::rename(tmp, dir);
+  };
+  if (resume && fs::exists(run_dir / "checkpoint" / "state.json")) {
+    auto st = json::parse(read_file(run_dir / "checkpoint" / "state.json"));
+    auto w = read_safetensors(run_dir / "checkpoint" / "model.safetensors");
+    torch::NoGradGuard ng;
+    for (auto& [n, p] : params) p.copy_(w.at(n));
+    opt.load_state(read_safetensors(run_dir / "checkpoint" / "optimizer.safetensors"), "ppo checkpoint");
+    kl_ctl->load_value(st.at("kl_coef").get<double>());
+    start = st.at("step").get<int64_t>();
+  } else {
+    fs::remove(run_dir / "metrics.jsonl");
+  }
+
+  Metrics last;
+  for (int64_t it = start; it < iterations; ++it) {
+    Metrics m{{"step", double(it + 1)}, {"kl_coef", kl_ctl->value()}};
+    // 3. Rollout: prompts of this iteration (seeded order), sampled with the fast generator.
+    auto t0 = Clock::now();
+    std::mt19937_64 rng(static_cast<uint64_t>(tc.seed) * 1000003ull + static_cast<uint64_t>(it));
+    std::vector<std::string> prompt_texts;
+    std::vector<std::vector<int32_t>> prompt_ids;
+    for (int64_t i = 0; i < cfg.rollout_batch; ++i) {
+      const auto& p = prompts[rng() % prompts.size()];
+      auto ids = tok.encode(p, {.add_bos = tok.bos_id() >= 0 && (tok.add_bos_default() || p.empty())});
+      if (static_cast<int64_t>(ids.size()) > cfg.max_prompt_length)
+        ids.erase(ids.begin(), ids.end() - cfg.max_prompt_length);
+      prompt_texts.push_back(p);
+      prompt_ids.push_back(ids);
+    }
+    policy.model->eval();
+    GenerateOptions g;
+    g.max_new_tokens = cfg.max_new_tokens;
+    g.sampling.temperature = static_cast<float>(cfg.temperature);
+    g.seed = static_cast<uint64_t>(tc.seed) + 7919ull * static_cast<uint64_t>(it);
+    auto gens = generate(policy.model, tok, prompt_ids, g);
+    m["time/generation_s"] = seconds_since(t0);
+
+    // Lay the rollout out as tensors.
+    Rollout r;
+    const int64_t B = cfg.rollout_batch;
+    for (const auto& p : prompt_ids) r.P = std::max<int64_t>(r.P, p.size());
+    for (const auto& gn : gens) r.R = std::max<int64_t>(r.R, gn.tokens.size());
+    r.R = std::max<int64_t>(r.R, 1);
+    const int32_t pad = training_pad_id(tok);
+    r.ids = torch::full({B, r.P + r.R}, pad, torch::kLong);
+    r.mask = torch::zeros({B, r.P + r.R}, torch::kLong);
+    r.response_mask = torch::zeros({B, r.R});
+    r.gen_logprobs = torch::zeros({B, r.R});
+    std::vector<std::string> responses;
+    std::vector<std::vector<int32_t>> response_tokens;
+    std::vector<uint8_t> has_eos;
+    double length_sum = 0;
+    for (int64_t b = 0; b < B; ++b) {
+      const auto& p = prompt_ids[b];
+      const auto& gn = gens[b];
+      for (size_t i = 0; i < p.size(); ++i) r.ids[b][r.P - p.size() + i] = p[i];
+      r.mask[b].narrow(0, r.P - p.size(), p.size()).fill_(1);
+      for (size_t i = 0; i < gn.tokens.size(); ++i) {
+        r.ids[b][r.P + i] = gn.tokens[i];
+        r.mask[b][r.P + i] = 1;
+        r.response_mask[b][i] = 1;
+        r.gen_logprobs[b][i] = gn.logprobs[i];
+      }
+      responses.push_back(gn.text);
+      response_tokens.push_back(gn.tokens);
+      has_eos.push_back(gn.finish_reason == "eos");
+      length_sum += gn.tokens.size();
+    }
+    r.ids = r.ids.to(dev);
+    r.mask = r.mask.to(dev);
+    r.response_mask = r.response_mask.to(dev);
+    m["response_length"] = length_sum / B;
+
+    // 4. Score: reward model on the texts; responses that never ended get the penalty (#12).
+    t0 = Clock::now();
+    auto raw_scores = reward(prompt_texts, responses, response_tokens);
+    auto scores = torch::tensor(std::vector<double>(raw_scores.begin(), raw_scores.end()), torch::kFloat64).to(torch::kFloat32);
+    m["objective/scores"] = scores.mean().item<double>();
+    if (cfg.penalize_missing_eos)
+      scores = missing_eos_penalty(scores, torch::tensor(std::vector<int64_t>(has_eos.begin(), has_eos.end())).to(torch::kBool),
+                                   cfg.missing_eos_penalty);
+    scores = scores.to(dev);
+
+    // 5. Old logprobs (policy), reference logprobs, values; the generator/trainer guard.
+    torch::Tensor old_logp, ref_logp, old_values;
+    const auto all_rows = torch::arange(B, torch::TensorOptions().dtype(torch::kLong).device(dev));
+    {
+      torch::NoGradGuard ng;
+      old_logp = response_logprobs(policy.model, r, all_rows, cfg.temperature).first;
+      ref_logp = response_logprobs(ref.model, r, all_rows, cfg.temperature).first;
+      old_values = response_values(value, r, all_rows);
+    }
+    const double gap = ((old_logp.to(torch::kCPU) - r.gen_logprobs) * r.response_mask.to(torch::kCPU)).abs().max().item<double>();
+    check(gap <= cfg.logprob_tolerance,
+          "ppo: the generator's and the trainer's log-probabilities differ by " + std::to_string(gap) +
+              " (tolerance " + std::to_string(cfg.logprob_tolerance) + "): the two forward passes disagree");
+    m["time/scoring_s"] = seconds_since(t0);
+
+    // 6. Rewards with the KL penalty (#5), GAE (#7), whitened advantages (#8).
+    auto shaped = per_token_rewards(old_logp, ref_logp, scores, r.response_mask, kl_ctl->value(), estimator);
+    auto rewards = cfg.whiten_rewards ? masked_whiten(shaped.rewards, r.response_mask, /*shift_mean=*/false) : shaped.rewards;
+    auto adv = gae(rewards, old_values, r.response_mask, cfg.gamma, cfg.lam);
+    auto advantages = masked_whiten(adv.advantages, r.response_mask);
+    const double kl = shaped.kl.sum(1).mean().item<double>();
+    m["objective/kl"] = kl;
+    m["objective/rlhf_reward"] = m["objective/scores"] - kl_ctl->value() * kl;
+
+    // 7. PPO epochs over reshuffled minibatches (#13), gradient accumulation on top.
+    t0 = Clock::now();
+    policy.model->train();
+    value->train();
+    Metrics sums;
+    int64_t n_mb = 0;
+    for (int64_t epoch = 0; epoch < cfg.ppo_epochs; ++epoch) {
+      std::vector<int64_t> order(B);
+      std::iota(order.begin(), order.end(), 0);
+      for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[rng() % i]);
+      for (int64_t mb = 0; mb < cfg.minibatches; ++mb) {
+        opt.zero_grad();
+        const int64_t micro = mb_size / tc.grad_accum_steps;
+        for (int64_t k = 0; k < tc.grad_accum_steps; ++k) {
+          std::vector<int64_t> idx(order.begin() + mb * mb_size + k * micro, order.begin() + mb * mb_size + (k + 1) * micro);
+          auto rows = torch::tensor(idx, torch::kLong).to(dev);
+          auto mask = r.response_mask.index_select(0, rows);
+          auto [logp, logits] = response_logprobs(policy.model, r, rows, cfg.temperature);
+          auto pl = ppo_policy_loss(logp, old_logp.index_select(0, rows), advantages.index_select(0, rows), mask, cfg.clip_range);
+          if (epoch == 0 && mb == 0 && k == 0) {
+            const double off = std::max(std::abs(pl.ratio_max.item<double>() - 1), std::abs(pl.ratio_min.item<double>() - 1));
+            check(off <= cfg.logprob_tolerance, "ppo: the probability ratio on the first minibatch is not 1 (off by " +
+                                                    std::to_string(off) + "): rollout and update see different models");
+          }
+          auto vals = response_values(value, r, rows);
+          auto vl = ppo_value_loss(vals, old_values.index_select(0, rows), adv.returns.index_select(0, rows), mask,
+                                   cfg.clip_range_value);
+          auto entropy = entropy_from_logits(logits, mask);
+          auto loss = pl.loss + cfg.vf_coef * vl.loss - cfg.ent_coef * entropy;
+          (loss / double(tc.grad_accum_steps)).backward();
+          sums["loss/policy"] += pl.loss.item<double>();
+          sums["loss/value"] += vl.loss.item<double>();
+          sums["policy/clipfrac"] += pl.clipfrac.item<double>();
+          sums["policy/approxkl"] += pl.approxkl.item<double>();
+          sums["val/clipfrac"] += vl.clipfrac.item<double>();
+          sums["objective/entropy"] += entropy.item<double>();
+          ++n_mb;
+        }
+        clip_grad_norm(params, tc.max_grad_norm);
+        const int64_t update = (it * cfg.ppo_epochs + epoch) * cfg.minibatches + mb;
+        opt.step(lr_at(update, total_updates, tc.warmup_steps, tc.lr, tc.lr_schedule));  // anneals to 0 (#17)
+      }
+    }
+    for (const auto& [k, v] : sums) m[k] = v / double(n_mb);
+    m["val/explained_variance"] = explained_variance(old_values, adv.returns, r.response_mask).item<double>();
+    m["time/training_s"] = seconds_since(t0);
+    kl_ctl->update(kl, B);
+
+    std::ofstream(run_dir / "metrics.jsonl", std::ios::app) << json(m).dump() << "\n";
+    last = m;
+    if (tc.progress && ::isatty(2))
+      std::fprintf(stderr, "\rppo %lld/%lld score %.3f kl %.3f len %.1f ", (long long)(it + 1), (long long)iterations,
+                   m["objective/scores"], kl, m["response_length"]);
+    const bool at_end = it + 1 == iterations, stop = stop_after > 0 && it + 1 - start == stop_after;
+    if (at_end || stop || (tc.save_every > 0 && (it + 1) % tc.save_every == 0)) save_checkpoint(it + 1);
+    if (stop && !at_end) return last;
+  }
+  if (tc.progress && ::isatty(2)) std::fprintf(stderr, "\n");
+  TensorMap w;
+  for (auto& [name, t] : policy.model->weights()) w[name] = t.detach().to(torch::kCPU);
+  write_hf_dir(run_dir / "model", policy.config, w, &tok);
+  return last;
+}
+
+}  // namespace rlhf

@@ -1,0 +1,79 @@
+// PPO for language models (PPO_DETAILS.md): rollouts from the policy with the batched
+// generator, a reward per response, a per-token KL penalty against a frozen reference,
+// GAE over a value model's estimates, then several epochs of clipped policy and value
+// updates over reshuffled minibatches.
+#pragma once
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "train/train_loop.h"
+
+namespace rlhf {
+
+struct PpoConfig {
+  TrainConfig train;               // model = the policy; train_data = prompts JSONL; max_steps = PPO iterations
+  std::string reward_model;        // reward model folder (rlhf rm train); required on the CLI
+  std::string value_model;         // empty: the reward model (head included), else the policy with a zero head
+  int64_t rollout_batch = 16;      // prompts (= responses) per PPO iteration
+  int64_t minibatches = 4;         // per PPO epoch; rollout_batch must divide evenly
+  int64_t ppo_epochs = 4;
+  int64_t max_new_tokens = 32;
+  int64_t max_prompt_length = 128;
+  double temperature = 1.0;
+  double kl_coef = 0.05;
+  bool adaptive_kl = false;
+  double kl_target = 6.0;
+  double kl_horizon = 10000;
+  std::string kl_estimator = "k1";
+  double gamma = 1.0, lam = 0.95;
+  double clip_range = 0.2, clip_range_value = 0.2;
+  double vf_coef = 0.1, ent_coef = 0.0;
+  bool whiten_rewards = false;
+  double missing_eos_penalty = -1.0;  // score of a response with no EOS (penalize_missing_eos)
+  bool penalize_missing_eos = true;
+  double logprob_tolerance = 1e-3;    // generator vs trainer logprob guard (PPO_DETAILS, failure modes)
+
+  PpoConfig() {
+    train.run_dir = "runs/ppo";
+    train.lr = 1e-5;
+    train.max_steps = 20;
+  }
+  template <class V>
+  void visit(V&& v) {
+    visit_train_fields(train, v);
+    v("reward_model", reward_model, "Reward model folder (from rlhf rm train)");
+    v("value_model", value_model, "Value model init: empty = the reward model; 'policy' = the policy with a zero head");
+    v("rollout_batch", rollout_batch, "Prompts (responses) per PPO iteration");
+    v("minibatches", minibatches, "Minibatches per PPO epoch (rollout_batch must divide evenly)");
+    v("ppo_epochs", ppo_epochs, "Passes over each rollout, reshuffled each time");
+    v("max_new_tokens", max_new_tokens, "Response length at most");
+    v("max_prompt_length", max_prompt_length, "Prompt tokens at most (cut from the left)");
+    v("temperature", temperature, "Sampling temperature; every logprob (new, old, reference) uses it");
+    v("kl_coef", kl_coef, "KL penalty coefficient beta (initial value when adaptive); 0 disables the penalty");
+    v("adaptive_kl", adaptive_kl, "Adapt beta towards kl_target (Ziegler et al.)");
+    v("kl_target", kl_target, "Target KL (nats per response) of the adaptive controller");
+    v("kl_horizon", kl_horizon, "Horizon (samples) of the adaptive controller");
+    v("kl_estimator", kl_estimator, "Per-token KL estimator: k1 (log-ratio) or k3 (always >= 0)");
+    v("gamma", gamma, "Discount of GAE");
+    v("lam", lam, "Lambda of GAE");
+    v("clip_range", clip_range, "Policy ratio clip epsilon");
+    v("clip_range_value", clip_range_value, "Value clip range around the rollout's values");
+    v("vf_coef", vf_coef, "Value loss coefficient");
+    v("ent_coef", ent_coef, "Entropy bonus coefficient (subtracted from the loss)");
+    v("whiten_rewards", whiten_rewards, "Whiten per-token rewards (without shifting the mean) before GAE");
+    v("missing_eos_penalty", missing_eos_penalty, "Score given to responses that never emit EOS");
+    v("penalize_missing_eos", penalize_missing_eos, "Apply missing_eos_penalty (off: truncated responses keep their score)");
+    v("logprob_tolerance", logprob_tolerance, "Largest allowed |generator - trainer| logprob difference");
+  }
+};
+
+// Scores (B) of responses to prompts; the reward model on the CLI, anything in tests.
+using RewardFn = std::function<std::vector<double>(const std::vector<std::string>& prompts,
+                                                   const std::vector<std::string>& responses,
+                                                   const std::vector<std::vector<int32_t>>& response_tokens)>;
+
+// Runs PPO; `reward` overrides cfg.reward_model when given. Writes RUN_DIR/model (the policy).
+Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward = {}, int64_t stop_after = 0);
+
+}  // namespace rlhf
