@@ -16,6 +16,7 @@
 #include "tokenizer/chat_template.h"
 #include "train/config_fields.h"
 #include "trainers/dpo_trainer.h"
+#include "trainers/ppo_trainer.h"
 #include "trainers/reward_trainer.h"
 #include "trainers/sft_trainer.h"
 #include "tokenizer/tokenizer.h"
@@ -287,6 +288,8 @@ int main(int argc, char** argv) {
   add_rm_score(*rm);
   add_trainer<DpoConfig>(app, "dpo", "Direct preference optimization (or IPO) against a frozen reference",
                          [](DpoConfig c, bool resume) { return train_dpo(c, resume); });
+  add_trainer<PpoConfig>(app, "ppo", "PPO against a reward model with a KL penalty to the frozen starting policy",
+                         [](PpoConfig c, bool resume) { return train_ppo(c, resume); });
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
