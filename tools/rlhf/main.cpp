@@ -15,6 +15,7 @@
 #include "model/model.h"
 #include "tokenizer/chat_template.h"
 #include "train/config_fields.h"
+#include "pipeline/pipeline.h"
 #include "trainers/dpo_trainer.h"
 #include "trainers/ppo_trainer.h"
 #include "trainers/reward_trainer.h"
@@ -268,6 +269,24 @@ void add_rm_score(CLI::App& rm) {
   });
 }
 
+// ---- rlhf pipeline CONFIG -------------------------------------------------------------
+void add_pipeline(CLI::App& app) {
+  auto cfg = std::make_shared<PipelineConfig>();
+  auto config_path = std::make_shared<std::string>();
+  auto force = std::make_shared<bool>(false);
+  auto* cmd = app.add_subcommand("pipeline", "The whole loop: sample -> label -> reward model -> PPO -> evaluation");
+  // The positional CONFIG is read when parsed, so flags that follow override it.
+  cmd->add_option_function<std::string>(
+         "config", [cfg, config_path](const std::string& p) { *config_path = p; load_toml(*cfg, p); },
+         "TOML file with any of the fields below")
+      ->trigger_on_parse();
+  cfg->visit([&](const std::string& name, auto& field, const char* help) {
+    cmd->add_option("--" + detail::dashed(name), field, help)->capture_default_str();
+  });
+  cmd->add_flag("--force", *force, "Redo every stage, even those whose outputs exist");
+  cmd->callback([cfg, force] { run_pipeline(*cfg, *force); });
+}
+
 // c10 errors carry a backtrace after the first line; users need only the first line.
 std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
 
@@ -288,6 +307,7 @@ int main(int argc, char** argv) {
   add_rm_score(*rm);
   add_trainer<DpoConfig>(app, "dpo", "Direct preference optimization (or IPO) against a frozen reference",
                          [](DpoConfig c, bool resume) { return train_dpo(c, resume); });
+  add_pipeline(app);
   add_trainer<PpoConfig>(app, "ppo", "PPO against a reward model with a KL penalty to the frozen starting policy",
                          [](PpoConfig c, bool resume) { return train_ppo(c, resume); });
   try {

@@ -1,0 +1,254 @@
+#include "pipeline/pipeline.h"
+
+#include <cmath>
+#include <iostream>
+#include <numeric>
+#include <random>
+
+#include "core/error.h"
+#include "core/io.h"
+#include "data/datasets.h"
+#include "feedback/labeler.h"
+#include "generate/generator.h"
+#include "model/model.h"
+#include "train/config_fields.h"
+#include "trainers/ppo_trainer.h"
+#include "trainers/reward_trainer.h"
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace rlhf {
+
+namespace {
+
+struct Split {
+  std::vector<std::string> train, eval;
+};
+
+// Held-out prompts first (a seeded shuffle), the rest for labeling and PPO.
+Split split_prompts(const PipelineConfig& cfg) {
+  auto all = read_prompts(cfg.prompts);
+  std::mt19937_64 rng(static_cast<uint64_t>(cfg.seed) + 101);
+  for (size_t i = all.size(); i > 1; --i) std::swap(all[i - 1], all[rng() % i]);
+  const size_t n_eval = std::min<size_t>(cfg.eval_prompts, all.size() / 2);
+  Split s;
+  s.eval.assign(all.begin(), all.begin() + n_eval);
+  s.train.assign(all.begin() + n_eval, all.end());
+  check(!s.train.empty(), cfg.prompts + ": too few prompts for a held-out split");
+  return s;
+}
+
+std::vector<std::vector<int32_t>> encode_prompts(const Tokenizer& tok, const std::vector<std::string>& prompts) {
+  std::vector<std::vector<int32_t>> out;
+  for (const auto& p : prompts) out.push_back(tok.encode(p, {.add_bos = tok.bos_id() >= 0}));
+  return out;
+}
+
+double mean(const std::vector<double>& v) { return v.empty() ? 0.0 : std::accumulate(v.begin(), v.end(), 0.0) / v.size(); }
+
+// Samples of one policy on the held-out prompts: texts, and the per-sample KL to the
+// reference, sum over tokens of (log pi - log pi_ref) (k1 on the policy's own samples).
+struct EvalSamples {
+  std::vector<std::string> prompts, texts;
+  std::vector<double> kl;
+  double mean_length = 0;
+};
+
+EvalSamples sample_for_eval(LoadedModel& policy, LoadedModel& ref, const std::vector<std::string>& prompts,
+                            const PipelineConfig& cfg) {
+  EvalSamples out;
+  std::vector<std::string> ps;
+  for (const auto& p : prompts)
+    for (int64_t s = 0; s < cfg.eval_samples; ++s) ps.push_back(p);
+  GenerateOptions g;
+  g.max_new_tokens = cfg.max_new_tokens;
+  g.sampling.temperature = static_cast<float>(cfg.temperature);
+  g.seed = static_cast<uint64_t>(cfg.seed) + 424242;
+  auto ids = encode_prompts(*policy.tokenizer, ps);
+  auto gens = generate(policy.model, *policy.tokenizer, ids, g);
+  torch::NoGradGuard ng;
+  double len = 0;
+  for (size_t i = 0; i < gens.size(); ++i) {
+    out.prompts.push_back(ps[i]);
+    out.texts.push_back(gens[i].text);
+    len += gens[i].tokens.size();
+    double kl = 0;
+    if (!gens[i].tokens.empty()) {
+      std::vector<int64_t> seq(ids[i].begin(), ids[i].end());
+      seq.insert(seq.end(), gens[i].tokens.begin(), gens[i].tokens.end());
+      auto logits = ref.model->forward(torch::tensor(seq).unsqueeze(0).to(ref.model->device()))[0] / cfg.temperature;
+      auto logp = torch::log_softmax(logits, -1).to(torch::kCPU);
+      for (size_t t = 0; t < gens[i].tokens.size(); ++t)
+        kl += gens[i].logprobs[t] - logp[ids[i].size() - 1 + t][gens[i].tokens[t]].item<double>();
+    }
+    out.kl.push_back(kl);
+  }
+  out.mean_length = len / std::max<size_t>(1, gens.size());
+  return out;
+}
+
+// 95% percentile bootstrap interval of mean(after - before) over paired samples.
+std::pair<double, double> bootstrap_diff(const std::vector<double>& before, const std::vector<double>& after, uint64_t seed) {
+  const size_t n = before.size();
+  std::mt19937_64 rng(seed);
+  std::vector<double> stats;
+  for (int b = 0; b < 2000; ++b) {
+    double s = 0;
+    for (size_t i = 0; i < n; ++i) {
+      const size_t j = rng() % n;
+      s += after[j] - before[j];
+    }
+    stats.push_back(s / n);
+  }
+  std::sort(stats.begin(), stats.end());
+  return {stats[49], stats[1949]};
+}
+
+}  // namespace
+
+json run_pipeline(const PipelineConfig& cfg, bool force) {
+  check(!cfg.policy.empty(), "pipeline: `policy` is required");
+  check(!cfg.prompts.empty(), "pipeline: `prompts` is required");
+  check(cfg.labeler == "simulated",
+        "pipeline: labeler '" + cfg.labeler + "' is not available (simulated; the web labeler comes with the labeling page)");
+  const fs::path run = cfg.run_dir;
+  fs::create_directories(run);
+  PipelineConfig saved = cfg;
+  write_file_atomic(run / "config.toml", to_toml(saved));
+  const auto split = split_prompts(cfg);
+  const LoadOptions lo{cfg.device, cfg.dtype};
+  auto stage = [&](const char* name, const fs::path& output) {
+    const bool skip = !force && fs::exists(output);
+    std::cerr << (skip ? "[skip] " : "[run]  ") << name << " -> " << output.string() << "\n";
+    return !skip;
+  };
+
+  // 1. Sample K completions per labeling prompt from the starting policy.
+  const fs::path rankings_path = run / "rankings.jsonl";
+  if (stage("sample + label", rankings_path)) {
+    auto policy = load_model(cfg.policy, lo);
+    check(policy.tokenizer != nullptr, cfg.policy + ": no tokenizer found with the model");
+    std::vector<std::string> ps(split.train.begin(),
+                                split.train.begin() + std::min<size_t>(cfg.label_prompts, split.train.size()));
+    std::vector<std::string> rep;
+    for (const auto& p : ps)
+      for (int64_t j = 0; j < cfg.k; ++j) rep.push_back(p);
+    GenerateOptions g;
+    g.max_new_tokens = cfg.max_new_tokens;
+    g.sampling.temperature = static_cast<float>(cfg.temperature);
+    g.seed = static_cast<uint64_t>(cfg.seed);
+    auto gens = generate(policy.model, *policy.tokenizer, encode_prompts(*policy.tokenizer, rep), g);
+    // 2. The labeler ranks them.
+    std::vector<LabelRequest> requests;
+    for (size_t i = 0; i < ps.size(); ++i) {
+      LabelRequest r{ps[i], {}};
+      for (int64_t j = 0; j < cfg.k; ++j) r.completions.push_back(gens[i * cfg.k + j].text);
+      requests.push_back(r);
+    }
+    SimulatedLabeler labeler(SentimentLexicon::builtin(), cfg.labeler_temperature, static_cast<uint64_t>(cfg.seed));
+    write_rankings(rankings_path, labeler.rank(requests));
+  }
+
+  // 3. Reward model on the K-choose-2 pairs of the rankings.
+  const fs::path rm_dir = run / "rm";
+  if (stage("reward model", rm_dir / "model" / "config.json")) {
+    RewardConfig rc;
+    rc.train.model = cfg.policy;
+    rc.train.train_data = rankings_path.string();
+    rc.data_format = "rankings";
+    rc.train.run_dir = rm_dir.string();
+    rc.train.epochs = cfg.rm_epochs;
+    rc.train.lr = cfg.rm_lr;
+    rc.train.batch_size = cfg.rm_batch_size;
+    rc.train.eval_fraction = cfg.rm_eval_fraction;
+    rc.train.seed = cfg.seed;
+    rc.train.device = cfg.device;
+    rc.train.dtype = cfg.dtype;
+    rc.train.max_length = 256;
+    auto m = train_reward_model(rc, false);
+    write_file_atomic(rm_dir / "result.json", json(m).dump(1));
+  }
+  const json rm_result = json::parse(read_file(rm_dir / "result.json"));
+
+  // 4. PPO against the reward model, KL-penalized towards the starting policy.
+  const fs::path ppo_dir = run / "ppo";
+  if (stage("ppo", ppo_dir / "model" / "config.json")) {
+    std::string prompts;
+    for (const auto& p : split.train) prompts += json{{"prompt", p}}.dump() + "\n";
+    write_file_atomic(run / "ppo_prompts.jsonl", prompts);
+    PpoConfig pc;
+    pc.train.model = cfg.policy;
+    pc.train.train_data = (run / "ppo_prompts.jsonl").string();
+    pc.train.run_dir = ppo_dir.string();
+    pc.train.max_steps = cfg.ppo_steps;
+    pc.train.lr = cfg.ppo_lr;
+    pc.train.seed = cfg.seed;
+    pc.train.device = cfg.device;
+    pc.train.dtype = cfg.dtype;
+    pc.reward_model = (rm_dir / "model").string();
+    pc.rollout_batch = cfg.rollout_batch;
+    pc.minibatches = cfg.minibatches;
+    pc.ppo_epochs = cfg.ppo_epochs;
+    pc.max_new_tokens = cfg.max_new_tokens;
+    pc.temperature = cfg.temperature;
+    pc.kl_coef = cfg.kl_coef;
+    pc.adaptive_kl = cfg.adaptive_kl;
+    pc.kl_target = cfg.kl_target;
+    pc.penalize_missing_eos = cfg.penalize_missing_eos;
+    train_ppo(pc, false);
+  }
+
+  // 5. Evaluation on held-out prompts: before (the starting policy) and after.
+  std::cerr << "[run]  evaluation -> " << (run / "summary.json").string() << "\n";
+  auto start = load_model(cfg.policy, lo), trained = load_model(ppo_dir / "model", lo), ref = load_model(cfg.policy, lo);
+  auto rm = load_reward_model((rm_dir / "model").string(), lo);
+  const auto lex = SentimentLexicon::builtin();
+  auto before = sample_for_eval(start, ref, split.eval, cfg), after = sample_for_eval(trained, ref, split.eval, cfg);
+  auto gold = [&](const EvalSamples& e) {
+    std::vector<double> g;
+    for (const auto& t : e.texts) g.push_back(lex.score(t));
+    return g;
+  };
+  auto rm_scores = [&](const EvalSamples& e) {
+    std::vector<std::pair<std::string, std::string>> texts;
+    for (size_t i = 0; i < e.texts.size(); ++i) texts.emplace_back(e.prompts[i], e.texts[i]);
+    return score_texts(rm, texts, 256);
+  };
+  const auto gold_b = gold(before), gold_a = gold(after), rm_b = rm_scores(before), rm_a = rm_scores(after);
+  const auto ci = bootstrap_diff(gold_b, gold_a, static_cast<uint64_t>(cfg.seed) + 99);
+  json samples = json::array();
+  for (size_t i = 0; i < std::min<size_t>(3, before.texts.size()); ++i)
+    samples.push_back({{"prompt", before.prompts[i]}, {"before", before.texts[i]}, {"after", after.texts[i]}});
+  json summary = {{"gold_before", mean(gold_b)},
+                  {"gold_after", mean(gold_a)},
+                  {"gold_diff", mean(gold_a) - mean(gold_b)},
+                  {"gold_diff_ci95", {ci.first, ci.second}},
+                  {"rm_score_before", mean(rm_b)},
+                  {"rm_score_after", mean(rm_a)},
+                  {"rm_accuracy", rm_result.value("eval/accuracy", std::nan(""))},
+                  {"kl", mean(after.kl)},
+                  {"distinct_2_before", distinct_n(before.texts, 2)},
+                  {"distinct_2_after", distinct_n(after.texts, 2)},
+                  {"length_before", before.mean_length},
+                  {"length_after", after.mean_length},
+                  {"eval_samples", before.texts.size()},
+                  {"samples", samples}};
+  write_file_atomic(run / "summary.json", summary.dump(2) + "\n");
+
+  // The table on the terminal.
+  std::printf("\n%-22s %12s %12s\n", "held-out prompts", "before", "after");
+  std::printf("%-22s %12.3f %12.3f\n", "gold score", mean(gold_b), mean(gold_a));
+  std::printf("%-22s %12.3f %12.3f\n", "reward-model score", mean(rm_b), mean(rm_a));
+  std::printf("%-22s %12s %12.3f\n", "KL to reference", "0", mean(after.kl));
+  std::printf("%-22s %12.3f %12.3f\n", "distinct-2", distinct_n(before.texts, 2), distinct_n(after.texts, 2));
+  std::printf("%-22s %12.1f %12.1f\n", "mean length (tokens)", before.mean_length, after.mean_length);
+  std::printf("gold difference %.3f, 95%% bootstrap interval [%.3f, %.3f]; reward-model held-out accuracy %.3f\n",
+              mean(gold_a) - mean(gold_b), ci.first, ci.second, summary["rm_accuracy"].get<double>());
+  for (const auto& s : samples)
+    std::printf("\n> %s\n  before: %s\n  after:  %s\n", s["prompt"].get<std::string>().c_str(),
+                s["before"].get<std::string>().c_str(), s["after"].get<std::string>().c_str());
+  return summary;
+}
+
+}  // namespace rlhf
