@@ -281,7 +281,7 @@ void add_pipeline(CLI::App& app) {
          "TOML file with any of the fields below")
       ->trigger_on_parse();
   cfg->visit([&](const std::string& name, auto& field, const char* help) {
-    cmd->add_option("--" + detail::dashed(name), field, help)->capture_default_str();
+    cmd->add_option("--" + rlhf::detail::dashed(name), field, help)->capture_default_str();
   });
   cmd->add_flag("--force", *force, "Redo every stage, even those whose outputs exist");
   cmd->callback([cfg, force] { run_pipeline(*cfg, *force); });
