@@ -101,3 +101,18 @@ TEST(Ppo, ResumeEqualsAnUninterruptedRun) {
     for (const char* k : {"objective/scores", "objective/kl", "loss/policy", "kl_coef"})
       EXPECT_DOUBLE_EQ(ma[i][k].get<double>(), mb[i][k].get<double>()) << k << " at step " << i + 1;
 }
+
+TEST(Ppo, GeneratorTrainerDisagreementFailsLoudly) {
+  // A tolerance no real pair of forward passes can meet makes the guard fire: it must stop
+  // the run with the measured difference rather than train on mismatched log-probs.
+  test::TempDir tmp;
+  auto cfg = toy_config(tmp, "guard");
+  cfg.logprob_tolerance = -1.0;
+  cfg.train.max_steps = 1;
+  try {
+    train_ppo(cfg, false, count_reward(5));
+    FAIL() << "expected the logprob guard to stop the run";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("log-probabilities differ by"), std::string::npos) << e.what();
+  }
+}
