@@ -300,9 +300,7 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
     if (stop && !at_end) return last;
   }
   if (tc.progress && ::isatty(2)) std::fprintf(stderr, "\n");
-  TensorMap w;
-  for (auto& [name, t] : policy.model->weights()) w[name] = t.detach().to(torch::kCPU);
-  write_hf_dir(run_dir / "model", policy.config, w, &tok);
+  write_trained_model(run_dir / "model", policy.model, policy.config, &tok);
   return last;
 }
 

@@ -188,9 +188,7 @@ Metrics train_reward_model(RewardConfig cfg, bool resume, int64_t stop_after) {
       out_cfg.reward_bias = -mean * out_cfg.reward_gain;
       rm.config = out_cfg;
     }
-    TensorMap w;
-    for (auto& [name, t] : rm.model->weights()) w[name] = t.detach().to(torch::kCPU);
-    write_hf_dir(dir, out_cfg, w, &tok);
+    write_trained_model(dir, rm.model, out_cfg, &tok);
   };
 
   TrainLoop loop(tc, named_trainable(*rm.model), to_toml(cfg), units.size());

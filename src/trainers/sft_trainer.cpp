@@ -67,11 +67,7 @@ Metrics train_sft(SftConfig cfg, bool resume, int64_t stop_after) {
       }
       return {{"loss", total / tokens}, {"perplexity", std::exp(total / tokens)}};
     };
-  hooks.save_model = [&](const std::filesystem::path& dir) {
-    TensorMap w;
-    for (auto& [name, t] : lm.model->weights()) w[name] = t.detach().to(torch::kCPU);
-    write_hf_dir(dir, lm.config, w, &tok);
-  };
+  hooks.save_model = [&](const std::filesystem::path& dir) { write_trained_model(dir, lm.model, lm.config, &tok); };
 
   TrainLoop loop(tc, named_trainable(*lm.model), to_toml(cfg), train.size());
   return loop.run(hooks, resume, stop_after);

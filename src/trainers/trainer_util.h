@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "data/collate.h"
+#include "model/formats.h"
 #include "model/model.h"
 #include "train/train_loop.h"
 
@@ -46,6 +47,14 @@ inline AdamW::NamedParams named_trainable(torch::nn::Module& m) {
   for (const auto& p : m.named_parameters())
     if (p.value().requires_grad()) out.emplace_back(p.key(), p.value());
   return out;
+}
+
+// Writes a trained model in the Hugging Face layout (CPU copies of its canonical weights).
+inline void write_trained_model(const std::filesystem::path& dir, Transformer& model, const ModelConfig& config,
+                                const Tokenizer* tok) {
+  TensorMap w;
+  for (auto& [name, t] : model->weights()) w[name] = t.detach().to(torch::kCPU);
+  write_hf_dir(dir, config, w, tok);
 }
 
 }  // namespace rlhf
