@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "model/transformer.h"
+#include "trainers/trainer_util.h"
 
 using namespace rlhf;
 
@@ -103,3 +104,14 @@ TEST_P(TransformerBoth, LoadWeightsRejectsWrongShapeAndUnknownTensor) {
 
 INSTANTIATE_TEST_SUITE_P(Families, TransformerBoth, ::testing::Values(tiny_llama(), tiny_gpt2()),
                          [](const auto& info) { return info.param.architecture.substr(0, 4); });
+
+TEST(WeightsFingerprint, ChangesWithOneBitAndNotOtherwise) {
+  Transformer a(tiny_llama());
+  const uint64_t f = weights_fingerprint(*a);
+  EXPECT_EQ(weights_fingerprint(*a), f);
+  torch::NoGradGuard g;
+  auto w = a->weights().at("model.norm.weight");
+  auto bits = w.view(torch::kInt32);
+  bits[3] = bits[3].item<int32_t>() ^ 1;  // flip the lowest mantissa bit of one weight
+  EXPECT_NE(weights_fingerprint(*a), f);
+}

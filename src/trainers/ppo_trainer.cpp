@@ -95,6 +95,7 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
   auto ref = load_model(tc.model, lo);
   ref.model->eval();
   for (auto& p : ref.model->parameters()) p.set_requires_grad(false);
+  const uint64_t ref_fingerprint = weights_fingerprint(*ref.model);
   Transformer value = make_value_model(cfg, lo);
   const auto dev = policy.model->device();
   RewardFn reward = reward_in;
@@ -300,6 +301,9 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
     if (stop && !at_end) return last;
   }
   if (tc.progress && ::isatty(2)) std::fprintf(stderr, "\n");
+  // The reference must leave training bit-identical (PPO_DETAILS #4).
+  check(weights_fingerprint(*ref.model) == ref_fingerprint, "ppo: the reference model's weights changed during training");
+  last["ref/unchanged"] = 1.0;
   write_trained_model(run_dir / "model", policy.model, policy.config, &tok);
   return last;
 }

@@ -49,6 +49,19 @@ inline AdamW::NamedParams named_trainable(torch::nn::Module& m) {
   return out;
 }
 
+// A hash of every parameter's bytes (FNV-1a), to check that a frozen model stayed
+// bit-identical through training without keeping a second copy of it.
+inline uint64_t weights_fingerprint(torch::nn::Module& m) {
+  uint64_t h = 1469598103934665603ull;
+  for (const auto& p : m.named_parameters()) {
+    auto t = p.value().detach().to(torch::kCPU).contiguous();
+    for (char c : p.key()) h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ull;
+    const auto* bytes = static_cast<const unsigned char*>(t.data_ptr());
+    for (size_t i = 0; i < t.nbytes(); ++i) h = (h ^ bytes[i]) * 1099511628211ull;
+  }
+  return h;
+}
+
 // Writes a trained model in the Hugging Face layout (CPU copies of its canonical weights).
 inline void write_trained_model(const std::filesystem::path& dir, Transformer& model, const ModelConfig& config,
                                 const Tokenizer* tok) {

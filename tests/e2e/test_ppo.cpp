@@ -63,7 +63,8 @@ TEST(Ppo, ToyRewardGoesUpWithFiniteKl) {
   const int32_t target = lm.tokenizer->encode(" the", {})[0];
   auto before = lm.model->weights();
   auto cfg = toy_config(tmp, "ppo");
-  train_ppo(cfg, false, count_reward(target));
+  auto final_metrics = train_ppo(cfg, false, count_reward(target));
+  EXPECT_EQ(final_metrics.at("ref/unchanged"), 1.0);  // the in-memory reference, checked bit for bit
   auto m = metrics_of(tmp / "ppo");
   ASSERT_EQ(m.size(), 12u);
   const double first = (m[0]["objective/scores"].get<double>() + m[1]["objective/scores"].get<double>()) / 2;
