@@ -39,9 +39,28 @@ Split split_prompts(const PipelineConfig& cfg) {
   return s;
 }
 
-std::vector<std::vector<int32_t>> encode_prompts(const Tokenizer& tok, const std::vector<std::string>& prompts) {
-  std::vector<std::vector<int32_t>> out;
-  for (const auto& p : prompts) out.push_back(tok.encode(p, {.add_bos = tok.bos_id() >= 0}));
+// `n` samples of `policy` per prompt, in prompt order: the repeated prompts, their token
+// ids and the generations.
+struct Sampled {
+  std::vector<std::string> prompts;
+  std::vector<std::vector<int32_t>> ids;
+  std::vector<Generation> gens;
+};
+
+Sampled sample_each(LoadedModel& policy, const std::vector<std::string>& prompts, int64_t n, const PipelineConfig& cfg,
+                    uint64_t seed) {
+  Sampled out;
+  const Tokenizer& tok = *policy.tokenizer;
+  for (const auto& p : prompts)
+    for (int64_t j = 0; j < n; ++j) {
+      out.prompts.push_back(p);
+      out.ids.push_back(tok.encode(p, {.add_bos = tok.bos_id() >= 0}));
+    }
+  GenerateOptions g;
+  g.max_new_tokens = cfg.max_new_tokens;
+  g.sampling.temperature = static_cast<float>(cfg.temperature);
+  g.seed = seed;
+  out.gens = generate(policy.model, tok, out.ids, g);
   return out;
 }
 
@@ -58,15 +77,7 @@ struct EvalSamples {
 EvalSamples sample_for_eval(LoadedModel& policy, LoadedModel& ref, const std::vector<std::string>& prompts,
                             const PipelineConfig& cfg) {
   EvalSamples out;
-  std::vector<std::string> ps;
-  for (const auto& p : prompts)
-    for (int64_t s = 0; s < cfg.eval_samples; ++s) ps.push_back(p);
-  GenerateOptions g;
-  g.max_new_tokens = cfg.max_new_tokens;
-  g.sampling.temperature = static_cast<float>(cfg.temperature);
-  g.seed = static_cast<uint64_t>(cfg.seed) + 424242;
-  auto ids = encode_prompts(*policy.tokenizer, ps);
-  auto gens = generate(policy.model, *policy.tokenizer, ids, g);
+  auto [ps, ids, gens] = sample_each(policy, prompts, cfg.eval_samples, cfg, static_cast<uint64_t>(cfg.seed) + 424242);
   torch::NoGradGuard ng;
   double len = 0;
   for (size_t i = 0; i < gens.size(); ++i) {
@@ -131,14 +142,7 @@ json run_pipeline(const PipelineConfig& cfg, bool force) {
     check(policy.tokenizer != nullptr, cfg.policy + ": no tokenizer found with the model");
     std::vector<std::string> ps(split.train.begin(),
                                 split.train.begin() + std::min<size_t>(cfg.label_prompts, split.train.size()));
-    std::vector<std::string> rep;
-    for (const auto& p : ps)
-      for (int64_t j = 0; j < cfg.k; ++j) rep.push_back(p);
-    GenerateOptions g;
-    g.max_new_tokens = cfg.max_new_tokens;
-    g.sampling.temperature = static_cast<float>(cfg.temperature);
-    g.seed = static_cast<uint64_t>(cfg.seed);
-    auto gens = generate(policy.model, *policy.tokenizer, encode_prompts(*policy.tokenizer, rep), g);
+    const auto gens = sample_each(policy, ps, cfg.k, cfg, static_cast<uint64_t>(cfg.seed)).gens;
     // 2. The labeler ranks them.
     std::vector<LabelRequest> requests;
     for (size_t i = 0; i < ps.size(); ++i) {

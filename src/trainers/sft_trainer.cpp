@@ -1,5 +1,7 @@
 #include "trainers/sft_trainer.h"
 
+#include <numeric>
+
 #include "core/error.h"
 #include "data/collate.h"
 #include "data/datasets.h"
@@ -47,7 +49,16 @@ Metrics train_sft(SftConfig cfg, bool resume, int64_t stop_after) {
   };
 
   TrainHooks hooks;
-  hooks.count = [&](const std::vector<size_t>& idx) { return targets(batch_of(train, idx)).item<double>(); };
+  // Counted from the token lists (no collation): the t >= 1 with loss_mask[t] = 1.
+  hooks.count = [&](const std::vector<size_t>& idx) {
+    double n = 0;
+    for (size_t i : idx) {
+      const auto& x = train[i];
+      if (!x.loss_mask.empty()) n += std::accumulate(x.loss_mask.begin() + 1, x.loss_mask.end(), 0.0);
+      else n += std::max<int64_t>(0, int64_t(x.ids.size()) - std::max<int64_t>(x.prompt_length, 1));
+    }
+    return n;
+  };
   hooks.micro_step = [&](const std::vector<size_t>& idx) {
     lm.model->train();
     return MicroStep{loss_sum(batch_of(train, idx)), {}};
