@@ -1,0 +1,346 @@
+#include "feedback/label_server.h"
+
+#include <httplib.h>
+
+#include <chrono>
+#include <cmath>
+#include <iostream>
+#include <random>
+#include <sstream>
+#include <nlohmann/json.hpp>
+
+#include "core/io.h"
+#include "feedback/web_assets.h"
+#include "generate/generator.h"
+#include "model/model.h"
+
+using json = nlohmann::json;
+
+namespace rlhf {
+
+namespace {
+
+// Defence in depth on top of the page only ever setting model text with textContent: no
+// inline script, no plugins, nothing from elsewhere.
+const httplib::Headers kSecurityHeaders = {
+    {"Content-Security-Policy",
+     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
+     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"},
+    {"X-Content-Type-Options", "nosniff"},
+    {"Referrer-Policy", "no-referrer"},
+    {"Cache-Control", "no-store"},
+};
+
+void reply(httplib::Response& res, int status, const json& body) {
+  res.status = status;
+  res.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace), "application/json; charset=utf-8");
+}
+
+json nan_to_null(double v) { return std::isnan(v) ? json(nullptr) : json(v); }
+
+json progress_json(const LabelProgress& p) {
+  return {{"prompts", p.prompts}, {"ready", p.ready},   {"submissions", p.submissions},
+          {"target", p.target},   {"done_prompts", p.done_prompts}, {"mine", p.mine}};
+}
+
+json body_of(const httplib::Request& req) {
+  try {
+    json j = json::parse(req.body);
+    if (!j.is_object()) throw LabelError(400, "the request body must be a JSON object");
+    return j;
+  } catch (const json::exception&) {
+    throw LabelError(400, "the request body is not valid JSON");
+  }
+}
+
+template <class T>
+T field(const json& j, const char* name) {
+  auto it = j.find(name);
+  if (it == j.end()) throw LabelError(400, std::string("missing field '") + name + "'");
+  try {
+    return it->get<T>();
+  } catch (const json::exception&) {
+    throw LabelError(400, std::string("field '") + name + "' has the wrong type");
+  }
+}
+
+// `ranking`: best first; an entry is a completion id or a list of tied ids.
+std::vector<std::vector<int64_t>> parse_ranking(const json& j) {
+  if (!j.is_array()) throw LabelError(400, "field 'ranking' must be an array");
+  std::vector<std::vector<int64_t>> tiers;
+  for (const auto& e : j) {
+    if (e.is_number_integer()) tiers.push_back({e.get<int64_t>()});
+    else if (e.is_array()) {
+      std::vector<int64_t> t;
+      for (const auto& x : e) {
+        if (!x.is_number_integer()) throw LabelError(400, "ranking: ids are integers");
+        t.push_back(x.get<int64_t>());
+      }
+      tiers.push_back(t);
+    } else throw LabelError(400, "ranking: each entry is a completion id or a list of tied ids");
+  }
+  return tiers;
+}
+
+std::map<int64_t, std::vector<std::string>> parse_flags(const json& j) {
+  std::map<int64_t, std::vector<std::string>> flags;
+  if (j.is_null()) return flags;
+  if (!j.is_object()) throw LabelError(400, "field 'flags' must be an object {completion id: [flags]}");
+  for (const auto& [k, v] : j.items()) {
+    int64_t id = 0;
+    try {
+      size_t used = 0;
+      id = std::stoll(k, &used);
+      if (used != k.size()) throw std::invalid_argument(k);
+    } catch (const std::exception&) {
+      throw LabelError(400, "flags: '" + k + "' is not a completion id");
+    }
+    if (!v.is_array()) throw LabelError(400, "flags: a list of flag names per completion");
+    for (const auto& f : v) {
+      if (!f.is_string()) throw LabelError(400, "flags: flag names are strings");
+      flags[id].push_back(f.get<std::string>());
+    }
+  }
+  return flags;
+}
+
+}  // namespace
+
+LabelServer::LabelServer(LabelStore& store) : store_(store), http_(std::make_unique<httplib::Server>()) {
+  auto& svr = *http_;
+  // Every connection holds a worker while it is kept alive: enough of them for many labelers.
+  svr.new_task_queue = [] { return new httplib::ThreadPool(64); };
+  svr.set_payload_max_length(1 << 20);
+  svr.set_default_headers(kSecurityHeaders);
+
+  // RLHF_WEB_DIR=web serves the page from the source tree instead (edit, reload, no rebuild).
+  const char* dev_dir = std::getenv("RLHF_WEB_DIR");
+  auto serve_asset = [dev = std::string(dev_dir ? dev_dir : "")](const char* name) {
+    return [name, dev](const httplib::Request&, httplib::Response& res) {
+      const auto a = web_asset(name);
+      res.set_content(dev.empty() ? std::string(a->body) : read_file(std::filesystem::path(dev) / name),
+                      std::string(a->content_type));
+    };
+  };
+  svr.Get("/", serve_asset("label.html"));
+  svr.Get("/stats", serve_asset("label.html"));
+  svr.Get("/app.js", serve_asset("label.js"));
+  svr.Get("/app.css", serve_asset("label.css"));
+
+  // Handlers run inside `guarded`: LabelError -> its status; anything else -> 500, logged.
+  auto guarded = [](auto fn) {
+    return [fn](const httplib::Request& req, httplib::Response& res) {
+      try {
+        fn(req, res);
+      } catch (const LabelError& e) {
+        reply(res, e.status, {{"error", e.what()}});
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "rlhf label: %s %s: %s\n", req.method.c_str(), req.path.c_str(), e.what());
+        reply(res, 500, {{"error", std::string("server error: ") + e.what()}});
+      }
+    };
+  };
+  auto labeler_of = [this](const httplib::Request& req) {
+    const auto h = req.get_header_value("Authorization");
+    const std::string prefix = "Bearer ";
+    if (h.rfind(prefix, 0) != 0) throw LabelError(401, "not signed in (no Authorization: Bearer header)");
+    return store_.session_labeler(h.substr(prefix.size()));
+  };
+
+  svr.Post("/api/signin", guarded([this](const httplib::Request& req, httplib::Response& res) {
+             const json b = body_of(req);
+             const auto name = field<std::string>(b, "name");
+             reply(res, 200, {{"session", store_.sign_in(name, field<std::string>(b, "token"))}, {"labeler", name}});
+           }));
+  svr.Get("/api/task", guarded([this, labeler_of](const httplib::Request& req, httplib::Response& res) {
+            const auto who = labeler_of(req);
+            json task = nullptr;
+            if (auto t = store_.next_task(who)) {
+              json cs = json::array();
+              for (size_t i = 0; i < t->completions.size(); ++i) cs.push_back({{"id", t->completion_ids[i]}, {"text", t->completions[i]}});
+              task = {{"prompt_id", t->prompt_id}, {"prompt", t->prompt}, {"completions", cs}};
+            }
+            reply(res, 200,
+                  {{"task", task}, {"labeler", who}, {"progress", progress_json(store_.progress(who))},
+                   {"flags", label_flags()}, {"generating", generating.load()}});
+          }));
+  svr.Post("/api/submit", guarded([this, labeler_of](const httplib::Request& req, httplib::Response& res) {
+             const auto who = labeler_of(req);
+             const json b = body_of(req);
+             LabelSubmission s;
+             s.labeler = who;
+             s.prompt_id = field<int64_t>(b, "prompt_id");
+             s.ranking = parse_ranking(b.contains("ranking") ? b["ranking"] : throw LabelError(400, "missing field 'ranking'"));
+             s.flags = parse_flags(b.value("flags", json(nullptr)));
+             s.note = b.contains("note") ? field<std::string>(b, "note") : "";
+             const auto r = store_.submit(s);
+             reply(res, 200,
+                   {{"status", r == LabelStore::SubmitResult::stored ? "stored" : "duplicate"},
+                    {"progress", progress_json(store_.progress(who))}});
+           }));
+  svr.Get("/api/progress", guarded([this, labeler_of](const httplib::Request& req, httplib::Response& res) {
+            reply(res, 200, progress_json(store_.progress(labeler_of(req))));
+          }));
+  svr.Get("/api/stats", guarded([this, labeler_of](const httplib::Request& req, httplib::Response& res) {
+            labeler_of(req);
+            const auto st = store_.stats();
+            json pairs = json::array();
+            for (const auto& p : st.pairs)
+              pairs.push_back({{"a", p.a}, {"b", p.b}, {"shared_prompts", p.shared_prompts},
+                               {"agreement", nan_to_null(p.agreement)}, {"kendall_tau", nan_to_null(p.kendall_tau)}});
+            reply(res, 200,
+                  {{"counts", st.counts}, {"pairs", pairs}, {"shared_prompts", st.shared_prompts},
+                   {"agreement", nan_to_null(st.agreement)}, {"kendall_tau", nan_to_null(st.kendall_tau)},
+                   {"progress", progress_json(store_.progress())}});
+          }));
+  svr.set_error_handler([](const httplib::Request&, httplib::Response& res) {
+    if (res.body.empty()) reply(res, res.status, {{"error", "HTTP " + std::to_string(res.status)}});
+  });
+}
+
+LabelServer::~LabelServer() { stop(); }
+
+int LabelServer::start(const std::string& host, int port) {
+  auto& svr = *http_;
+  if (port == 0) port_ = svr.bind_to_any_port(host);
+  else port_ = svr.bind_to_port(host, port) ? port : -1;
+  check(port_ > 0, "label server: cannot listen on " + host + ":" + std::to_string(port) + " (in use, or not an address here)");
+  thread_ = std::thread([this] { http_->listen_after_bind(); });
+  return port_;
+}
+
+void LabelServer::stop() {
+  if (http_) http_->stop();
+  if (thread_.joinable()) thread_.join();
+}
+
+CompletionWorker::CompletionWorker(LabelStore& store, CompleteFn complete, int64_t batch, std::atomic<int64_t>* remaining) {
+  thread_ = std::thread([this, &store, complete = std::move(complete), batch, remaining] {
+    try {
+      auto todo = store.prompts_without_completions();
+      if (remaining) *remaining = static_cast<int64_t>(todo.size());
+      for (size_t i = 0; i < todo.size() && !stop_; i += batch) {
+        std::vector<std::string> prompts;
+        for (size_t j = i; j < std::min(todo.size(), i + batch); ++j) prompts.push_back(todo[j].second);
+        const auto completions = complete(prompts);
+        check(completions.size() == prompts.size(), "completion worker: wrong number of results");
+        for (size_t j = 0; j < prompts.size(); ++j) {
+          store.add_completions(todo[i + j].first, completions[j]);
+          if (remaining) --*remaining;
+        }
+      }
+    } catch (const std::exception& e) {
+      std::lock_guard lk(mu_);
+      error_ = e.what();
+    }
+    done_ = true;
+  });
+}
+
+CompletionWorker::~CompletionWorker() {
+  stop_ = true;
+  if (thread_.joinable()) thread_.join();
+}
+
+void CompletionWorker::wait() {
+  if (thread_.joinable()) thread_.join();
+}
+
+std::string CompletionWorker::error() const {
+  std::lock_guard lk(mu_);
+  return error_;
+}
+
+std::vector<LabelPrompt> read_label_prompts(const std::filesystem::path& path) {
+  std::istringstream lines(read_maybe_gzip(path));
+  std::vector<LabelPrompt> out;
+  size_t line_no = 0;
+  for (std::string line; std::getline(lines, line);) {
+    ++line_no;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const std::string where = path.string() + ":" + std::to_string(line_no);
+    const json j = json::parse(line, nullptr, false);
+    check(j.is_object(), where + ": not a JSON object");
+    check(j.contains("prompt") && j["prompt"].is_string(), where + ": field 'prompt' must be a string");
+    LabelPrompt p{j["prompt"].get<std::string>(), {}};
+    if (j.contains("completions")) {
+      const auto& c = j["completions"];
+      check(c.is_array() && c.size() >= 2, where + ": field 'completions' must be a list of at least 2 texts");
+      for (const auto& t : c) {
+        check(t.is_string(), where + ": field 'completions' must hold strings");
+        p.completions.push_back(t.get<std::string>());
+      }
+    }
+    out.push_back(std::move(p));
+  }
+  check(!out.empty(), path.string() + ": no prompts");
+  return out;
+}
+
+void prepare_label_store(LabelStore& store, const LabelServeOptions& opt, const std::vector<LabelPrompt>& prompts) {
+  check(opt.k >= 2, "label: k must be at least 2 (a ranking needs two completions)");
+  check(opt.labelers_per_prompt >= 1, "label: labelers_per_prompt must be at least 1");
+  store.set_meta("k", std::to_string(opt.k));
+  store.set_meta("labelers_per_prompt", std::to_string(opt.labelers_per_prompt));
+  for (const auto& nt : opt.labelers) {
+    const auto eq = nt.find('=');
+    check(eq != std::string::npos && eq > 0, "label: --labeler takes NAME=TOKEN, got '" + nt + "'");
+    store.set_labeler(nt.substr(0, eq), nt.substr(eq + 1));
+  }
+  if (!opt.token.empty()) {
+    check(opt.token.size() >= 4, "label: the access token is too short (4 characters at least)");
+    store.set_meta("shared_token", opt.token);
+  } else if (!store.meta("shared_token") && opt.labelers.empty()) {
+    std::random_device rd;
+    std::ostringstream t;
+    for (int i = 0; i < 4; ++i) t << std::hex << rd();
+    store.set_meta("shared_token", t.str());
+    std::cout << "access token (any name): " << t.str() << std::endl;
+  }
+  for (const auto& p : prompts) {
+    const int64_t id = store.add_prompt(p.prompt);
+    if (!p.completions.empty() && store.completion_count(id) == 0) store.add_completions(id, p.completions);
+  }
+}
+
+void serve_labels(LabelStore& store, const LabelServeOptions& opt, const std::function<CompleteFn()>& make_completer,
+                  const std::function<bool()>& finished) {
+  LabelServer server(store);
+  std::unique_ptr<CompletionWorker> worker;
+  if (!store.prompts_without_completions().empty()) {
+    auto complete = make_completer();
+    check(static_cast<bool>(complete), "label: some prompts have no completions and there is no model to generate them (--model)");
+    worker = std::make_unique<CompletionWorker>(store, complete, 8, &server.generating);
+  }
+  const int port = server.start(opt.host, opt.port);
+  const auto p = store.progress();
+  std::cout << "serving http://" << opt.host << ":" << port << "/  (" << store.path().string() << ": " << p.prompts
+            << " prompts, " << p.submissions << " of " << p.target << " rankings)" << std::endl;
+  while (!finished()) {
+    if (worker && worker->done() && !worker->error().empty()) throw Error("label: generating completions failed: " + worker->error());
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  }
+  server.stop();
+}
+
+CompleteFn policy_completer(std::shared_ptr<LoadedModel> policy, int64_t k, int64_t max_new_tokens, double temperature,
+                            uint64_t seed) {
+  check(policy && policy->tokenizer, "label: the model has no tokenizer");
+  return [policy, k, max_new_tokens, temperature, seed](const std::vector<std::string>& prompts) {
+    const Tokenizer& tok = *policy->tokenizer;
+    std::vector<std::vector<int32_t>> ids;
+    for (const auto& p : prompts)
+      for (int64_t j = 0; j < k; ++j) ids.push_back(tok.encode(p, {.add_bos = tok.bos_id() >= 0}));
+    GenerateOptions g;
+    g.max_new_tokens = max_new_tokens;
+    g.sampling.temperature = static_cast<float>(temperature);
+    // Seeded by the batch's first prompt: a rerun over the same prompts samples the same texts.
+    g.seed = seed ^ std::hash<std::string>{}(prompts.front());
+    const auto gens = generate(policy->model, tok, ids, g);
+    std::vector<std::vector<std::string>> out(prompts.size());
+    for (size_t i = 0; i < gens.size(); ++i) out[i / k].push_back(gens[i].text);
+    return out;
+  };
+}
+
+}  // namespace rlhf
