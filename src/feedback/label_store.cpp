@@ -554,7 +554,9 @@ std::vector<Ranking> LabelStore::export_rankings() {
     }
     json flags = json::array();
     for (size_t i = 0; i < rk.completions.size(); ++i) flags.push_back(json::array());
-    for (const auto& [id, fl] : json::parse(s.text(4)).items()) flags[index.at(std::stoll(id))] = fl;
+    // Named: items() refers to its json, and a temporary's would die before the loop runs.
+    const json stored_flags = json::parse(s.text(4));
+    for (const auto& [id, fl] : stored_flags.items()) flags[index.at(std::stoll(id))] = fl;
     rk.extra["flags"] = flags;
     if (!s.text(5).empty()) rk.extra["note"] = s.text(5);
     rk.extra["prompt_id"] = s.i64(0);
