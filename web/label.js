@@ -40,10 +40,13 @@ function showProgress(p) {
 // ---- the task ------------------------------------------------------------------------
 function cards() { return Array.from($("#ranking").children); }
 
+// Each card shows its place: a card tied with the one above shares that one's number.
 function renumber() {
+  let place = 0;
   cards().forEach((c, i) => {
-    c.querySelector(".rank").textContent = `#${i + 1}`;
     const tied = i > 0 && c.querySelector(".tie-box").checked;
+    if (!tied) place += 1;
+    c.querySelector(".rank").textContent = tied ? `#${place}, tied` : `#${place}`;
     c.classList.toggle("tied", tied);
   });
 }
@@ -138,14 +141,16 @@ function startDrag(e, card) {
     if (before) list.insertBefore(card, before); else list.appendChild(card);
     renumber();
   };
-  const up = (ev) => {
-    move(ev);
+  const end = () => {
     card.classList.remove("dragging");
     document.removeEventListener("pointermove", move);
     document.removeEventListener("pointerup", up);
+    document.removeEventListener("pointercancel", end);
   };
+  const up = (ev) => { move(ev); end(); };
   document.addEventListener("pointermove", move);
   document.addEventListener("pointerup", up);
+  document.addEventListener("pointercancel", end);   // e.g. a touch taken over by the browser: keep the order so far
 }
 
 // ---- keys: 1..K pick completions in order of preference --------------------------------
@@ -160,12 +165,13 @@ function pick(key) {
 }
 
 document.addEventListener("keydown", (e) => {
-  if ($("#task-view").hidden || !state.task) return;
+  if ($("#task-view").hidden || !state.task || e.ctrlKey || e.altKey || e.metaKey) return;
   const tag = (e.target.tagName || "").toLowerCase();
   if (tag === "textarea" || (tag === "input" && e.target.type !== "checkbox")) return;
   if (/^[1-9]$/.test(e.key) && Number(e.key) <= state.task.completions.length) { pick(Number(e.key)); e.preventDefault(); }
   else if (e.key === "Escape") { state.picks = 0; cards().forEach((c) => c.classList.remove("picked")); }
-  else if (e.key === "Enter") { e.preventDefault(); submit(); }
+  // Enter on a button or link is that control's own; a held-down Enter submits once, not the next prompt too.
+  else if (e.key === "Enter" && tag !== "button" && tag !== "a" && !e.repeat) { e.preventDefault(); submit(); }
 });
 
 // ---- stats ---------------------------------------------------------------------------
@@ -178,10 +184,12 @@ function row(cells) {
 }
 
 async function loadStats() {
-  const s = await api("GET", "/api/stats");
-  showProgress(s.progress);
+  // /api/stats's progress counts everyone's; /api/progress has this labeler's own count too.
+  const [s, mine] = await Promise.all([api("GET", "/api/stats"), api("GET", "/api/progress")]);
+  showProgress(mine);
   $("#counts tbody").replaceChildren(...Object.entries(s.counts).map(([name, n]) => row([name, n])));
   $("#pairs tbody").replaceChildren(...s.pairs.map((p) => row([p.a, p.b, p.shared_prompts, fmt(p.agreement), fmt(p.kendall_tau)])));
+  $("#pairs").hidden = s.pairs.length === 0;
   $("#overall").textContent = s.shared_prompts
     ? `Over ${s.shared_prompts} shared prompt comparisons: pairwise agreement ${fmt(s.agreement)}, Kendall's τ ${fmt(s.kendall_tau)}.`
     : "No prompt has been ranked by two labelers yet.";
