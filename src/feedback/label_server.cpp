@@ -111,6 +111,12 @@ LabelServer::LabelServer(LabelStore& store) : store_(store), http_(std::make_uni
   // Every connection holds a worker while it is kept alive: enough of them for many labelers.
   svr.new_task_queue = [] { return new httplib::ThreadPool(64); };
   svr.set_payload_max_length(1 << 20);
+  // SO_REUSEADDR only: httplib's default SO_REUSEPORT would let a second server bind the same
+  // port and silently take half the labelers.
+  svr.set_socket_options([](socket_t sock) {
+    int yes = 1;
+    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  });
   svr.set_default_headers(kSecurityHeaders);
 
   // RLHF_WEB_DIR=web serves the page from the source tree instead (edit, reload, no rebuild).

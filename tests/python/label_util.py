@@ -1,0 +1,75 @@
+"""Shared by the labeling tests: start `rlhf label serve` on a free port, call its JSON API."""
+import http.client, json, os, subprocess, threading, time
+
+BUILD = os.environ["RLHF_BUILD"]
+DATA = os.environ["RLHF_DATA"]
+RLHF = os.path.join(BUILD, "bin", "rlhf")
+
+
+class Server:
+    """`rlhf label serve ARGS --port 0`; `port` is read from its "serving http://..." line."""
+
+    def __init__(self, args, timeout=60):
+        self.proc = subprocess.Popen([RLHF, "label", "serve", "--port", "0", *args], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        self.port, self.lines = None, []
+        ready = threading.Event()
+
+        def read():
+            for line in self.proc.stdout:
+                self.lines.append(line)
+                if line.startswith("serving http://") and not ready.is_set():
+                    self.port = int(line.split()[1].rstrip("/").rsplit(":", 1)[1])
+                    ready.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        if not ready.wait(timeout):
+            self.proc.kill()
+            raise AssertionError(f"server did not start: {self.lines} {self.proc.stderr.read()}")
+
+    def kill(self, sig=None):
+        if self.proc.poll() is None:
+            if sig is None:
+                self.proc.terminate()
+            else:
+                self.proc.send_signal(sig)
+        self.proc.wait(30)
+
+
+class Client:
+    """One labeler's keep-alive connection."""
+
+    def __init__(self, port):
+        self.port, self.session, self.conn = port, None, None
+
+    def call(self, method, path, body=None, session=None):
+        headers = {"Content-Type": "application/json"}
+        sess = session if session is not None else self.session
+        if sess:
+            headers["Authorization"] = f"Bearer {sess}"
+        data = None if body is None else (body if isinstance(body, (bytes, str)) else json.dumps(body))
+        for attempt in range(2):  # a kept-alive connection the server closed: reconnect once
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            try:
+                self.conn.request(method, path, body=data, headers=headers)
+                res = self.conn.getresponse()
+                raw = res.read()
+                return res.status, (json.loads(raw) if raw else None)
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                self.conn.close()
+                self.conn = None
+                if attempt == 1:
+                    raise
+
+    def sign_in(self, name, token):
+        status, body = self.call("POST", "/api/signin", {"name": name, "token": token})
+        assert status == 200, (status, body)
+        self.session = body["session"]
+        return body
+
+
+def ranking_best_first(task):
+    """The ranking that orders completions by their text (a labeler with a taste for 'a' < 'b')."""
+    cs = sorted(task["completions"], key=lambda c: c["text"])
+    return [c["id"] for c in cs]
