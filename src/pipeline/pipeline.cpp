@@ -11,6 +11,7 @@
 #include "feedback/labeler.h"
 #include "generate/generator.h"
 #include "model/model.h"
+#include "report/report.h"
 #include "train/config_fields.h"
 #include "trainers/ppo_trainer.h"
 #include "trainers/reward_trainer.h"
@@ -200,7 +201,13 @@ json run_pipeline(const PipelineConfig& cfg, bool force) {
     pc.adaptive_kl = cfg.adaptive_kl;
     pc.kl_target = cfg.kl_target;
     pc.penalize_missing_eos = cfg.penalize_missing_eos;
-    train_ppo(pc, false);
+    // The gold score of each rollout beside the reward model's, to see them part ways.
+    const auto lex = SentimentLexicon::builtin();
+    train_ppo(pc, false, {}, 0, [lex](const std::vector<std::string>&, const std::vector<std::string>& responses) {
+      std::vector<double> g;
+      for (const auto& r : responses) g.push_back(lex.score(r));
+      return Metrics{{"objective/gold", mean(g)}};
+    });
   }
 
   // 5. Evaluation on held-out prompts: before (the starting policy) and after.
@@ -221,8 +228,8 @@ json run_pipeline(const PipelineConfig& cfg, bool force) {
   };
   const auto gold_b = gold(before), gold_a = gold(after), rm_b = rm_scores(before), rm_a = rm_scores(after);
   const auto ci = bootstrap_diff(gold_b, gold_a, static_cast<uint64_t>(cfg.seed) + 99);
-  json samples = json::array();
-  for (size_t i = 0; i < std::min<size_t>(3, before.texts.size()); ++i)
+  json samples = json::array();  // the first sample of up to 8 held-out prompts
+  for (size_t i = 0; i < before.texts.size() && samples.size() < 8; i += std::max<int64_t>(1, cfg.eval_samples))
     samples.push_back({{"prompt", before.prompts[i]}, {"before", before.texts[i]}, {"after", after.texts[i]}});
   json summary = {{"gold_before", mean(gold_b)},
                   {"gold_after", mean(gold_a)},
@@ -239,6 +246,7 @@ json run_pipeline(const PipelineConfig& cfg, bool force) {
                   {"eval_samples", before.texts.size()},
                   {"samples", samples}};
   write_file_atomic(run / "summary.json", summary.dump(2) + "\n");
+  const fs::path report = write_report(run);
 
   // The table on the terminal.
   std::printf("\n%-22s %12s %12s\n", "held-out prompts", "before", "after");
@@ -249,9 +257,10 @@ json run_pipeline(const PipelineConfig& cfg, bool force) {
   std::printf("%-22s %12.1f %12.1f\n", "mean length (tokens)", before.mean_length, after.mean_length);
   std::printf("gold difference %.3f, 95%% bootstrap interval [%.3f, %.3f]; reward-model held-out accuracy %.3f\n",
               mean(gold_a) - mean(gold_b), ci.first, ci.second, summary["rm_accuracy"].get<double>());
-  for (const auto& s : samples)
-    std::printf("\n> %s\n  before: %s\n  after:  %s\n", s["prompt"].get<std::string>().c_str(),
-                s["before"].get<std::string>().c_str(), s["after"].get<std::string>().c_str());
+  for (size_t i = 0; i < std::min<size_t>(3, samples.size()); ++i)
+    std::printf("\n> %s\n  before: %s\n  after:  %s\n", samples[i]["prompt"].get<std::string>().c_str(),
+                samples[i]["before"].get<std::string>().c_str(), samples[i]["after"].get<std::string>().c_str());
+  std::printf("\nreport: %s\n", report.string().c_str());
   return summary;
 }
 

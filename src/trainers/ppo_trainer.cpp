@@ -73,7 +73,8 @@ Transformer make_value_model(const PpoConfig& cfg, const LoadOptions& lo) {
 
 }  // namespace
 
-Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t stop_after) {
+Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t stop_after,
+                  const RolloutMetricsFn& rollout_metrics) {
   const TrainConfig& tc = cfg.train;
   check(!tc.model.empty(), "ppo: `model` (the policy) is required");
   check(!tc.train_data.empty(), "ppo: `train_data` (prompts JSONL) is required");
@@ -214,6 +215,8 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
     auto raw_scores = reward(prompt_texts, responses, response_tokens);
     auto scores = torch::tensor(std::vector<double>(raw_scores.begin(), raw_scores.end()), torch::kFloat64).to(torch::kFloat32);
     m["objective/scores"] = scores.mean().item<double>();
+    if (rollout_metrics)
+      for (const auto& [k, v] : rollout_metrics(prompt_texts, responses)) m[k] = v;
     if (cfg.penalize_missing_eos)
       scores = missing_eos_penalty(scores, torch::tensor(std::vector<int64_t>(has_eos.begin(), has_eos.end())).to(torch::kBool),
                                    cfg.missing_eos_penalty);

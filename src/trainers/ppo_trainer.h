@@ -73,7 +73,13 @@ using RewardFn = std::function<std::vector<double>(const std::vector<std::string
                                                    const std::vector<std::string>& responses,
                                                    const std::vector<std::vector<int32_t>>& response_tokens)>;
 
+// Extra metrics of a rollout (e.g. a gold score the reward model stands in for), merged
+// into that iteration's line of metrics.jsonl.
+using RolloutMetricsFn = std::function<Metrics(const std::vector<std::string>& prompts,
+                                               const std::vector<std::string>& responses)>;
+
 // Runs PPO; `reward` overrides cfg.reward_model when given. Writes RUN_DIR/model (the policy).
-Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward = {}, int64_t stop_after = 0);
+Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward = {}, int64_t stop_after = 0,
+                  const RolloutMetricsFn& rollout_metrics = {});
 
 }  // namespace rlhf

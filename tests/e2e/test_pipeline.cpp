@@ -35,6 +35,13 @@ TEST(Pipeline, RunsEveryStageWritesTheSummaryAndSkipsDoneStages) {
   EXPECT_EQ(json::parse(read_file(tmp / "run" / "summary.json"))["gold_before"], s["gold_before"]);
   for (const char* f : {"rankings.jsonl", "rm/model/config.json", "ppo/model/config.json", "ppo/metrics.jsonl", "config.toml"})
     EXPECT_TRUE(std::filesystem::exists(tmp / "run" / f)) << f;
+  // PPO logs the gold score of every rollout; the report shows it; up to 8 samples are kept.
+  const auto ppo_lines = read_file(tmp / "run" / "ppo" / "metrics.jsonl");
+  EXPECT_TRUE(json::parse(ppo_lines.substr(0, ppo_lines.find('\n')))["objective/gold"].is_number());
+  const auto report = read_file(tmp / "run" / "report.html");
+  for (const char* m : {"objective/gold", "objective/scores", "objective/kl", "eval/accuracy"})
+    EXPECT_NE(report.find(std::string("data-metric=\"") + m + "\""), std::string::npos) << m;
+  EXPECT_EQ(s["samples"].size(), 8u);  // 8 held-out prompts, one sample each
   // Rankings are K-way with the simulated labeler's gold scores kept.
   auto first = json::parse(read_file(tmp / "run" / "rankings.jsonl").substr(0, read_file(tmp / "run" / "rankings.jsonl").find('\n')));
   EXPECT_EQ(first["completions"].size(), 4u);

@@ -16,6 +16,7 @@
 #include "tokenizer/chat_template.h"
 #include "train/config_fields.h"
 #include "pipeline/pipeline.h"
+#include "report/report.h"
 #include "trainers/dpo_trainer.h"
 #include "trainers/ppo_trainer.h"
 #include "trainers/reward_trainer.h"
@@ -287,6 +288,16 @@ void add_pipeline(CLI::App& app) {
   cmd->callback([cfg, force] { run_pipeline(*cfg, *force); });
 }
 
+// ---- rlhf report RUN_DIR --------------------------------------------------------------
+void add_report(CLI::App& app) {
+  struct Args { std::string run_dir, out; };
+  auto args = std::make_shared<Args>();
+  auto* cmd = app.add_subcommand("report", "One HTML page of a run: training curves, reward-model accuracy, evaluation, samples");
+  cmd->add_option("run_dir", args->run_dir, "Run directory: a pipeline's, or any trainer's run_dir")->required();
+  cmd->add_option("--out,-o", args->out, "Where to write the page (default RUN_DIR/report.html)");
+  cmd->callback([args] { std::cout << write_report(args->run_dir, args->out).string() << "\n"; });
+}
+
 // c10 errors carry a backtrace after the first line; users need only the first line.
 std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
 
@@ -308,6 +319,7 @@ int main(int argc, char** argv) {
   add_trainer<DpoConfig>(app, "dpo", "Direct preference optimization (or IPO) against a frozen reference",
                          [](DpoConfig c, bool resume) { return train_dpo(c, resume); });
   add_pipeline(app);
+  add_report(app);
   add_trainer<PpoConfig>(app, "ppo", "PPO against a reward model with a KL penalty to the frozen starting policy",
                          [](PpoConfig c, bool resume) { return train_ppo(c, resume); });
   try {
