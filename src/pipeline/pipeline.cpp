@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "core/io.h"
 #include "data/datasets.h"
+#include "feedback/label_server.h"
 #include "feedback/labeler.h"
 #include "generate/generator.h"
 #include "model/model.h"
@@ -122,8 +123,8 @@ std::pair<double, double> bootstrap_diff(const std::vector<double>& before, cons
 json run_pipeline(const PipelineConfig& cfg, bool force) {
   check(!cfg.policy.empty(), "pipeline: `policy` is required");
   check(!cfg.prompts.empty(), "pipeline: `prompts` is required");
-  check(cfg.labeler == "simulated",
-        "pipeline: labeler '" + cfg.labeler + "' is not available (simulated; the web labeler comes with the labeling page)");
+  check(cfg.labeler == "simulated" || cfg.labeler == "web",
+        "pipeline: labeler '" + cfg.labeler + "' is not one of: simulated, web");
   const fs::path run = cfg.run_dir;
   fs::create_directories(run);
   PipelineConfig saved = cfg;
@@ -139,20 +140,45 @@ json run_pipeline(const PipelineConfig& cfg, bool force) {
   // 1. Sample K completions per labeling prompt from the starting policy.
   const fs::path rankings_path = run / "rankings.jsonl";
   if (stage("sample + label", rankings_path)) {
-    auto policy = load_model(cfg.policy, lo);
-    check(policy.tokenizer != nullptr, cfg.policy + ": no tokenizer found with the model");
     std::vector<std::string> ps(split.train.begin(),
                                 split.train.begin() + std::min<size_t>(cfg.label_prompts, split.train.size()));
-    const auto gens = sample_each(policy, ps, cfg.k, cfg, static_cast<uint64_t>(cfg.seed)).gens;
-    // 2. The labeler ranks them.
-    std::vector<LabelRequest> requests;
-    for (size_t i = 0; i < ps.size(); ++i) {
-      LabelRequest r{ps[i], {}};
-      for (int64_t j = 0; j < cfg.k; ++j) r.completions.push_back(gens[i * cfg.k + j].text);
-      requests.push_back(r);
+    if (cfg.labeler == "web") {
+      // 2. People rank them on the labeling page; the store keeps their work across restarts.
+      LabelStore store(run / "labels.sqlite");
+      LabelServeOptions o;
+      o.db = (run / "labels.sqlite").string();
+      o.host = cfg.web_host;
+      o.port = static_cast<int>(cfg.web_port);
+      o.k = cfg.k;
+      o.labelers_per_prompt = cfg.labelers_per_prompt;
+      o.token = cfg.web_token;
+      std::vector<LabelPrompt> prompts;
+      for (const auto& p : ps) prompts.push_back({p, {}});
+      prepare_label_store(store, o, prompts);
+      const int64_t needed = cfg.web_rankings > 0 ? cfg.web_rankings : static_cast<int64_t>(ps.size()) * cfg.labelers_per_prompt;
+      std::cout << "waiting for " << needed << " rankings on the labeling page (" << store.submission_count() << " so far)"
+                << std::endl;
+      auto completer = [&]() -> CompleteFn {
+        auto policy = std::make_shared<LoadedModel>(load_model(cfg.policy, lo));
+        return policy_completer(policy, cfg.k, cfg.max_new_tokens, cfg.temperature, static_cast<uint64_t>(cfg.seed));
+      };
+      serve_labels(store, o, completer, [&] { return store.submission_count() >= needed; });
+      write_rankings(rankings_path, store.export_rankings());
+      std::cout << store.submission_count() << " rankings from the labeling page -> " << rankings_path.string() << std::endl;
+    } else {
+      auto policy = load_model(cfg.policy, lo);
+      check(policy.tokenizer != nullptr, cfg.policy + ": no tokenizer found with the model");
+      const auto gens = sample_each(policy, ps, cfg.k, cfg, static_cast<uint64_t>(cfg.seed)).gens;
+      // 2. The simulated labeler ranks them.
+      std::vector<LabelRequest> requests;
+      for (size_t i = 0; i < ps.size(); ++i) {
+        LabelRequest r{ps[i], {}};
+        for (int64_t j = 0; j < cfg.k; ++j) r.completions.push_back(gens[i * cfg.k + j].text);
+        requests.push_back(r);
+      }
+      SimulatedLabeler labeler(SentimentLexicon::builtin(), cfg.labeler_temperature, static_cast<uint64_t>(cfg.seed));
+      write_rankings(rankings_path, labeler.rank(requests));
     }
-    SimulatedLabeler labeler(SentimentLexicon::builtin(), cfg.labeler_temperature, static_cast<uint64_t>(cfg.seed));
-    write_rankings(rankings_path, labeler.rank(requests));
   }
 
   // 3. Reward model on the K-choose-2 pairs of the rankings.

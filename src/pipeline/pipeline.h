@@ -17,8 +17,13 @@ struct PipelineConfig {
   std::string device = "cpu", dtype = "float32";
   int64_t seed = 0;
   // Labeling
-  std::string labeler = "simulated";    // simulated (sentiment lexicon + Bradley-Terry noise)
+  std::string labeler = "simulated";    // simulated (sentiment lexicon + Bradley-Terry noise) or web (people)
   double labeler_temperature = 0.3;
+  std::string web_host = "127.0.0.1";   // labeler = "web": where the labeling page is served
+  int64_t web_port = 8080;              // 0: any free port (printed)
+  std::string web_token;                // shared access token; empty: made up and printed
+  int64_t labelers_per_prompt = 1;
+  int64_t web_rankings = 0;             // rankings to wait for; 0: label_prompts * labelers_per_prompt
   int64_t label_prompts = 160;
   int64_t k = 4;
   int64_t max_new_tokens = 48;
@@ -50,8 +55,13 @@ struct PipelineConfig {
     v("device", device, "cpu, cuda or cuda:N");
     v("dtype", dtype, "float32 or bfloat16");
     v("seed", seed, "Seed of every random choice");
-    v("labeler", labeler, "Who ranks completions: simulated");
+    v("labeler", labeler, "Who ranks completions: simulated, or web (people, on the labeling page)");
     v("labeler_temperature", labeler_temperature, "Bradley-Terry noise of the simulated labeler (0: exact)");
+    v("web_host", web_host, "labeler = web: address the labeling page listens on");
+    v("web_port", web_port, "labeler = web: port of the labeling page (0: any free one)");
+    v("web_token", web_token, "labeler = web: access token labelers sign in with (empty: made up and printed)");
+    v("labelers_per_prompt", labelers_per_prompt, "labeler = web: labelers who rank each prompt");
+    v("web_rankings", web_rankings, "labeler = web: rankings to wait for (0: label_prompts * labelers_per_prompt)");
     v("label_prompts", label_prompts, "Prompts whose completions are ranked");
     v("k", k, "Completions per prompt to rank");
     v("max_new_tokens", max_new_tokens, "Completion length at most");

@@ -3,13 +3,16 @@
 #include <CLI/CLI.hpp>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <csignal>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "core/io.h"
 #include "data/datasets.h"
+#include "feedback/label_server.h"
 #include "generate/generator.h"
 #include "model/formats.h"
 #include "model/model.h"
@@ -288,6 +291,84 @@ void add_pipeline(CLI::App& app) {
   cmd->callback([cfg, force] { run_pipeline(*cfg, *force); });
 }
 
+// ---- rlhf label serve | export ----------------------------------------------------------
+std::atomic<bool> g_stop{false};
+
+void add_label(CLI::App& app) {
+  auto* label = app.add_subcommand("label", "Human labeling: serve the ranking page, export rankings");
+  label->require_subcommand(1);
+
+  struct ServeArgs {
+    LabelServeOptions opt;
+    std::string prompts, model, device = "cpu", dtype = "float32";
+    int64_t max_new_tokens = 48, seed = 0;
+    double temperature = 1.0;
+  };
+  auto a = std::make_shared<ServeArgs>();
+  auto* serve = label->add_subcommand("serve", "Generate K completions per prompt and serve the page labelers rank them on");
+  serve->add_option("--db", a->opt.db, "SQLite database of prompts, completions and rankings (created if missing)")->required();
+  serve->add_option("--prompts", a->prompts, "JSONL of {\"prompt\"} (optional \"completions\": rank those instead of generating)");
+  serve->add_option("--model,-m", a->model, "Policy that generates the completions");
+  serve->add_option("--k", a->opt.k, "Completions per prompt")->capture_default_str();
+  serve->add_option("--labelers-per-prompt", a->opt.labelers_per_prompt, "Labelers who rank each prompt")->capture_default_str();
+  serve->add_option("--host", a->opt.host, "Address to listen on")->capture_default_str();
+  serve->add_option("--port", a->opt.port, "Port (0: any free one)")->capture_default_str();
+  serve->add_option("--token", a->opt.token, "Access token any labeler may sign in with (default: made up and printed)");
+  serve->add_option("--labeler", a->opt.labelers, "NAME=TOKEN: a labeler with their own token (repeatable)");
+  serve->add_option("--max-new-tokens", a->max_new_tokens, "Completion length at most")->capture_default_str();
+  serve->add_option("--temperature", a->temperature, "Sampling temperature")->capture_default_str();
+  serve->add_option("--seed", a->seed, "Sampling seed")->capture_default_str();
+  serve->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
+  serve->add_option("--dtype", a->dtype, "float32 or bfloat16")->capture_default_str();
+  serve->callback([a] {
+    LabelStore store(a->opt.db);
+    prepare_label_store(store, a->opt, a->prompts.empty() ? std::vector<LabelPrompt>{} : read_label_prompts(a->prompts));
+    check(store.progress().prompts > 0, a->opt.db + ": no prompts (give --prompts)");
+    auto completer = [a]() -> CompleteFn {
+      if (a->model.empty()) return {};
+      auto policy = std::make_shared<LoadedModel>(load_model(a->model, {a->device, a->dtype}));
+      return policy_completer(policy, a->opt.k, a->max_new_tokens, a->temperature, static_cast<uint64_t>(a->seed));
+    };
+    std::signal(SIGINT, [](int) { g_stop = true; });
+    std::signal(SIGTERM, [](int) { g_stop = true; });
+    serve_labels(store, a->opt, completer, [] { return g_stop.load(); });
+    std::cerr << "stopped; " << store.submission_count() << " rankings in " << a->opt.db << "\n";
+  });
+
+  struct ExportArgs { std::string db, out; bool pairs = false; };
+  auto e = std::make_shared<ExportArgs>();
+  auto* exp = label->add_subcommand("export", "Rankings from the labeling database -> JSONL for the trainers");
+  exp->add_option("--db", e->db, "Labeling database")->required();
+  exp->add_option("--out,-o", e->out, "Output JSONL (written atomically)")->required();
+  exp->add_flag("--pairs", e->pairs, "Write preference pairs (prompt/chosen/rejected, K-choose-2 minus ties) instead");
+  exp->callback([e] {
+    check(std::filesystem::exists(e->db), e->db + ": no such labeling database");
+    LabelStore store(e->db);
+    const auto rankings = store.export_rankings();
+    if (!e->pairs) {
+      write_rankings(e->out, rankings);
+      std::cerr << rankings.size() << " rankings written to " << e->out << "\n";
+      return;
+    }
+    const auto pairs = rankings_to_pairs(rankings);
+    write_file_atomic(e->out, [&](std::ostream& out) {
+      for (const auto& p : pairs) {
+        const Ranking& rk = rankings[p.group];
+        json j = {{"prompt", p.prompt}, {"chosen", p.chosen}, {"rejected", p.rejected}, {"labeler", rk.labeler},
+                  {"prompt_id", rk.extra.value("prompt_id", json(nullptr))}};
+        // The flags of the two completions, found by their text in the ranking.
+        const auto& flags = rk.extra.at("flags");
+        for (size_t i = 0; i < rk.completions.size(); ++i) {
+          if (rk.completions[i] == p.chosen) j["chosen_flags"] = flags[i];
+          if (rk.completions[i] == p.rejected) j["rejected_flags"] = flags[i];
+        }
+        out << j.dump(-1, ' ', false, json::error_handler_t::replace) << "\n";
+      }
+    });
+    std::cerr << pairs.size() << " pairs from " << rankings.size() << " rankings written to " << e->out << "\n";
+  });
+}
+
 // ---- rlhf report RUN_DIR --------------------------------------------------------------
 void add_report(CLI::App& app) {
   struct Args { std::string run_dir, out; };
@@ -320,6 +401,7 @@ int main(int argc, char** argv) {
                          [](DpoConfig c, bool resume) { return train_dpo(c, resume); });
   add_pipeline(app);
   add_report(app);
+  add_label(app);
   add_trainer<PpoConfig>(app, "ppo", "PPO against a reward model with a KL penalty to the frozen starting policy",
                          [](PpoConfig c, bool resume) { return train_ppo(c, resume); });
   try {
