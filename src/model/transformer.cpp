@@ -1,6 +1,8 @@
 // Forward pass of the transformer (prefill and cached decoding share one code path).
 #include "model/transformer.h"
 
+#include "model/attention_kernel.h"
+
 #include <cmath>
 #include <limits>
 
@@ -65,7 +67,7 @@ AttentionImpl::AttentionImpl(const ModelConfig& cfg)
 
 torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
                                      const torch::Tensor& sin, const torch::Tensor& mask,
-                                     KVCache* cache, int64_t layer) {
+                                     const torch::Tensor& window_start, KVCache* cache, int64_t layer) {
   const int64_t B = x.size(0), T = x.size(1), G = H_ / H_kv_;
   auto qkv = qkv_proj(x).view({B, T, H_ + 2 * H_kv_, D_});
   // Rotary positions on the query and key heads together (one set of ops, not two).
@@ -85,6 +87,8 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
     k_t = cache->k[layer].narrow(3, 0, past + T);
     v_s = cache->v[layer].narrow(2, 0, past + T);
   }
+  if (window_start.defined())  // our CPU kernel: (B, T, H, D) straight into o_proj, no transposes
+    return o_proj(causal_attention_cpu(q, k, v, window_start).view({B, T, H_ * D_}));
   torch::Tensor y;  // (B, H, T, D)
   if (T == 1) {
     // Decoding: grouped-query attention without copying K/V per query head: the G = H / H_kv
@@ -128,8 +132,8 @@ BlockImpl::BlockImpl(const ModelConfig& cfg) {
 
 torch::Tensor BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
                                  const torch::Tensor& sin, const torch::Tensor& mask,
-                                 KVCache* cache, int64_t layer) {
-  auto h = x + self_attn->forward(input_layernorm(x), cos, sin, mask, cache, layer);
+                                 const torch::Tensor& window_start, KVCache* cache, int64_t layer) {
+  auto h = x + self_attn->forward(input_layernorm(x), cos, sin, mask, window_start, cache, layer);
   return h + mlp(post_attention_layernorm(h));
 }
 
@@ -162,6 +166,17 @@ torch::Dtype TransformerImpl::dtype() const { return model->embed_tokens->weight
 bool is_right_padded(const torch::Tensor& attention_mask) {
   auto m = attention_mask.to(torch::kLong);
   return torch::equal(m.cumprod(1), m);
+}
+
+// The first real position of each row when every row's ones form one run (else undefined):
+// zeros without a mask.
+torch::Tensor window_starts(const torch::Tensor& attention_mask, int64_t B) {
+  if (!attention_mask.defined()) return torch::zeros({B}, torch::kLong);
+  auto m = attention_mask.to(torch::kCPU, torch::kLong);
+  auto count = m.sum(1, /*keepdim=*/true), first = m.argmax(1, /*keepdim=*/true);
+  auto j = torch::arange(m.size(1), torch::kLong).unsqueeze(0);
+  auto run = ((j >= first) & (j < first + count)).to(torch::kLong);
+  return torch::equal(run, m) ? first.squeeze(1).contiguous() : torch::Tensor();
 }
 
 torch::Tensor positions_from_mask(const torch::Tensor& attention_mask) {
@@ -206,8 +221,16 @@ torch::Tensor TransformerImpl::hidden_states(const torch::Tensor& tokens, const 
               "], got " + shape_str(attention_mask.sizes()));
     allowed = (allowed & attention_mask.to(torch::kBool).view({B, 1, S})) | (k_pos == q_pos).unsqueeze(0);
   }
+  // Our CPU kernel when each row's real tokens are one run (right, left or no padding):
+  // causal attention over [first real token, i]. Real rows see exactly what the mask gives
+  // them; only rows of right padding differ (they also see the pads before them), and their
+  // outputs are unused.
+  const torch::Tensor window_start =
+      T > 1 && past == 0 && causal_attention_cpu_applies(x) ? window_starts(attention_mask, B) : torch::Tensor();
   torch::Tensor mask;
-  if (T == 1) {
+  if (window_start.defined()) {
+    // no mask: the window is the mask
+  } else if (T == 1) {
     const int64_t G = cfg_.num_heads / cfg_.num_kv_heads, Bm = allowed.size(0);
     mask = torch::zeros({Bm, 1, S}, x.options())
                .masked_fill_(allowed.logical_not(), -std::numeric_limits<float>::infinity())
@@ -219,7 +242,7 @@ torch::Tensor TransformerImpl::hidden_states(const torch::Tensor& tokens, const 
   }
 
   for (int64_t l = 0; l < cfg_.num_layers; ++l)
-    x = model->layers[l]->as<Block>()->forward(x, cos, sin, mask, cache, l);
+    x = model->layers[l]->as<Block>()->forward(x, cos, sin, mask, window_start, cache, l);
   if (cache) cache->length = S;
   return model->norm(x);
 }

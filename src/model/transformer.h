@@ -44,9 +44,11 @@ class AttentionImpl : public torch::nn::Module {
   explicit AttentionImpl(const ModelConfig& cfg);
   // x (B, T, C); cos/sin (B, T, 1, D) or undefined (learned positions); mask as built by
   // TransformerImpl::hidden_states (T = 1: additive (B|1, 1, G, S) with G = H / H_kv;
-  // T > 1: bool (B|1, 1, T, S), or undefined for plain causal); cache: appended to when given.
+  // T > 1: bool (B|1, 1, T, S), or undefined for plain causal); window_start (B), when
+  // defined, replaces the mask with causal attention over [start, i] by our own CPU kernel
+  // (model/attention_kernel.h); cache: appended to when given.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                        const torch::Tensor& mask, KVCache* cache, int64_t layer);
+                        const torch::Tensor& mask, const torch::Tensor& window_start, KVCache* cache, int64_t layer);
  private:
   int64_t H_, H_kv_, D_;
   // q, k and v projections fused into one (H + 2 H_kv) * D-row matrix; weights() shows
@@ -71,7 +73,7 @@ class BlockImpl : public torch::nn::Module {
  public:
   explicit BlockImpl(const ModelConfig& cfg);
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                        const torch::Tensor& mask, KVCache* cache, int64_t layer);
+                        const torch::Tensor& mask, const torch::Tensor& window_start, KVCache* cache, int64_t layer);
  private:
   Norm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
   Attention self_attn{nullptr};

@@ -1,0 +1,31 @@
+// Causal self-attention for the CPU at small head sizes, forward and backward, as one
+// autograd function. ATen's fused CPU kernel (flash attention) is built for head sizes of
+// 64 and more; at the 8-32 of small policies its blocked GEMMs run mostly empty and its
+// backward dominated a training step (half of it at stories260K). This kernel works one
+// (sequence, K/V head) at a time with K and V transposed to (D, T), so every inner loop runs
+// over key positions: contiguous, vectorized (AVX-512 / AVX2 chosen at load time), and the
+// (T x T) probabilities are never stored: the backward recomputes them from the saved
+// log-sum-exp, as flash attention does.
+//
+// Row b attends over a window: query i sees keys j with start[b] <= j <= i, and always
+// itself (rows of left padding, i < start[b], see only themselves and stay finite). That
+// covers plain causal attention (start 0), right-padded batches (real rows never look past
+// themselves) and left-padded ones (start = the first real token). Outputs of padding rows
+// are defined but meaningless; callers ignore them.
+#pragma once
+#include <torch/torch.h>
+
+namespace rlhf {
+
+// q (B, T, H, D), k and v (B, T, H_kv, D), any strides with the last dimension contiguous;
+// start (B) int64 on the CPU, or undefined for 0. H must be a multiple of H_kv (grouped
+// queries). float32 on the CPU only. Returns (B, T, H, D), contiguous. Differentiable in q,
+// k and v.
+torch::Tensor causal_attention_cpu(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                   const torch::Tensor& start = {});
+
+// Whether causal_attention_cpu takes these inputs (float32, CPU). RLHF_ATTENTION=sdpa in
+// the environment turns it off everywhere (to compare against ATen's kernel).
+bool causal_attention_cpu_applies(const torch::Tensor& q);
+
+}  // namespace rlhf
