@@ -1,8 +1,8 @@
 #include "model/attention_kernel.h"
 
 #include <ATen/Parallel.h>
+#include <immintrin.h>
 
-#include <bit>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -14,97 +14,108 @@ namespace rlhf {
 
 namespace {
 
-// The hot loops are compiled three times (AVX-512, AVX2, baseline x86-64) and the best one
-// for the CPU is picked when the library loads (GCC function multi-versioning).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define RLHF_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define RLHF_CLONES
-#endif
+constexpr int64_t kLanes = 16;      // one AVX-512 register of floats
+constexpr int64_t kMaxHeadDim = 32;  // larger heads go to ATen's kernel, which is built for them
 
-// e^x for x <= 0 (softmax arguments), vectorizable: x = n ln2 + r with |r| <= ln2 / 2, e^r by
-// its degree-6 Taylor polynomial (relative error < 2e-7), 2^n through the exponent bits.
-inline float exp_nonpositive(float x) {
-  x = x < -87.0f ? -87.0f : x;  // e^-87 ~ 1.6e-38: still a normal float
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
-  const float r = x - n * 0.693145751953125f - n * 1.428606765330187e-06f;
-  const float p =
-      1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  return p * std::bit_cast<float>(bits);
+#define RLHF_AVX512 __attribute__((target("avx512f,fma")))
+
+// e^x for x <= 0 (softmax arguments): x = n ln2 + r with |r| <= ln2 / 2, e^r by its degree-6
+// Taylor polynomial (relative error < 2e-7), times 2^n by scalef.
+RLHF_AVX512 inline __m512 exp_nonpositive(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 720);
+  for (float c : {1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f}) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+  return _mm512_scalef_ps(p, n);
 }
 
-// s[j] = scale * sum_d q[d] * kT[d][j], j < n (kT rows `ld` apart, already offset to the window).
-RLHF_CLONES void row_scores(const float* q, const float* kT, int64_t ld, int64_t n, int64_t D, float scale, float* s) {
-  for (int64_t j = 0; j < n; ++j) s[j] = 0.0f;
+// Lanes of the block starting at j0 that are inside the window [0, n).
+RLHF_AVX512 inline __mmask16 lanes_in(int64_t j0, int64_t n) {
+  return n - j0 >= kLanes ? __mmask16(0xFFFF) : __mmask16((1u << (n - j0)) - 1);
+}
+
+// One query row of the forward: scores against keys [0, n) of the window (kT, vT rows `ld`
+// apart, already offset to the window start; padded so whole blocks can be read), softmax,
+// weighted sum of values. `s` is scratch of n rounded up to a block. Writes out[D] and
+// returns the log-sum-exp. kD = 0: any D <= 32.
+template <int64_t kD>
+RLHF_AVX512 float forward_row(const float* q, const float* kT, const float* vT, int64_t ld, int64_t n, int64_t D_rt,
+                              float scale, float* s, float* out) {
+  const int64_t D = kD > 0 ? kD : D_rt;
+  __m512 qv[kMaxHeadDim], o[kMaxHeadDim];
   for (int64_t d = 0; d < D; ++d) {
-    const float qd = q[d] * scale;
-    const float* kd = kT + d * ld;
-#pragma omp simd
-    for (int64_t j = 0; j < n; ++j) s[j] += qd * kd[j];
+    qv[d] = _mm512_set1_ps(q[d] * scale);
+    o[d] = _mm512_setzero_ps();
   }
-}
-
-// s[j] <- exp(s[j] - sub); returns the sum.
-RLHF_CLONES float exp_sum(float* s, int64_t n, float sub) {
-  float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t j = 0; j < n; ++j) {
-    const float e = exp_nonpositive(s[j] - sub);
-    s[j] = e;
-    sum += e;
+  const __m512 neg_inf = _mm512_set1_ps(-INFINITY);
+  __m512 mx = neg_inf;
+  for (int64_t j0 = 0; j0 < n; j0 += kLanes) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t d = 0; d < D; ++d) acc = _mm512_fmadd_ps(qv[d], _mm512_loadu_ps(kT + d * ld + j0), acc);
+    acc = _mm512_mask_mov_ps(neg_inf, lanes_in(j0, n), acc);
+    _mm512_storeu_ps(s + j0, acc);
+    mx = _mm512_max_ps(mx, acc);
   }
-  return sum;
+  const float m = _mm512_reduce_max_ps(mx);
+  const __m512 mv = _mm512_set1_ps(m);
+  __m512 sum = _mm512_setzero_ps();
+  for (int64_t j0 = 0; j0 < n; j0 += kLanes) {
+    const __m512 e = _mm512_maskz_mov_ps(lanes_in(j0, n), exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(s + j0), mv)));
+    sum = _mm512_add_ps(sum, e);
+    for (int64_t d = 0; d < D; ++d) o[d] = _mm512_fmadd_ps(e, _mm512_loadu_ps(vT + d * ld + j0), o[d]);
+  }
+  const float total = _mm512_reduce_add_ps(sum), inv = 1.0f / total;
+  for (int64_t d = 0; d < D; ++d) out[d] = _mm512_reduce_add_ps(o[d]) * inv;
+  return m + std::log(total);
 }
 
-RLHF_CLONES float row_max(const float* s, int64_t n) {
-  float m = -INFINITY;
-#pragma omp simd reduction(max : m)
-  for (int64_t j = 0; j < n; ++j) m = s[j] > m ? s[j] : m;
-  return m;
-}
-
-// out[d] = scale * sum_j w[j] * xT[d][j].
-RLHF_CLONES void weighted_rows(const float* w, const float* xT, int64_t ld, int64_t n, int64_t D, float scale, float* out) {
+// One query row of the backward, in one pass over the window: p = exp(q.k scale - lse),
+// dp = dO.v, ds = p (dp - delta); dq = scale sum_j ds_j k_j; dk_j += scale ds_j q;
+// dv_j += p_j dO.
+template <int64_t kD>
+RLHF_AVX512 void backward_row(const float* q, const float* dO, float delta, float lse, const float* kT, const float* vT,
+                              int64_t ld, int64_t n, int64_t D_rt, float scale, float* dq, float* dkT, float* dvT) {
+  const int64_t D = kD > 0 ? kD : D_rt;
+  __m512 qv[kMaxHeadDim], gv[kMaxHeadDim], dqa[kMaxHeadDim];
   for (int64_t d = 0; d < D; ++d) {
-    const float* xd = xT + d * ld;
-    float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t j = 0; j < n; ++j) acc += w[j] * xd[j];
-    out[d] = acc * scale;
+    qv[d] = _mm512_set1_ps(q[d] * scale);
+    gv[d] = _mm512_set1_ps(dO[d]);
+    dqa[d] = _mm512_setzero_ps();
   }
-}
-
-// The backward of one query row: p (probabilities) and dO come in; ds, dq out; dkT and dvT
-// accumulate. dp[j] = dO . v_j; ds[j] = p[j] (dp[j] - delta); dq = scale sum_j ds[j] k_j;
-// dk_j += scale ds[j] q; dv_j += p[j] dO.
-RLHF_CLONES void row_backward(const float* q, const float* dO, float delta, const float* kT, const float* vT, int64_t ld,
-                              int64_t n, int64_t D, float scale, const float* p, float* ds, float* dq, float* dkT,
-                              float* dvT) {
-  for (int64_t j = 0; j < n; ++j) ds[j] = 0.0f;
-  for (int64_t d = 0; d < D; ++d) {
-    const float g = dO[d];
-    const float* vd = vT + d * ld;
-    float* dvd = dvT + d * ld;
-#pragma omp simd
-    for (int64_t j = 0; j < n; ++j) {
-      ds[j] += g * vd[j];
-      dvd[j] += p[j] * g;
+  const __m512 lv = _mm512_set1_ps(lse), dv_ = _mm512_set1_ps(delta);
+  for (int64_t j0 = 0; j0 < n; j0 += kLanes) {
+    __m512 sc = _mm512_setzero_ps(), dp = _mm512_setzero_ps();
+    for (int64_t d = 0; d < D; ++d) {
+      sc = _mm512_fmadd_ps(qv[d], _mm512_loadu_ps(kT + d * ld + j0), sc);
+      dp = _mm512_fmadd_ps(gv[d], _mm512_loadu_ps(vT + d * ld + j0), dp);
+    }
+    const __m512 p = _mm512_maskz_mov_ps(lanes_in(j0, n), exp_nonpositive(_mm512_sub_ps(sc, lv)));
+    const __m512 ds = _mm512_mul_ps(p, _mm512_sub_ps(dp, dv_));
+    for (int64_t d = 0; d < D; ++d) {
+      float* dk = dkT + d * ld + j0;
+      float* dv = dvT + d * ld + j0;
+      dqa[d] = _mm512_fmadd_ps(ds, _mm512_loadu_ps(kT + d * ld + j0), dqa[d]);
+      _mm512_storeu_ps(dk, _mm512_fmadd_ps(qv[d], ds, _mm512_loadu_ps(dk)));
+      _mm512_storeu_ps(dv, _mm512_fmadd_ps(p, gv[d], _mm512_loadu_ps(dv)));
     }
   }
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) ds[j] = p[j] * (ds[j] - delta);
-  for (int64_t d = 0; d < D; ++d) {
-    const float* kd = kT + d * ld;
-    float* dkd = dkT + d * ld;
-    const float qd = q[d] * scale;
-    float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t j = 0; j < n; ++j) {
-      acc += ds[j] * kd[j];
-      dkd[j] += qd * ds[j];
-    }
-    dq[d] = acc * scale;
+  for (int64_t d = 0; d < D; ++d) dq[d] = _mm512_reduce_add_ps(dqa[d]) * scale;
+}
+
+using ForwardRow = float (*)(const float*, const float*, const float*, int64_t, int64_t, int64_t, float, float*, float*);
+using BackwardRow = void (*)(const float*, const float*, float, float, const float*, const float*, int64_t, int64_t,
+                             int64_t, float, float*, float*, float*);
+
+// Unrolled over D for the common head sizes; any D <= 32 otherwise.
+std::pair<ForwardRow, BackwardRow> row_kernels(int64_t D) {
+  switch (D) {
+    case 8: return {forward_row<8>, backward_row<8>};
+    case 16: return {forward_row<16>, backward_row<16>};
+    case 32: return {forward_row<32>, backward_row<32>};
+    default: return {forward_row<0>, backward_row<0>};
   }
 }
 
@@ -119,11 +130,11 @@ View4 view_of(const torch::Tensor& x) { return {x.data_ptr<float>(), x.stride(0)
 
 torch::Tensor d_contiguous(const torch::Tensor& x) { return x.stride(3) == 1 ? x : x.contiguous(); }
 
-// Copies head g of x (B, T, Hkv, D) for row b into xT (D, T).
-void load_transposed(const View4& x, int64_t b, int64_t g, int64_t T, int64_t D, float* xT) {
+// Copies head g of x (B, T, Hkv, D) for row b into xT (D, ld); columns T.. stay zero.
+void load_transposed(const View4& x, int64_t b, int64_t g, int64_t T, int64_t D, int64_t ld, float* xT) {
   for (int64_t t = 0; t < T; ++t) {
     const float* src = x.at(b, t, g);
-    for (int64_t d = 0; d < D; ++d) xT[d * T + t] = src[d];
+    for (int64_t d = 0; d < D; ++d) xT[d * ld + t] = src[d];
   }
 }
 
@@ -153,20 +164,19 @@ std::pair<torch::Tensor, torch::Tensor> attention_forward(const torch::Tensor& q
   const int64_t* st = start.data_ptr<int64_t>();
   float* O = out.data_ptr<float>();
   float* L = lse.data_ptr<float>();
+  const auto [fwd, bwd] = row_kernels(s.D);
+  const int64_t ld = s.T + kLanes;  // room for the last block of a window
   at::parallel_for(0, s.B * s.Hkv, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> kT(s.D * s.T), vT(s.D * s.T), w(s.T);
+    std::vector<float> kT(s.D * ld, 0.0f), vT(s.D * ld, 0.0f), w(ld);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / s.Hkv, g = task % s.Hkv;
-      load_transposed(K, b, g, s.T, s.D, kT.data());
-      load_transposed(V, b, g, s.T, s.D, vT.data());
+      load_transposed(K, b, g, s.T, s.D, ld, kT.data());
+      load_transposed(V, b, g, s.T, s.D, ld, vT.data());
       for (int64_t h = g * s.G; h < (g + 1) * s.G; ++h)
         for (int64_t i = 0; i < s.T; ++i) {
-          const int64_t lo = i < st[b] ? i : st[b], n = i - lo + 1;
-          row_scores(Q.at(b, i, h), kT.data() + lo, s.T, n, s.D, s.scale, w.data());
-          const float m = row_max(w.data(), n);
-          const float l = exp_sum(w.data(), n, m);
-          weighted_rows(w.data(), vT.data() + lo, s.T, n, s.D, 1.0f / l, O + ((b * s.T + i) * s.H + h) * s.D);
-          L[(b * s.H + h) * s.T + i] = m + std::log(l);
+          const int64_t lo = i < st[b] ? i : st[b];
+          L[(b * s.H + h) * s.T + i] = fwd(Q.at(b, i, h), kT.data() + lo, vT.data() + lo, ld, i - lo + 1, s.D, s.scale,
+                                           w.data(), O + ((b * s.T + i) * s.H + h) * s.D);
         }
     }
   });
@@ -186,31 +196,30 @@ std::vector<torch::Tensor> attention_backward(const torch::Tensor& dout_in, cons
   const int64_t* st = start.data_ptr<int64_t>();
   const float* L = lse.data_ptr<float>();
   float *DQ = dq.data_ptr<float>(), *DK = dk.data_ptr<float>(), *DV = dv.data_ptr<float>();
+  const auto [fwd, bwd] = row_kernels(s.D);
+  const int64_t ld = s.T + kLanes;
   at::parallel_for(0, s.B * s.Hkv, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> kT(s.D * s.T), vT(s.D * s.T), dkT(s.D * s.T), dvT(s.D * s.T), p(s.T), ds(s.T);
+    std::vector<float> kT(s.D * ld, 0.0f), vT(s.D * ld, 0.0f), dkT(s.D * ld), dvT(s.D * ld);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / s.Hkv, g = task % s.Hkv;
-      load_transposed(K, b, g, s.T, s.D, kT.data());
-      load_transposed(V, b, g, s.T, s.D, vT.data());
+      load_transposed(K, b, g, s.T, s.D, ld, kT.data());
+      load_transposed(V, b, g, s.T, s.D, ld, vT.data());
       std::fill(dkT.begin(), dkT.end(), 0.0f);
       std::fill(dvT.begin(), dvT.end(), 0.0f);
       for (int64_t h = g * s.G; h < (g + 1) * s.G; ++h)
         for (int64_t i = 0; i < s.T; ++i) {
-          const int64_t lo = i < st[b] ? i : st[b], n = i - lo + 1;
-          const float* qi = Q.at(b, i, h);
+          const int64_t lo = i < st[b] ? i : st[b];
           const float* gi = dO.at(b, i, h);
           const float* oi = O.at(b, i, h);
           float delta = 0.0f;  // rowsum(dO * O) = sum_j p_j dp_j
           for (int64_t d = 0; d < s.D; ++d) delta += gi[d] * oi[d];
-          row_scores(qi, kT.data() + lo, s.T, n, s.D, s.scale, p.data());
-          exp_sum(p.data(), n, L[(b * s.H + h) * s.T + i]);
-          row_backward(qi, gi, delta, kT.data() + lo, vT.data() + lo, s.T, n, s.D, s.scale, p.data(), ds.data(),
-                       DQ + ((b * s.T + i) * s.H + h) * s.D, dkT.data() + lo, dvT.data() + lo);
+          bwd(Q.at(b, i, h), gi, delta, L[(b * s.H + h) * s.T + i], kT.data() + lo, vT.data() + lo, ld, i - lo + 1, s.D,
+              s.scale, DQ + ((b * s.T + i) * s.H + h) * s.D, dkT.data() + lo, dvT.data() + lo);
         }
       for (int64_t t = 0; t < s.T; ++t)
         for (int64_t d = 0; d < s.D; ++d) {
-          DK[((b * s.T + t) * s.Hkv + g) * s.D + d] = dkT[d * s.T + t];
-          DV[((b * s.T + t) * s.Hkv + g) * s.D + d] = dvT[d * s.T + t];
+          DK[((b * s.T + t) * s.Hkv + g) * s.D + d] = dkT[d * ld + t];
+          DV[((b * s.T + t) * s.Hkv + g) * s.D + d] = dvT[d * ld + t];
         }
     }
   });
@@ -233,12 +242,13 @@ struct CausalAttentionFn : torch::autograd::Function<CausalAttentionFn> {
 
 }  // namespace
 
-bool causal_attention_cpu_applies(const torch::Tensor& q) {
+bool causal_attention_cpu_applies(const torch::Tensor& x, int64_t head_dim) {
   static const bool disabled = [] {
     const char* e = std::getenv("RLHF_ATTENTION");
     return e && std::strcmp(e, "sdpa") == 0;
   }();
-  return !disabled && q.device().is_cpu() && q.scalar_type() == torch::kFloat32;
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  return !disabled && avx512 && x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && head_dim <= kMaxHeadDim;
 }
 
 torch::Tensor causal_attention_cpu(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
@@ -246,6 +256,8 @@ torch::Tensor causal_attention_cpu(const torch::Tensor& q, const torch::Tensor& 
   check(q.device().is_cpu() && q.scalar_type() == torch::kFloat32 && k.scalar_type() == torch::kFloat32 &&
             v.scalar_type() == torch::kFloat32,
         "causal_attention_cpu: float32 CPU tensors only");
+  check(q.dim() == 4 && q.size(3) <= kMaxHeadDim, "causal_attention_cpu: head size above " + std::to_string(kMaxHeadDim));
+  check(__builtin_cpu_supports("avx512f"), "causal_attention_cpu: needs a CPU with AVX-512");
   auto st = start.defined() ? start.to(torch::kCPU, torch::kLong).contiguous() : torch::zeros({q.size(0)}, torch::kLong);
   check(st.dim() == 1 && st.size(0) == q.size(0), "causal_attention_cpu: start must be (B)");
   return CausalAttentionFn::apply(q, k, v, st);

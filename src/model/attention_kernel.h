@@ -19,13 +19,14 @@ namespace rlhf {
 
 // q (B, T, H, D), k and v (B, T, H_kv, D), any strides with the last dimension contiguous;
 // start (B) int64 on the CPU, or undefined for 0. H must be a multiple of H_kv (grouped
-// queries). float32 on the CPU only. Returns (B, T, H, D), contiguous. Differentiable in q,
+// queries); D at most 32. float32 on the CPU only. Returns (B, T, H, D), contiguous. Differentiable in q,
 // k and v.
 torch::Tensor causal_attention_cpu(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                    const torch::Tensor& start = {});
 
-// Whether causal_attention_cpu takes these inputs (float32, CPU). RLHF_ATTENTION=sdpa in
-// the environment turns it off everywhere (to compare against ATen's kernel).
-bool causal_attention_cpu_applies(const torch::Tensor& q);
+// Whether causal_attention_cpu takes activations like `x` (float32, CPU) at this head size
+// (at most 32). RLHF_ATTENTION=sdpa in the environment turns it off everywhere (to compare
+// against ATen's kernel).
+bool causal_attention_cpu_applies(const torch::Tensor& x, int64_t head_dim);
 
 }  // namespace rlhf

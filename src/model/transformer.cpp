@@ -226,7 +226,7 @@ torch::Tensor TransformerImpl::hidden_states(const torch::Tensor& tokens, const 
   // them; only rows of right padding differ (they also see the pads before them), and their
   // outputs are unused.
   const torch::Tensor window_start =
-      T > 1 && past == 0 && causal_attention_cpu_applies(x) ? window_starts(attention_mask, B) : torch::Tensor();
+      T > 1 && past == 0 && causal_attention_cpu_applies(x, cfg_.head_dim) ? window_starts(attention_mask, B) : torch::Tensor();
   torch::Tensor mask;
   if (window_start.defined()) {
     // no mask: the window is the mask
