@@ -10,9 +10,21 @@ using namespace rlhf;
 
 namespace {
 
-// The definition: query i of row b sees keys start[b] <= j <= i, and itself.
-torch::Tensor reference(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& start) {
-  const int64_t B = q.size(0), T = q.size(1), H = q.size(2), Hkv = k.size(2), D = q.size(3);
+torch::Tensor rotate_half(const torch::Tensor& x) {
+  const int64_t h = x.size(-1) / 2;
+  return torch::cat({-x.narrow(-1, h, h), x.narrow(-1, 0, h)}, -1);
+}
+
+// The definition: rotary embedding on queries and keys, then query i of row b sees keys
+// start[b] <= j <= i, and itself.
+torch::Tensor reference(const torch::Tensor& qkv, int64_t H, int64_t Hkv, const torch::Tensor& cos,
+                        const torch::Tensor& sin, const torch::Tensor& start) {
+  auto q = qkv.narrow(2, 0, H), k = qkv.narrow(2, H, Hkv), v = qkv.narrow(2, H + Hkv, Hkv);
+  if (cos.defined()) {
+    q = q * cos + rotate_half(q) * sin;
+    k = k * cos + rotate_half(k) * sin;
+  }
+  const int64_t B = q.size(0), T = q.size(1), D = q.size(3);
   auto kk = k.repeat_interleave(H / Hkv, 2), vv = v.repeat_interleave(H / Hkv, 2);
   auto scores = torch::einsum("bihd,bjhd->bhij", {q, kk}) / std::sqrt(double(D));
   auto i = torch::arange(T).view({1, T, 1}), j = torch::arange(T).view({1, 1, T});
@@ -29,32 +41,43 @@ struct Case {
 
 TEST(AttentionKernel, MatchesTheDefinitionInValueAndGradient) {
   torch::manual_seed(0);
-  for (const Case c : {Case{3, 37, 4, 2, 8}, Case{2, 65, 8, 8, 16}, Case{2, 19, 6, 2, 5}, Case{1, 1, 2, 1, 8}}) {
-    SCOPED_TRACE("B=" + std::to_string(c.B) + " T=" + std::to_string(c.T) + " H=" + std::to_string(c.H) + "/" +
-                 std::to_string(c.Hkv) + " D=" + std::to_string(c.D));
-    // Strided inputs, as the model passes them: views into one fused (B, T, H + 2 H_kv, D).
-    auto qkv = torch::randn({c.B, c.T, c.H + 2 * c.Hkv, c.D}, torch::requires_grad());
-    auto q = qkv.narrow(2, 0, c.H), k = qkv.narrow(2, c.H, c.Hkv), v = qkv.narrow(2, c.H + c.Hkv, c.Hkv);
-    auto start = torch::randint(0, std::max<int64_t>(1, c.T / 2), {c.B}, torch::kLong);
-    start[0] = 0;
-    auto out = causal_attention_cpu(q, k, v, start);
-    auto want = reference(q, k, v, start);
-    EXPECT_LT((out - want).abs().max().item<double>(), 1e-5);
-    EXPECT_TRUE(out.is_contiguous());
+  for (const Case c : {Case{3, 37, 4, 2, 8}, Case{2, 65, 8, 8, 16}, Case{2, 19, 6, 2, 6}, Case{1, 1, 2, 1, 8},
+                       Case{2, 40, 4, 1, 32}}) {
+    for (const bool rotary : {true, false}) {
+      SCOPED_TRACE("B=" + std::to_string(c.B) + " T=" + std::to_string(c.T) + " H=" + std::to_string(c.H) + "/" +
+                   std::to_string(c.Hkv) + " D=" + std::to_string(c.D) + (rotary ? " rotary" : ""));
+      // A non-contiguous input, as the model's could be: every other row of a larger tensor.
+      auto big = torch::randn({c.B, 2 * c.T, c.H + 2 * c.Hkv, c.D}, torch::requires_grad());
+      auto qkv = big.slice(1, 0, 2 * c.T, 2);
+      torch::Tensor cos, sin;
+      if (rotary) {
+        auto angles = torch::rand({c.B, c.T, 1, c.D / 2}) * 6;
+        auto emb = torch::cat({angles, angles}, -1);
+        cos = emb.cos(), sin = emb.sin();
+      }
+      auto start = torch::randint(0, std::max<int64_t>(1, c.T / 2), {c.B}, torch::kLong);
+      start[0] = 0;
+      auto out = causal_attention_cpu(qkv, c.H, c.Hkv, cos, sin, start);
+      auto want = reference(qkv, c.H, c.Hkv, cos, sin, start);
+      EXPECT_LT((out - want).abs().max().item<double>(), 1e-5);
+      EXPECT_TRUE(out.is_contiguous());
 
-    auto grad_out = torch::randn_like(out);
-    auto g = torch::autograd::grad({out}, {qkv}, {grad_out})[0];
-    auto g_ref = torch::autograd::grad({want}, {qkv}, {grad_out})[0];
-    EXPECT_LT((g - g_ref).abs().max().item<double>(), 1e-4) << "largest gradient " << g_ref.abs().max().item<double>();
+      auto grad_out = torch::randn_like(out);
+      auto g = torch::autograd::grad({out}, {big}, {grad_out})[0];
+      auto g_ref = torch::autograd::grad({want}, {big}, {grad_out})[0];
+      EXPECT_LT((g - g_ref).abs().max().item<double>(), 1e-4) << "largest gradient " << g_ref.abs().max().item<double>();
+    }
   }
 }
 
 TEST(AttentionKernel, LongRowsStayAccurate) {
   // Long windows and large logits: the softmax's max-shift and the exp approximation hold up.
   torch::manual_seed(1);
-  auto q = torch::randn({1, 300, 2, 8}) * 4, k = torch::randn({1, 300, 1, 8}) * 4, v = torch::randn({1, 300, 1, 8});
+  auto qkv = torch::randn({1, 300, 4, 8}) * 4;
+  qkv.narrow(2, 3, 1).div_(4);  // values of ordinary size
   auto start = torch::zeros({1}, torch::kLong);
-  EXPECT_LT((causal_attention_cpu(q, k, v, start) - reference(q, k, v, start)).abs().max().item<double>(), 1e-5);
+  EXPECT_LT((causal_attention_cpu(qkv, 2, 1, {}, {}, start) - reference(qkv, 2, 1, {}, {}, start)).abs().max().item<double>(),
+            1e-5);
 }
 
 TEST(AttentionKernel, ModelMatchesAtenKernelOnPaddedBatches) {

@@ -130,37 +130,67 @@ View4 view_of(const torch::Tensor& x) { return {x.data_ptr<float>(), x.stride(0)
 
 torch::Tensor d_contiguous(const torch::Tensor& x) { return x.stride(3) == 1 ? x : x.contiguous(); }
 
-// Copies head g of x (B, T, Hkv, D) for row b into xT (D, ld); columns T.. stay zero.
-void load_transposed(const View4& x, int64_t b, int64_t g, int64_t T, int64_t D, int64_t ld, float* xT) {
-  for (int64_t t = 0; t < T; ++t) {
-    const float* src = x.at(b, t, g);
-    for (int64_t d = 0; d < D; ++d) xT[d * ld + t] = src[d];
+// Rotary embedding of one head vector at (b, t): y = x cos + rotate_half(x) sin, with
+// rotate_half(x) = (-x2, x1) over the two halves; and its transpose for the backward,
+// dx = dy cos + (dy2 sin2, -dy1 sin1) swapped back. Identity without cos/sin (GPT-2).
+struct Rope {
+  const float *cos = nullptr, *sin = nullptr;
+  int64_t T = 0, D = 0;
+  void apply(const float* x, int64_t b, int64_t t, float* y) const {
+    if (!cos) return (void)std::memcpy(y, x, sizeof(float) * D);
+    const float *c = cos + (b * T + t) * D, *s = sin + (b * T + t) * D;
+    const int64_t h = D / 2;
+    for (int64_t d = 0; d < h; ++d) y[d] = x[d] * c[d] - x[d + h] * s[d];
+    for (int64_t d = h; d < D; ++d) y[d] = x[d] * c[d] + x[d - h] * s[d];
   }
-}
+  void apply_transposed(const float* dy, int64_t b, int64_t t, float* dx) const {
+    if (!cos) return (void)std::memcpy(dx, dy, sizeof(float) * D);
+    const float *c = cos + (b * T + t) * D, *s = sin + (b * T + t) * D;
+    const int64_t h = D / 2;
+    for (int64_t d = 0; d < h; ++d) dx[d] = dy[d] * c[d] + dy[d + h] * s[d + h];
+    for (int64_t d = h; d < D; ++d) dx[d] = dy[d] * c[d] - dy[d - h] * s[d - h];
+  }
+};
 
 struct Shapes {
   int64_t B, T, H, Hkv, D, G;
   float scale;
 };
 
-Shapes shapes_of(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
-  check(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "causal_attention_cpu: q, k, v must be (B, T, heads, D)");
-  Shapes s{q.size(0), q.size(1), q.size(2), k.size(2), q.size(3), 0, 0.0f};
-  check(k.sizes() == v.sizes() && k.size(0) == s.B && k.size(1) == s.T && k.size(3) == s.D && s.H % s.Hkv == 0,
-        "causal_attention_cpu: k and v must be (B, T, H_kv, D) with H a multiple of H_kv");
-  s.G = s.H / s.Hkv;
+Shapes shapes_of(const torch::Tensor& qkv, int64_t H, int64_t Hkv) {
+  check(qkv.dim() == 4 && Hkv > 0 && H % Hkv == 0 && qkv.size(2) == H + 2 * Hkv,
+        "causal_attention_cpu: qkv must be (B, T, H + 2 H_kv, D) with H a multiple of H_kv");
+  Shapes s{qkv.size(0), qkv.size(1), H, Hkv, qkv.size(3), H / Hkv, 0.0f};
   s.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(s.D)));
   return s;
 }
 
+Rope rope_of(const torch::Tensor& cos, const torch::Tensor& sin, const Shapes& s) {
+  if (cos.numel() == 0) return {nullptr, nullptr, s.T, s.D};  // no rotary embedding
+  return {cos.data_ptr<float>(), sin.data_ptr<float>(), s.T, s.D};
+}
+
+// Rotated head g of K (or plain V) for row b into xT (D, ld); columns T.. stay zero.
+void load_head(const View4& x, int64_t b, int64_t head, const Rope* rope, const Shapes& s, int64_t ld, float* xT) {
+  float y[kMaxHeadDim];
+  for (int64_t t = 0; t < s.T; ++t) {
+    const float* src = x.at(b, t, head);
+    if (rope) rope->apply(src, b, t, y);
+    else std::memcpy(y, src, sizeof(float) * s.D);
+    for (int64_t d = 0; d < s.D; ++d) xT[d * ld + t] = y[d];
+  }
+}
+
 // Forward: out (B, T, H, D) and the log-sum-exp of every row (B, H, T).
-std::pair<torch::Tensor, torch::Tensor> attention_forward(const torch::Tensor& q_in, const torch::Tensor& k_in,
-                                                          const torch::Tensor& v_in, const torch::Tensor& start) {
-  const auto q = d_contiguous(q_in), k = d_contiguous(k_in), v = d_contiguous(v_in);
-  const Shapes s = shapes_of(q, k, v);
-  auto out = torch::empty({s.B, s.T, s.H, s.D}, q.options());
-  auto lse = torch::empty({s.B, s.H, s.T}, q.options());
-  const View4 Q = view_of(q), K = view_of(k), V = view_of(v);
+std::pair<torch::Tensor, torch::Tensor> attention_forward(const torch::Tensor& qkv_in, const torch::Tensor& cos,
+                                                          const torch::Tensor& sin, const torch::Tensor& start, int64_t H,
+                                                          int64_t Hkv) {
+  const auto qkv = d_contiguous(qkv_in);
+  const Shapes s = shapes_of(qkv, H, Hkv);
+  const Rope rope = rope_of(cos, sin, s);
+  auto out = torch::empty({s.B, s.T, s.H, s.D}, qkv.options());
+  auto lse = torch::empty({s.B, s.H, s.T}, qkv.options());
+  const View4 X = view_of(qkv);
   const int64_t* st = start.data_ptr<int64_t>();
   float* O = out.data_ptr<float>();
   float* L = lse.data_ptr<float>();
@@ -168,42 +198,46 @@ std::pair<torch::Tensor, torch::Tensor> attention_forward(const torch::Tensor& q
   const int64_t ld = s.T + kLanes;  // room for the last block of a window
   at::parallel_for(0, s.B * s.Hkv, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> kT(s.D * ld, 0.0f), vT(s.D * ld, 0.0f), w(ld);
+    float qr[kMaxHeadDim];
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / s.Hkv, g = task % s.Hkv;
-      load_transposed(K, b, g, s.T, s.D, ld, kT.data());
-      load_transposed(V, b, g, s.T, s.D, ld, vT.data());
+      load_head(X, b, s.H + g, &rope, s, ld, kT.data());
+      load_head(X, b, s.H + s.Hkv + g, nullptr, s, ld, vT.data());
       for (int64_t h = g * s.G; h < (g + 1) * s.G; ++h)
         for (int64_t i = 0; i < s.T; ++i) {
           const int64_t lo = i < st[b] ? i : st[b];
-          L[(b * s.H + h) * s.T + i] = fwd(Q.at(b, i, h), kT.data() + lo, vT.data() + lo, ld, i - lo + 1, s.D, s.scale,
-                                           w.data(), O + ((b * s.T + i) * s.H + h) * s.D);
+          rope.apply(X.at(b, i, h), b, i, qr);
+          L[(b * s.H + h) * s.T + i] = fwd(qr, kT.data() + lo, vT.data() + lo, ld, i - lo + 1, s.D, s.scale, w.data(),
+                                           O + ((b * s.T + i) * s.H + h) * s.D);
         }
     }
   });
   return {out, lse};
 }
 
-// Backward: dq, dk, dv from dout, recomputing the probabilities from the saved log-sum-exp.
-std::vector<torch::Tensor> attention_backward(const torch::Tensor& dout_in, const torch::Tensor& q_in, const torch::Tensor& k_in,
-                                              const torch::Tensor& v_in, const torch::Tensor& out, const torch::Tensor& lse,
-                                              const torch::Tensor& start) {
-  const auto q = d_contiguous(q_in), k = d_contiguous(k_in), v = d_contiguous(v_in), dout = d_contiguous(dout_in);
-  const Shapes s = shapes_of(q, k, v);
-  auto dq = torch::empty({s.B, s.T, s.H, s.D}, q.options());
-  auto dk = torch::empty({s.B, s.T, s.Hkv, s.D}, q.options());
-  auto dv = torch::empty({s.B, s.T, s.Hkv, s.D}, q.options());
-  const View4 Q = view_of(q), K = view_of(k), V = view_of(v), dO = view_of(dout), O = view_of(out);
+// Backward: the gradient of qkv (B, T, H + 2 H_kv, D), every element written once (no
+// zero-filled slices to add up), recomputing the probabilities from the log-sum-exp.
+torch::Tensor attention_backward(const torch::Tensor& dout_in, const torch::Tensor& qkv_in, const torch::Tensor& cos,
+                                 const torch::Tensor& sin, const torch::Tensor& out, const torch::Tensor& lse,
+                                 const torch::Tensor& start, int64_t H, int64_t Hkv) {
+  const auto qkv = d_contiguous(qkv_in), dout = d_contiguous(dout_in);
+  const Shapes s = shapes_of(qkv, H, Hkv);
+  const Rope rope = rope_of(cos, sin, s);
+  auto dqkv = torch::empty({s.B, s.T, s.H + 2 * s.Hkv, s.D}, qkv.options());
+  const View4 X = view_of(qkv), dO = view_of(dout), O = view_of(out);
+  const View4 dX{dqkv.data_ptr<float>(), dqkv.stride(0), dqkv.stride(1), dqkv.stride(2)};
+  float* DX = dqkv.data_ptr<float>();
   const int64_t* st = start.data_ptr<int64_t>();
   const float* L = lse.data_ptr<float>();
-  float *DQ = dq.data_ptr<float>(), *DK = dk.data_ptr<float>(), *DV = dv.data_ptr<float>();
   const auto [fwd, bwd] = row_kernels(s.D);
   const int64_t ld = s.T + kLanes;
   at::parallel_for(0, s.B * s.Hkv, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> kT(s.D * ld, 0.0f), vT(s.D * ld, 0.0f), dkT(s.D * ld), dvT(s.D * ld);
+    float qr[kMaxHeadDim], dqr[kMaxHeadDim], dk[kMaxHeadDim];
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / s.Hkv, g = task % s.Hkv;
-      load_transposed(K, b, g, s.T, s.D, ld, kT.data());
-      load_transposed(V, b, g, s.T, s.D, ld, vT.data());
+      load_head(X, b, s.H + g, &rope, s, ld, kT.data());
+      load_head(X, b, s.H + s.Hkv + g, nullptr, s, ld, vT.data());
       std::fill(dkT.begin(), dkT.end(), 0.0f);
       std::fill(dvT.begin(), dvT.end(), 0.0f);
       for (int64_t h = g * s.G; h < (g + 1) * s.G; ++h)
@@ -213,30 +247,36 @@ std::vector<torch::Tensor> attention_backward(const torch::Tensor& dout_in, cons
           const float* oi = O.at(b, i, h);
           float delta = 0.0f;  // rowsum(dO * O) = sum_j p_j dp_j
           for (int64_t d = 0; d < s.D; ++d) delta += gi[d] * oi[d];
-          bwd(Q.at(b, i, h), gi, delta, L[(b * s.H + h) * s.T + i], kT.data() + lo, vT.data() + lo, ld, i - lo + 1, s.D,
-              s.scale, DQ + ((b * s.T + i) * s.H + h) * s.D, dkT.data() + lo, dvT.data() + lo);
+          rope.apply(X.at(b, i, h), b, i, qr);
+          bwd(qr, gi, delta, L[(b * s.H + h) * s.T + i], kT.data() + lo, vT.data() + lo, ld, i - lo + 1, s.D, s.scale,
+              dqr, dkT.data() + lo, dvT.data() + lo);
+          rope.apply_transposed(dqr, b, i, DX + (b * dX.sb + i * dX.st + h * dX.sh));
         }
-      for (int64_t t = 0; t < s.T; ++t)
-        for (int64_t d = 0; d < s.D; ++d) {
-          DK[((b * s.T + t) * s.Hkv + g) * s.D + d] = dkT[d * ld + t];
-          DV[((b * s.T + t) * s.Hkv + g) * s.D + d] = dvT[d * ld + t];
-        }
+      for (int64_t t = 0; t < s.T; ++t) {
+        for (int64_t d = 0; d < s.D; ++d) dk[d] = dkT[d * ld + t];
+        rope.apply_transposed(dk, b, t, DX + (b * dX.sb + t * dX.st + (s.H + g) * dX.sh));
+        float* dv = DX + (b * dX.sb + t * dX.st + (s.H + s.Hkv + g) * dX.sh);
+        for (int64_t d = 0; d < s.D; ++d) dv[d] = dvT[d * ld + t];
+      }
     }
   });
-  return {dq, dk, dv};
+  return dqkv;
 }
 
 struct CausalAttentionFn : torch::autograd::Function<CausalAttentionFn> {
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& q, const torch::Tensor& k,
-                               const torch::Tensor& v, const torch::Tensor& start) {
-    auto [out, lse] = attention_forward(q, k, v, start);
-    ctx->save_for_backward({q, k, v, out, lse, start});
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& qkv, const torch::Tensor& cos,
+                               const torch::Tensor& sin, const torch::Tensor& start, int64_t H, int64_t Hkv) {
+    auto [out, lse] = attention_forward(qkv, cos, sin, start, H, Hkv);
+    ctx->save_for_backward({qkv, cos, sin, out, lse, start});
+    ctx->saved_data["H"] = H;
+    ctx->saved_data["Hkv"] = Hkv;
     return out;
   }
   static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::tensor_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    auto g = attention_backward(grads[0], saved[0], saved[1], saved[2], saved[3], saved[4], saved[5]);
-    return {g[0], g[1], g[2], torch::Tensor()};
+    const auto v = ctx->get_saved_variables();
+    auto dqkv = attention_backward(grads[0], v[0], v[1], v[2], v[3], v[4], v[5], ctx->saved_data["H"].toInt(),
+                                   ctx->saved_data["Hkv"].toInt());
+    return {dqkv, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -251,16 +291,22 @@ bool causal_attention_cpu_applies(const torch::Tensor& x, int64_t head_dim) {
   return !disabled && avx512 && x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && head_dim <= kMaxHeadDim;
 }
 
-torch::Tensor causal_attention_cpu(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                                   const torch::Tensor& start) {
-  check(q.device().is_cpu() && q.scalar_type() == torch::kFloat32 && k.scalar_type() == torch::kFloat32 &&
-            v.scalar_type() == torch::kFloat32,
-        "causal_attention_cpu: float32 CPU tensors only");
-  check(q.dim() == 4 && q.size(3) <= kMaxHeadDim, "causal_attention_cpu: head size above " + std::to_string(kMaxHeadDim));
+torch::Tensor causal_attention_cpu(const torch::Tensor& qkv, int64_t H, int64_t Hkv, const torch::Tensor& cos,
+                                   const torch::Tensor& sin, const torch::Tensor& start) {
+  check(qkv.device().is_cpu() && qkv.scalar_type() == torch::kFloat32, "causal_attention_cpu: float32 CPU tensors only");
+  check(qkv.dim() == 4 && qkv.size(3) <= kMaxHeadDim && qkv.size(3) % 2 == 0,
+        "causal_attention_cpu: head size must be even and at most " + std::to_string(kMaxHeadDim));
   check(__builtin_cpu_supports("avx512f"), "causal_attention_cpu: needs a CPU with AVX-512");
-  auto st = start.defined() ? start.to(torch::kCPU, torch::kLong).contiguous() : torch::zeros({q.size(0)}, torch::kLong);
-  check(st.dim() == 1 && st.size(0) == q.size(0), "causal_attention_cpu: start must be (B)");
-  return CausalAttentionFn::apply(q, k, v, st);
+  const int64_t B = qkv.size(0), T = qkv.size(1), D = qkv.size(3);
+  torch::Tensor c = torch::empty({0}), s = torch::empty({0});  // autograd functions take no undefined inputs
+  if (cos.defined()) {  // (B or 1, T, 1, D) or (B, T, D) -> (B, T, D) contiguous
+    c = cos.reshape({-1, T, D}).expand({B, T, D}).contiguous();
+    s = sin.reshape({-1, T, D}).expand({B, T, D}).contiguous();
+    check(c.scalar_type() == torch::kFloat32 && s.scalar_type() == torch::kFloat32, "causal_attention_cpu: cos/sin must be float32");
+  }
+  auto st = start.defined() ? start.to(torch::kCPU, torch::kLong).contiguous() : torch::zeros({B}, torch::kLong);
+  check(st.dim() == 1 && st.size(0) == B, "causal_attention_cpu: start must be (B)");
+  return CausalAttentionFn::apply(qkv, c, s, st, H, Hkv);
 }
 
 }  // namespace rlhf

@@ -17,15 +17,17 @@
 
 namespace rlhf {
 
-// q (B, T, H, D), k and v (B, T, H_kv, D), any strides with the last dimension contiguous;
-// start (B) int64 on the CPU, or undefined for 0. H must be a multiple of H_kv (grouped
-// queries); D at most 32. float32 on the CPU only. Returns (B, T, H, D), contiguous. Differentiable in q,
-// k and v.
-torch::Tensor causal_attention_cpu(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                                   const torch::Tensor& start = {});
+// qkv (B, T, H + 2 H_kv, D): the fused projection, query heads then key heads then value
+// heads (any strides, D contiguous). cos/sin (B or 1, T, 1, D) rotate the query and key
+// heads (rotary embedding, rotate-half convention) inside the kernel, or are undefined
+// (learned positions). start (B) int64, or undefined for 0. H a multiple of H_kv; D even and
+// at most 32; float32 on a CPU with AVX-512. Returns (B, T, H, D), contiguous.
+// Differentiable in qkv; its gradient comes back as one tensor, written once.
+torch::Tensor causal_attention_cpu(const torch::Tensor& qkv, int64_t H, int64_t Hkv, const torch::Tensor& cos = {},
+                                   const torch::Tensor& sin = {}, const torch::Tensor& start = {});
 
 // Whether causal_attention_cpu takes activations like `x` (float32, CPU) at this head size
-// (at most 32). RLHF_ATTENTION=sdpa in the environment turns it off everywhere (to compare
+// (at most 32) on this CPU (AVX-512). RLHF_ATTENTION=sdpa in the environment turns it off everywhere (to compare
 // against ATen's kernel).
 bool causal_attention_cpu_applies(const torch::Tensor& x, int64_t head_dim);
 

@@ -70,6 +70,13 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
                                      const torch::Tensor& window_start, KVCache* cache, int64_t layer) {
   const int64_t B = x.size(0), T = x.size(1), G = H_ / H_kv_;
   auto qkv = qkv_proj(x).view({B, T, H_ + 2 * H_kv_, D_});
+  // Our CPU kernel takes the fused projection whole and rotates inside: no slices, no rotary
+  // ops, one gradient tensor back (model/attention_kernel.h).
+  torch::Tensor fused;
+  if (window_start.defined()) {
+    fused = causal_attention_cpu(qkv, H_, H_kv_, cos, sin, window_start);  // (B, T, H, D)
+    if (!cache) return o_proj(fused.view({B, T, H_ * D_}));
+  }
   // Rotary positions on the query and key heads together (one set of ops, not two).
   auto qk = qkv.narrow(2, 0, H_ + H_kv_);  // (B, T, H + H_kv, D)
   if (cos.defined()) qk = qk * cos + rotate_half(qk) * sin;
@@ -87,8 +94,7 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
     k_t = cache->k[layer].narrow(3, 0, past + T);
     v_s = cache->v[layer].narrow(2, 0, past + T);
   }
-  if (window_start.defined())  // our CPU kernel: (B, T, H, D) straight into o_proj, no transposes
-    return o_proj(causal_attention_cpu(q, k, v, window_start).view({B, T, H_ * D_}));
+  if (fused.defined()) return o_proj(fused.view({B, T, H_ * D_}));  // prefill: the cache is filled above
   torch::Tensor y;  // (B, H, T, D)
   if (T == 1) {
     // Decoding: grouped-query attention without copying K/V per query head: the G = H / H_kv
@@ -118,7 +124,10 @@ MlpImpl::MlpImpl(const ModelConfig& cfg) : type_(cfg.mlp), I_(cfg.intermediate_s
 
 torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
   auto h = up_proj(x);
-  if (type_ == MlpType::SwiGLU) return down_proj(F::silu(h.narrow(-1, 0, I_)) * h.narrow(-1, I_, I_));
+  if (type_ == MlpType::SwiGLU) {
+    const auto gate_up = h.split(I_, -1);  // split: its backward is one cat, not two zero-filled slices
+    return down_proj(F::silu(gate_up[0]) * gate_up[1]);
+  }
   return down_proj(torch::gelu(h, "tanh"));
 }
 
