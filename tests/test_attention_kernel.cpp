@@ -90,22 +90,30 @@ TEST(AttentionKernel, ModelMatchesAtenKernelOnPaddedBatches) {
   mask[1].narrow(0, 18, 6).zero_();                                          // right
   mask[2].narrow(0, 0, 3).zero_(), mask[2].narrow(0, 20, 4).zero_();         // both
   auto positions = (mask.cumsum(1) - 1).clamp_min(0);
-  torch::Tensor ours, theirs;
-  {
-    torch::NoGradGuard ng;
-    ours = m.model->forward(tokens, positions, mask);
-  }
+  // Logits and the gradient of a loss over real positions (as every trainer's), both ways.
+  auto real = mask.to(torch::kFloat32).unsqueeze(-1);
+  auto run = [&](const torch::Tensor& attn_mask) {
+    for (auto& p : m.model->parameters()) p.mutable_grad() = torch::Tensor();
+    auto logits = m.model->forward(tokens, positions, attn_mask);
+    (torch::log_softmax(logits, -1) * real).narrow(0, 0, 3).sum().backward();
+    std::vector<torch::Tensor> grads;
+    for (auto& p : m.model->parameters()) grads.push_back(p.grad().clone());
+    return std::make_pair(logits.detach(), grads);
+  };
+  const auto [ours, ours_grads] = run(mask);
   // ATen's kernel through the boolean-mask path: a mask with a hole is no window, so the
   // model falls back to it; rows 0..2 of that batch are unaffected by row 3's hole.
   auto holed = mask.clone();
   holed[3][10] = 0;
-  {
-    torch::NoGradGuard ng;
-    theirs = m.model->forward(tokens, positions, holed);
-  }
+  const auto [theirs, their_grads] = run(holed);
   for (int b = 0; b < 3; ++b)
     for (int t = 0; t < 24; ++t) {
       if (mask[b][t].item<int64_t>() == 0) continue;  // padding rows may differ; they are unused
       EXPECT_LT((ours[b][t] - theirs[b][t]).abs().max().item<double>(), 1e-4) << "row " << b << " position " << t;
     }
+  ASSERT_EQ(ours_grads.size(), their_grads.size());
+  for (size_t i = 0; i < ours_grads.size(); ++i) {
+    const double scale = their_grads[i].abs().max().item<double>();
+    EXPECT_LT((ours_grads[i] - their_grads[i]).abs().max().item<double>(), 1e-4 * std::max(1.0, scale)) << "parameter " << i;
+  }
 }

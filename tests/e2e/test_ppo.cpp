@@ -8,6 +8,7 @@
 #include "../test_util.h"
 #include "core/io.h"
 #include "model/model.h"
+#include "feedback/labeler.h"
 #include "trainers/ppo_trainer.h"
 
 using namespace rlhf;
@@ -34,6 +35,16 @@ RewardFn count_reward(int32_t target) {
   };
 }
 
+// Reward: the sentiment lexicon's score of the response (the pipeline's gold): dense, so
+// a dozen small PPO iterations raise it on every seed tried (a one-token count did not).
+RewardFn lexicon_reward() {
+  return [lex = SentimentLexicon::builtin()](const auto&, const std::vector<std::string>& responses, const auto&) {
+    std::vector<double> out;
+    for (const auto& r : responses) out.push_back(lex.score(r));
+    return out;
+  };
+}
+
 PpoConfig toy_config(const test::TempDir& tmp, const std::string& run) {
   std::string prompts;
   for (const char* p : {"Once upon a time", "One day, a little girl", "The cat", "Tom and his dog", "There was a big"})
@@ -43,7 +54,7 @@ PpoConfig toy_config(const test::TempDir& tmp, const std::string& run) {
   c.train.model = stories();
   c.train.train_data = (tmp / "prompts.jsonl").string();
   c.train.run_dir = (tmp / run).string();
-  c.train.lr = 3e-3;
+  c.train.lr = 1e-3;
   c.train.max_steps = 12;
   c.train.progress = false;
   c.rollout_batch = 16;
@@ -60,16 +71,16 @@ PpoConfig toy_config(const test::TempDir& tmp, const std::string& run) {
 TEST(Ppo, ToyRewardGoesUpWithFiniteKl) {
   test::TempDir tmp;
   auto lm = load_model(stories());
-  const int32_t target = lm.tokenizer->encode(" the", {})[0];
   auto before = lm.model->weights();
   auto cfg = toy_config(tmp, "ppo");
-  auto final_metrics = train_ppo(cfg, false, count_reward(target));
+  auto final_metrics = train_ppo(cfg, false, lexicon_reward());
   EXPECT_EQ(final_metrics.at("ref/unchanged"), 1.0);  // the in-memory reference, checked bit for bit
   auto m = metrics_of(tmp / "ppo");
   ASSERT_EQ(m.size(), 12u);
   const double first = (m[0]["objective/scores"].get<double>() + m[1]["objective/scores"].get<double>()) / 2;
   const double last = (m[10]["objective/scores"].get<double>() + m[11]["objective/scores"].get<double>()) / 2;
-  EXPECT_GT(last, first + 0.05) << "first " << first << " last " << last;
+  // Measured over seeds 0-3, with either attention kernel: first ~0.2-0.3, last 1.1-2.2.
+  EXPECT_GT(last, first + 0.5) << "first " << first << " last " << last;
   for (const auto& row : m) {
     EXPECT_TRUE(std::isfinite(row["objective/kl"].get<double>()));
     for (const char* k : {"objective/entropy", "objective/rlhf_reward", "policy/approxkl", "policy/clipfrac", "loss/policy",
