@@ -1,8 +1,10 @@
-// Our CPU attention kernel against the definition (explicit scores, mask, softmax) in values
-// and gradients, and the model with it against the model with ATen's kernel.
+// Our CPU kernels against their definitions in values and gradients: attention (explicit
+// rotary, scores, mask, softmax), the model with it against the model with ATen's kernel,
+// and the fused RMSNorm and SwiGLU against ATen's ops.
 #include <gtest/gtest.h>
 
 #include "model/attention_kernel.h"
+#include "model/cpu_kernels.h"
 #include "model/model.h"
 #include "test_util.h"
 
@@ -39,7 +41,12 @@ struct Case {
 
 }  // namespace
 
+// Our kernels need AVX-512; elsewhere the model runs ATen's (and these tests do not apply).
+#define SKIP_WITHOUT_AVX512() \
+  if (!causal_attention_cpu_applies(torch::zeros({1}), 8)) GTEST_SKIP() << "no AVX-512 on this CPU"
+
 TEST(AttentionKernel, MatchesTheDefinitionInValueAndGradient) {
+  SKIP_WITHOUT_AVX512();
   torch::manual_seed(0);
   for (const Case c : {Case{3, 37, 4, 2, 8}, Case{2, 65, 8, 8, 16}, Case{2, 19, 6, 2, 6}, Case{1, 1, 2, 1, 8},
                        Case{2, 40, 4, 1, 32}}) {
@@ -71,6 +78,7 @@ TEST(AttentionKernel, MatchesTheDefinitionInValueAndGradient) {
 }
 
 TEST(AttentionKernel, LongRowsStayAccurate) {
+  SKIP_WITHOUT_AVX512();
   // Long windows and large logits: the softmax's max-shift and the exp approximation hold up.
   torch::manual_seed(1);
   auto qkv = torch::randn({1, 300, 4, 8}) * 4;
@@ -81,6 +89,7 @@ TEST(AttentionKernel, LongRowsStayAccurate) {
 }
 
 TEST(AttentionKernel, ModelMatchesAtenKernelOnPaddedBatches) {
+  SKIP_WITHOUT_AVX512();
   // The same batch through the model with our kernel and with ATen's.
   auto m = load_model(test::data_dir() / "stories260K" / "stories260K.gguf");
   // Left padding (generation prefill, PPO rollouts), right padding (training), both, none.
@@ -115,5 +124,31 @@ TEST(AttentionKernel, ModelMatchesAtenKernelOnPaddedBatches) {
   for (size_t i = 0; i < ours_grads.size(); ++i) {
     const double scale = their_grads[i].abs().max().item<double>();
     EXPECT_LT((ours_grads[i] - their_grads[i]).abs().max().item<double>(), 1e-4 * std::max(1.0, scale)) << "parameter " << i;
+  }
+}
+
+TEST(FusedKernels, RmsNormAndSwigluMatchAtenInValueAndGradient) {
+  SKIP_WITHOUT_AVX512();
+  torch::manual_seed(2);
+  for (const int64_t C : {64, 37, 16}) {
+    SCOPED_TRACE("C=" + std::to_string(C));
+    auto x = torch::randn({3, 11, C}, torch::requires_grad());
+    auto w = (torch::rand({C}) + 0.5).requires_grad_();
+    auto y = fused_rms_norm(x, w, 1e-5), want = torch::rms_norm(x, {C}, w, 1e-5);
+    EXPECT_LT((y - want).abs().max().item<double>(), 1e-5);
+    auto g = torch::randn_like(y);
+    auto ours = torch::autograd::grad({y}, {x, w}, {g}), theirs = torch::autograd::grad({want}, {x, w}, {g});
+    EXPECT_LT((ours[0] - theirs[0]).abs().max().item<double>(), 1e-5);
+    EXPECT_LT((ours[1] - theirs[1]).abs().max().item<double>(), 1e-4);
+
+    // Gates over a wide range, both signs (the logistic through e^-|x|).
+    auto h = (torch::randn({3, 11, 2 * C}) * 6).requires_grad_();
+    auto s = fused_swiglu(h);
+    auto parts = h.split(C, -1);
+    auto s_ref = torch::silu(parts[0]) * parts[1];
+    EXPECT_LT((s - s_ref).abs().max().item<double>(), 1e-4);
+    auto gs = torch::randn_like(s);
+    auto dh = torch::autograd::grad({s}, {h}, {gs})[0], dh_ref = torch::autograd::grad({s_ref}, {h}, {gs})[0];
+    EXPECT_LT((dh - dh_ref).abs().max().item<double>(), 1e-4);
   }
 }
