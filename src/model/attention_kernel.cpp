@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "model/avx512_math.h"
 
 namespace rlhf {
 
@@ -17,20 +18,7 @@ namespace {
 constexpr int64_t kLanes = 16;      // one AVX-512 register of floats
 constexpr int64_t kMaxHeadDim = 32;  // larger heads go to ATen's kernel, which is built for them
 
-#define RLHF_AVX512 __attribute__((target("avx512f,fma")))
-
-// e^x for x <= 0 (softmax arguments): x = n ln2 + r with |r| <= ln2 / 2, e^r by its degree-6
-// Taylor polynomial (relative error < 2e-7), times 2^n by scalef.
-RLHF_AVX512 inline __m512 exp_nonpositive(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
-  __m512 p = _mm512_set1_ps(1.0f / 720);
-  for (float c : {1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f}) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
-  return _mm512_scalef_ps(p, n);
-}
+using avx512::exp_nonpositive;
 
 // Lanes of the block starting at j0 that are inside the window [0, n).
 RLHF_AVX512 inline __mmask16 lanes_in(int64_t j0, int64_t n) {

@@ -2,6 +2,7 @@
 #include "model/transformer.h"
 
 #include "model/attention_kernel.h"
+#include "model/cpu_kernels.h"
 
 #include <cmath>
 #include <limits>
@@ -55,6 +56,7 @@ NormImpl::NormImpl(NormType type, int64_t dim, double eps) : type_(type), eps_(e
 
 torch::Tensor NormImpl::forward(const torch::Tensor& x) {
   if (type_ == NormType::LayerNorm) return torch::layer_norm(x, {x.size(-1)}, weight, bias, eps_);
+  if (fused_cpu_kernels_apply(x)) return fused_rms_norm(x, weight, eps_);  // one pass each way (model/cpu_kernels.h)
   return torch::rms_norm(x, {x.size(-1)}, weight, eps_);  // computed in float32, as HF does
 }
 
@@ -125,6 +127,7 @@ MlpImpl::MlpImpl(const ModelConfig& cfg) : type_(cfg.mlp), I_(cfg.intermediate_s
 torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
   auto h = up_proj(x);
   if (type_ == MlpType::SwiGLU) {
+    if (fused_cpu_kernels_apply(h)) return down_proj(fused_swiglu(h));
     const auto gate_up = h.split(I_, -1);  // split: its backward is one cat, not two zero-filled slices
     return down_proj(F::silu(gate_up[0]) * gate_up[1]);
   }
