@@ -152,3 +152,35 @@ TEST(FusedKernels, RmsNormAndSwigluMatchAtenInValueAndGradient) {
     EXPECT_LT((dh - dh_ref).abs().max().item<double>(), 1e-4);
   }
 }
+
+TEST(AttentionKernel, DecodeStepMatchesTheDefinition) {
+  SKIP_WITHOUT_AVX512();
+  torch::manual_seed(3);
+  const int64_t B = 3, H = 4, Hkv = 2, D = 8, cap = 50;
+  for (const int64_t past : {0, 16, 32, 49}) {
+    SCOPED_TRACE("past=" + std::to_string(past));
+    const int64_t S = past + 1;
+    auto qkv = torch::randn({B, 1, H + 2 * Hkv, D});
+    auto angles = torch::rand({B, 1, 1, D / 2}) * 6;
+    auto emb = torch::cat({angles, angles}, -1);
+    auto cos = emb.cos(), sin = emb.sin();
+    auto k = torch::randn({B, Hkv, D, cap}), v = torch::randn({B, Hkv, D, cap});
+    auto k0 = k.clone(), v0 = v.clone();
+    auto start = torch::tensor({int64_t(0), std::min<int64_t>(5, past), S + 3}, torch::kLong);  // last: padding only
+    auto out = decode_step_cpu(qkv, H, Hkv, cos, sin, k, v, past, start);
+    // The cache gains the rotated key and the value at `past`, and nothing else changes.
+    auto rot = [&](const torch::Tensor& x) { return x * cos + rotate_half(x) * sin; };
+    auto q = rot(qkv.narrow(2, 0, H)), k_new = rot(qkv.narrow(2, H, Hkv)), v_new = qkv.narrow(2, H + Hkv, Hkv);
+    EXPECT_LT((k.select(3, past) - k_new.squeeze(1)).abs().max().item<double>(), 1e-6);
+    EXPECT_TRUE(torch::equal(v.select(3, past), v_new.squeeze(1)));
+    EXPECT_TRUE(torch::equal(k.narrow(3, 0, past), k0.narrow(3, 0, past)));
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < H; ++h) {
+        const int64_t g = h / (H / Hkv), lo = std::min(start[b].item<int64_t>(), S - 1);
+        auto keys = k[b][g].narrow(1, lo, S - lo), values = v[b][g].narrow(1, lo, S - lo);  // (D, n)
+        auto p = torch::softmax(torch::matmul(q[b][0][h], keys) / std::sqrt(double(D)), -1);
+        auto want = torch::matmul(values, p);
+        EXPECT_LT((out[b][0][h] - want).abs().max().item<double>(), 1e-5) << "row " << b << " head " << h;
+      }
+  }
+}

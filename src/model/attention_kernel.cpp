@@ -42,8 +42,9 @@ RLHF_AVX512 float forward_row(const float* q, const float* kT, const float* vT, 
   __m512 mx = neg_inf;
   for (int64_t j0 = 0; j0 < n; j0 += kLanes) {
     __m512 acc = _mm512_setzero_ps();
-    for (int64_t d = 0; d < D; ++d) acc = _mm512_fmadd_ps(qv[d], _mm512_loadu_ps(kT + d * ld + j0), acc);
-    acc = _mm512_mask_mov_ps(neg_inf, lanes_in(j0, n), acc);
+    const __mmask16 in = lanes_in(j0, n);  // masked loads: never reads past the window
+    for (int64_t d = 0; d < D; ++d) acc = _mm512_fmadd_ps(qv[d], _mm512_maskz_loadu_ps(in, kT + d * ld + j0), acc);
+    acc = _mm512_mask_mov_ps(neg_inf, in, acc);
     _mm512_storeu_ps(s + j0, acc);
     mx = _mm512_max_ps(mx, acc);
   }
@@ -51,9 +52,10 @@ RLHF_AVX512 float forward_row(const float* q, const float* kT, const float* vT, 
   const __m512 mv = _mm512_set1_ps(m);
   __m512 sum = _mm512_setzero_ps();
   for (int64_t j0 = 0; j0 < n; j0 += kLanes) {
-    const __m512 e = _mm512_maskz_mov_ps(lanes_in(j0, n), exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(s + j0), mv)));
+    const __mmask16 in = lanes_in(j0, n);
+    const __m512 e = _mm512_maskz_mov_ps(in, exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(s + j0), mv)));
     sum = _mm512_add_ps(sum, e);
-    for (int64_t d = 0; d < D; ++d) o[d] = _mm512_fmadd_ps(e, _mm512_loadu_ps(vT + d * ld + j0), o[d]);
+    for (int64_t d = 0; d < D; ++d) o[d] = _mm512_fmadd_ps(e, _mm512_maskz_loadu_ps(in, vT + d * ld + j0), o[d]);
   }
   const float total = _mm512_reduce_add_ps(sum), inv = 1.0f / total;
   for (int64_t d = 0; d < D; ++d) out[d] = _mm512_reduce_add_ps(o[d]) * inv;
@@ -277,6 +279,56 @@ bool causal_attention_cpu_applies(const torch::Tensor& x, int64_t head_dim) {
   }();
   static const bool avx512 = __builtin_cpu_supports("avx512f");
   return !disabled && avx512 && x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && head_dim <= kMaxHeadDim;
+}
+
+torch::Tensor decode_step_cpu(const torch::Tensor& qkv_in, int64_t H, int64_t Hkv, const torch::Tensor& cos,
+                              const torch::Tensor& sin, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
+                              int64_t past, const torch::Tensor& start) {
+  check(qkv_in.dim() == 4 && qkv_in.size(1) == 1 && qkv_in.size(2) == H + 2 * Hkv && k_cache.dim() == 4 &&
+            k_cache.sizes() == v_cache.sizes() && k_cache.is_contiguous() && v_cache.is_contiguous() &&
+            qkv_in.size(0) == k_cache.size(0) && k_cache.size(1) == Hkv && qkv_in.size(3) == k_cache.size(2) &&
+            H % Hkv == 0 && past >= 0 && past < k_cache.size(3),
+        "decode_step_cpu: qkv (B, 1, H + 2 H_kv, D) and contiguous caches (B, H_kv, D, capacity) with room for one more");
+  check(qkv_in.scalar_type() == torch::kFloat32 && k_cache.scalar_type() == torch::kFloat32 && qkv_in.size(3) <= kMaxHeadDim &&
+            qkv_in.size(3) % 2 == 0,
+        "decode_step_cpu: float32, even head size at most " + std::to_string(kMaxHeadDim));
+  const auto qkv = d_contiguous(qkv_in);
+  const int64_t B = qkv.size(0), D = qkv.size(3), G = H / Hkv, cap = k_cache.size(3), S = past + 1;
+  Shapes shapes{B, 1, H, Hkv, D, G, static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)))};
+  torch::Tensor c = torch::empty({0}), sn = torch::empty({0});
+  if (cos.defined()) {
+    c = cos.reshape({-1, 1, D}).expand({B, 1, D}).contiguous();
+    sn = sin.reshape({-1, 1, D}).expand({B, 1, D}).contiguous();
+  }
+  const Rope rope = rope_of(c, sn, shapes);
+  auto st = start.to(torch::kCPU, torch::kLong).contiguous();
+  auto out = torch::empty({B, 1, H, D}, qkv.options());
+  const View4 X = view_of(qkv);
+  float *K = k_cache.data_ptr<float>(), *V = v_cache.data_ptr<float>();
+  const int64_t* stp = st.data_ptr<int64_t>();
+  float* O = out.data_ptr<float>();
+  const auto [fwd, bwd] = row_kernels(D);
+  at::parallel_for(0, B * Hkv, 4, [&](int64_t begin, int64_t end) {
+    std::vector<float> w(S + kLanes);
+    float y[kMaxHeadDim], qr[kMaxHeadDim];
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / Hkv, g = task % Hkv;
+      float *kT = K + task * D * cap, *vT = V + task * D * cap;
+      // The new position's key (rotated) and value go into the cache first.
+      rope.apply(X.at(b, 0, H + g), b, 0, y);
+      const float* v = X.at(b, 0, H + Hkv + g);
+      for (int64_t d = 0; d < D; ++d) {
+        kT[d * cap + past] = y[d];
+        vT[d * cap + past] = v[d];
+      }
+      const int64_t lo = std::min(stp[b], S - 1);  // a row of padding only: itself
+      for (int64_t h = g * G; h < (g + 1) * G; ++h) {
+        rope.apply(X.at(b, 0, h), b, 0, qr);
+        fwd(qr, kT + lo, vT + lo, cap, S - lo, D, shapes.scale, w.data(), O + (b * H + h) * D);
+      }
+    }
+  });
+  return out;
 }
 
 torch::Tensor causal_attention_cpu(const torch::Tensor& qkv, int64_t H, int64_t Hkv, const torch::Tensor& cos,

@@ -26,6 +26,14 @@ namespace rlhf {
 torch::Tensor causal_attention_cpu(const torch::Tensor& qkv, int64_t H, int64_t Hkv, const torch::Tensor& cos = {},
                                    const torch::Tensor& sin = {}, const torch::Tensor& start = {});
 
+// One decoding step from the fused projection of the new token, qkv (B, 1, H + 2 H_kv, D):
+// rotates its key (cos/sin (B or 1, 1, 1, D), or undefined) and writes key and value at
+// position `past` of the transposed caches k and v (B, H_kv, D, capacity), then attends from
+// the rotated queries over positions [start[b], past]. No gradients. Returns (B, 1, H, D).
+torch::Tensor decode_step_cpu(const torch::Tensor& qkv, int64_t H, int64_t Hkv, const torch::Tensor& cos,
+                              const torch::Tensor& sin, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
+                              int64_t past, const torch::Tensor& start);
+
 // Whether causal_attention_cpu takes activations like `x` (float32, CPU) at this head size
 // (at most 32) on this CPU (AVX-512). RLHF_ATTENTION=sdpa in the environment turns it off everywhere (to compare
 // against ATen's kernel).

@@ -39,7 +39,7 @@ KVCache KVCache::allocate(const ModelConfig& cfg, int64_t batch, int64_t capacit
   c.capacity = capacity;
   for (int64_t l = 0; l < cfg.num_layers; ++l) {
     c.k.push_back(torch::empty({batch, cfg.num_kv_heads, cfg.head_dim, capacity}, options));
-    c.v.push_back(torch::empty({batch, cfg.num_kv_heads, capacity, cfg.head_dim}, options));
+    c.v.push_back(torch::empty({batch, cfg.num_kv_heads, cfg.head_dim, capacity}, options));
   }
   return c;
 }
@@ -74,8 +74,11 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
   auto qkv = qkv_proj(x).view({B, T, H_ + 2 * H_kv_, D_});
   // Our CPU kernel takes the fused projection whole and rotates inside: no slices, no rotary
   // ops, one gradient tensor back (model/attention_kernel.h).
+  if (window_start.defined() && cache && cache->length > 0)  // decoding: cache write, rotary and attention in one
+    return o_proj(decode_step_cpu(qkv, H_, H_kv_, cos, sin, cache->k[layer], cache->v[layer], cache->length, window_start)
+                      .view({B, T, H_ * D_}));
   torch::Tensor fused;
-  if (window_start.defined()) {
+  if (window_start.defined() && (!cache || cache->length == 0)) {
     fused = causal_attention_cpu(qkv, H_, H_kv_, cos, sin, window_start);  // (B, T, H, D)
     if (!cache) return o_proj(fused.view({B, T, H_ * D_}));
   }
@@ -92,9 +95,9 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
     check(past + T <= cache->capacity, "KV cache full: " + std::to_string(past + T) +
                                            " positions, capacity " + std::to_string(cache->capacity));
     cache->k[layer].narrow(3, past, T).copy_(k_t);
-    cache->v[layer].narrow(2, past, T).copy_(v_s);
+    cache->v[layer].narrow(3, past, T).copy_(v.permute({0, 2, 3, 1}));
     k_t = cache->k[layer].narrow(3, 0, past + T);
-    v_s = cache->v[layer].narrow(2, 0, past + T);
+    v_s = cache->v[layer].narrow(3, 0, past + T).transpose(-1, -2);  // (B, H_kv, S, D) view
   }
   if (fused.defined()) return o_proj(fused.view({B, T, H_ * D_}));  // prefill: the cache is filled above
   torch::Tensor y;  // (B, H, T, D)
@@ -224,33 +227,40 @@ torch::Tensor TransformerImpl::hidden_states(const torch::Tensor& tokens, const 
   // finite (their outputs are unused). Decoding (T = 1) takes it additive (0 / -inf) for the
   // G query heads of each K/V head, (B or 1, 1, G, S); longer inputs take it boolean,
   // (B or 1, 1, T, S), or not at all when plain causal attention is exact (no padding, no past).
-  auto q_pos = torch::arange(past, S, torch::TensorOptions().dtype(torch::kLong).device(dev)).unsqueeze(1);  // (T, 1)
-  auto k_pos = torch::arange(0, S, torch::TensorOptions().dtype(torch::kLong).device(dev)).unsqueeze(0);     // (1, S)
-  auto allowed = (k_pos <= q_pos).unsqueeze(0);  // (1, T, S)
-  if (attention_mask.defined()) {
+  if (attention_mask.defined())
     check(attention_mask.dim() == 2 && attention_mask.size(0) == B && attention_mask.size(1) == S,
           "hidden_states: attention_mask must be (B, S) = [" + std::to_string(B) + ", " + std::to_string(S) +
               "], got " + shape_str(attention_mask.sizes()));
-    allowed = (allowed & attention_mask.to(torch::kBool).view({B, 1, S})) | (k_pos == q_pos).unsqueeze(0);
-  }
+  auto allowed = [&] {  // (B or 1, T, S) bool; built only on the paths that take a mask
+    auto q_pos = torch::arange(past, S, torch::TensorOptions().dtype(torch::kLong).device(dev)).unsqueeze(1);  // (T, 1)
+    auto k_pos = torch::arange(0, S, torch::TensorOptions().dtype(torch::kLong).device(dev)).unsqueeze(0);     // (1, S)
+    auto a = (k_pos <= q_pos).unsqueeze(0);  // (1, T, S)
+    if (attention_mask.defined())
+      a = (a & attention_mask.to(torch::kBool).view({B, 1, S})) | (k_pos == q_pos).unsqueeze(0);
+    return a;
+  };
   // Our CPU kernel when each row's real tokens are one run (right, left or no padding):
   // causal attention over [first real token, i]. Real rows see exactly what the mask gives
   // them; only rows of right padding differ (they also see the pads before them), and their
-  // outputs are unused.
-  const torch::Tensor window_start =
-      T > 1 && past == 0 && causal_attention_cpu_applies(x, cfg_.head_dim) ? window_starts(attention_mask, B) : torch::Tensor();
+  // outputs are unused. Decoding (one new token per row, no gradients) takes the same window
+  // from the cache.
+  const bool prefill = T > 1 && past == 0, decode = T == 1 && past > 0 && cache && !torch::GradMode::is_enabled();
+  const torch::Tensor window_start = (prefill || decode) && causal_attention_cpu_applies(x, cfg_.head_dim)
+                                         ? window_starts(attention_mask, B)
+                                         : torch::Tensor();
   torch::Tensor mask;
   if (window_start.defined()) {
     // no mask: the window is the mask
   } else if (T == 1) {
-    const int64_t G = cfg_.num_heads / cfg_.num_kv_heads, Bm = allowed.size(0);
+    const auto a = allowed();
+    const int64_t G = cfg_.num_heads / cfg_.num_kv_heads, Bm = a.size(0);
     mask = torch::zeros({Bm, 1, S}, x.options())
-               .masked_fill_(allowed.logical_not(), -std::numeric_limits<float>::infinity())
+               .masked_fill_(a.logical_not(), -std::numeric_limits<float>::infinity())
                .unsqueeze(1).expand({Bm, 1, G, S}).contiguous();  // a dense operand keeps add_ on its fast path
   } else if (past > 0 || (attention_mask.defined() && !is_right_padded(attention_mask))) {
     // With right padding (training batches) plain causal attention is already exact for
     // every real token: it never looks past itself, so never at the pads after it.
-    mask = allowed.unsqueeze(1);
+    mask = allowed().unsqueeze(1);
   }
 
   for (int64_t l = 0; l < cfg_.num_layers; ++l)

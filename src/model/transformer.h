@@ -14,10 +14,11 @@ namespace rlhf {
 
 // Keys and values of past positions, preallocated for `capacity` positions.
 struct KVCache {
-  // Keys are kept transposed so that scores = q @ k is a plain matmul over contiguous rows,
-  // which is several times faster than q @ k^T at small head sizes.
+  // Keys and values are kept transposed: scores = q @ k is a plain matmul over contiguous
+  // rows (several times faster than q @ k^T at small head sizes), and our decode kernel
+  // runs over positions in both.
   std::vector<torch::Tensor> k;      // per layer: (B, H_kv, D, capacity)
-  std::vector<torch::Tensor> v;      // per layer: (B, H_kv, capacity, D)
+  std::vector<torch::Tensor> v;      // per layer: (B, H_kv, D, capacity)
   int64_t length = 0;                // positions filled (the same for every sequence)
   int64_t capacity = 0;
 
