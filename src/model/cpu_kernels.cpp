@@ -10,6 +10,11 @@
 #include "core/error.h"
 #include "model/avx512_math.h"
 
+// GCC 12 warns inside its own AVX-512 reduce intrinsics (their _mm512_undefined_ps): a known
+// false positive, not our code.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 namespace rlhf {
 
 namespace {
