@@ -61,6 +61,9 @@ TEST(Datasets, StrictRankingGivesAllPairsBetterFirst) {
   for (const auto& p : pairs) {
     EXPECT_EQ(p.prompt, "P");
     EXPECT_EQ(p.group, 0u);
+    // The indices name the same completions as the texts (flags travel by them).
+    EXPECT_EQ(p.chosen_index, p.chosen[1] - '0');
+    EXPECT_EQ(p.rejected_index, p.rejected[1] - '0');
   }
 }
 

@@ -259,7 +259,7 @@ std::vector<PreferencePair> rankings_to_pairs(const std::vector<Ranking>& rankin
             check(c >= 0 && c < static_cast<int>(rk.completions.size()) && r >= 0 &&
                       r < static_cast<int>(rk.completions.size()),
                   "ranking " + std::to_string(g) + ": completion index out of range");
-            pairs.push_back({rk.prompt, rk.completions[c], rk.completions[r], 0.0, g});
+            pairs.push_back({rk.prompt, rk.completions[c], rk.completions[r], 0.0, g, c, r});
           }
   }
   return pairs;

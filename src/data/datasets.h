@@ -36,6 +36,7 @@ struct PreferencePair {
   std::string prompt, chosen, rejected;  // chosen/rejected are completions of prompt
   double margin = 0.0;      // optional "margin" field (Bradley-Terry with margin)
   size_t group = 0;         // index of the prompt/ranking it came from (same-batch option)
+  int chosen_index = -1, rejected_index = -1;  // from rankings: indices into that ranking's completions
 };
 
 struct Ranking {

@@ -286,7 +286,6 @@ std::vector<LabelPrompt> read_label_prompts(const std::filesystem::path& path) {
 void prepare_label_store(LabelStore& store, const LabelServeOptions& opt, const std::vector<LabelPrompt>& prompts) {
   check(opt.k >= 2, "label: k must be at least 2 (a ranking needs two completions)");
   check(opt.labelers_per_prompt >= 1, "label: labelers_per_prompt must be at least 1");
-  store.set_meta("k", std::to_string(opt.k));
   store.set_meta("labelers_per_prompt", std::to_string(opt.labelers_per_prompt));
   for (const auto& nt : opt.labelers) {
     const auto eq = nt.find('=');

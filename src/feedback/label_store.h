@@ -88,7 +88,7 @@ class LabelStore {
 
   const std::filesystem::path& path() const { return path_; }
 
-  // Settings kept in the database (k, labelers_per_prompt, shared token, ...).
+  // Settings kept in the database (labelers_per_prompt, shared_token, schema_version).
   std::optional<std::string> meta(const std::string& key);
   void set_meta(const std::string& key, const std::string& value);
   int64_t labelers_per_prompt();

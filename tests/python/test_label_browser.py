@@ -3,12 +3,12 @@ token first), rank one prompt by drag and drop with a tie, flags and a note, one
 1..K and Enter, and one whose texts hold HTML/script (shown as text, never run); then the done
 view, /stats, and `rlhf label export` (rankings and pairs) against what was ranked. The
 database is checked after every submission."""
-import json, os, shutil, sqlite3, subprocess, sys, tempfile, threading, time
+import json, os, shutil, sqlite3, subprocess, sys, tempfile, time
 
-BUILD = os.environ["RLHF_BUILD"]
-RLHF = os.path.join(BUILD, "bin", "rlhf")
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
+sys.path.insert(0, os.path.dirname(__file__))
+from browser_util import fail, start_chromium  # noqa: E402
+from label_util import RLHF, Server  # noqa: E402
+
 TOKEN = "s3cret-shared-token"
 NAME = "alice"
 K = 4
@@ -26,15 +26,8 @@ PROMPTS = [
 ]
 
 
-def fail(msg):
-    print(f"FAIL: {msg}", file=sys.stderr)
-    sys.exit(1)
-
-
 try:
-    from selenium import webdriver
     from selenium.common.exceptions import NoAlertPresentException
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -43,48 +36,14 @@ except ImportError as e:
     fail(f"selenium is not installed in this Python ({sys.executable}): {e}; run scripts/setup.sh")
 
 
-def start_browser():
-    for path in (CHROMIUM, CHROMEDRIVER):
-        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-            fail(f"{path} is missing: the browser test needs Debian's chromium and chromium-driver packages")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1200,1600",
-              "--disable-dev-shm-usage", "--no-first-run", "--disable-extensions"):
-        options.add_argument(a)
-    # An explicit driver path: Selenium Manager never looks for (or downloads) a driver.
-    return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-
-
 def start_server(tmp, db):
     prompts = os.path.join(tmp, "prompts.jsonl")
     with open(prompts, "w") as f:
         f.writelines(json.dumps(p) + "\n" for p in PROMPTS)
     # The test must pass against the page compiled into the binary: no RLHF_WEB_DIR unless the
     # caller set it (to try page edits without a rebuild).
-    proc = subprocess.Popen([RLHF, "label", "serve", "--db", db, "--prompts", prompts, "--k", str(K), "--port", "0",
-                             "--token", TOKEN], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines, url = [], None
-    deadline = time.time() + 20
-
-    def read():
-        nonlocal url
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("serving http://"):
-                url = line.split()[1]
-                return
-
-    t = threading.Thread(target=read, daemon=True)
-    t.start()
-    t.join(max(0.0, deadline - time.time()))
-    if url is None:
-        proc.kill()
-        out, err = proc.communicate()
-        fail(f"rlhf label serve printed no URL:\n{''.join(lines)}{out or ''}\n{err or ''}")
-    # Keep draining stdout so the server never blocks on a full pipe.
-    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
-    return proc, url
+    server = Server(["--db", db, "--prompts", prompts, "--k", str(K), "--token", TOKEN], timeout=20)
+    return server, f"http://127.0.0.1:{server.port}/"
 
 
 def submissions(db):
@@ -178,7 +137,7 @@ def main():
     server = driver = None
     try:
         server, url = start_server(tmp, db)
-        driver = start_browser()
+        driver = start_chromium()
         page = Page(driver)
         pids = prompt_ids(db)
         expected = {}   # prompt text -> (tiers of completion ids, {id: [flags]}, note)
@@ -304,8 +263,7 @@ def main():
         no_alert(driver, "on /stats")
         driver.quit()
         driver = None
-        server.terminate()
-        server.wait(timeout=10)
+        server.kill()
         server = None
 
         # ---- export: the rankings and pairs are what was ranked ------------------------------------
@@ -358,7 +316,6 @@ def main():
                 pass
         if server is not None:
             server.kill()
-            server.wait()
         if not os.environ.get("KEEP_TMP"): shutil.rmtree(tmp, ignore_errors=True)
 
 

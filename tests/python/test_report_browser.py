@@ -13,16 +13,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get("RLHF_BUILD", REPO / "build"))
 RLHF = BUILD / "bin" / "rlhf"
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+sys.path.insert(0, str(Path(__file__).parent))
+from browser_util import fail, start_chromium  # noqa: E402
 
 XSS = ["<script>window.__xss = 1; alert(1)</script>",
        "<img src=x onerror=\"window.__xss = 2; alert(2)\">",
        "<svg onload=\"window.__xss = 3\"></svg> & 'quotes'"]
 
-
-def fail(message):
-    print(f"FAIL: {message}", file=sys.stderr)
-    sys.exit(1)
 
 
 def make_run(run):
@@ -74,15 +71,6 @@ return Array.from(document.querySelectorAll('svg.plot')).map(svg => {
 
 
 def main():
-    try:
-        from selenium import webdriver
-        from selenium.common.exceptions import NoAlertPresentException
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        fail("selenium is not installed in the project's venv (scripts/setup.sh installs it)")
-    for exe in (CHROMIUM, CHROMEDRIVER):
-        if not exe.exists():
-            fail(f"{exe} is missing: install Debian's chromium and chromium-driver (scripts/setup.sh does)")
     if not RLHF.exists():
         fail(f"{RLHF} is missing: build the rlhf_cli target (RLHF_BUILD points at the build folder)")
 
@@ -95,11 +83,8 @@ def main():
         page = Path(r.stdout.strip())
         assert page == run / "report.html", r.stdout
 
-        options = webdriver.ChromeOptions()
-        options.binary_location = str(CHROMIUM)
-        for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,2000"):
-            options.add_argument(a)
-        driver = webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
+        driver = start_chromium(window="1280,2000")
+        from selenium.common.exceptions import NoAlertPresentException
         try:
             driver.set_page_load_timeout(30)
             driver.get(page.as_uri())

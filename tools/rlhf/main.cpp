@@ -356,12 +356,9 @@ void add_label(CLI::App& app) {
         const Ranking& rk = rankings[p.group];
         json j = {{"prompt", p.prompt}, {"chosen", p.chosen}, {"rejected", p.rejected}, {"labeler", rk.labeler},
                   {"prompt_id", rk.extra.value("prompt_id", json(nullptr))}};
-        // The flags of the two completions, found by their text in the ranking.
-        const auto& flags = rk.extra.at("flags");
-        for (size_t i = 0; i < rk.completions.size(); ++i) {
-          if (rk.completions[i] == p.chosen) j["chosen_flags"] = flags[i];
-          if (rk.completions[i] == p.rejected) j["rejected_flags"] = flags[i];
-        }
+        const auto& flags = rk.extra.at("flags");  // one list per completion
+        j["chosen_flags"] = flags.at(p.chosen_index);
+        j["rejected_flags"] = flags.at(p.rejected_index);
         out << j.dump(-1, ' ', false, json::error_handler_t::replace) << "\n";
       }
     });
