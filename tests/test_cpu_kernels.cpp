@@ -2,6 +2,7 @@
 // rotary, scores, mask, softmax), the model with it against the model with ATen's kernel,
 // and the fused RMSNorm and SwiGLU against ATen's ops.
 #include <gtest/gtest.h>
+#include <immintrin.h>
 
 #include "model/attention_kernel.h"
 #include "model/cpu_kernels.h"
@@ -183,4 +184,26 @@ TEST(AttentionKernel, DecodeStepMatchesTheDefinition) {
         EXPECT_LT((out[b][0][h] - want).abs().max().item<double>(), 1e-5) << "row " << b << " head " << h;
       }
   }
+}
+
+// Denormals: our kernels flush them inside (and leave the caller's floating-point mode as it
+// was); flush_denormals_on_cpu_threads flushes them for ATen's ops too.
+TEST(FusedKernels, DenormalsFlushedInsideKernelsAndCallerModeKept) {
+  SKIP_WITHOUT_AVX512();
+  const unsigned before = _mm_getcsr();
+  ASSERT_EQ(before & 0x8040u, 0u) << "the test process starts with denormals on";
+  // A gradient of denormals through the SwiGLU backward: flushed inside, so the result is 0
+  // where exact arithmetic would keep a denormal.
+  auto h = torch::full({4, 32}, 1.0f).requires_grad_();
+  auto y = fused_swiglu(h);
+  auto g = torch::autograd::grad({y}, {h}, {torch::full({4, 16}, 1e-39f)})[0];
+  EXPECT_EQ(g.abs().max().item<float>(), 0.0f);
+  auto exact = (g.new_full({1}, 1e-39f) * 1.0f).item<float>();  // the caller still computes denormals
+  EXPECT_GT(exact, 0.0f);
+  EXPECT_EQ(_mm_getcsr() & ~0x3Fu, before & ~0x3Fu);  // control bits (not the sticky status flags)
+
+  flush_denormals_on_cpu_threads();
+  EXPECT_EQ(_mm_getcsr() & 0x8040u, 0x8040u);
+  EXPECT_EQ((torch::full({1}, 1e-30f) * 1e-10f).item<float>(), 0.0f);  // ATen's own op, on this thread
+  _mm_setcsr(before);
 }

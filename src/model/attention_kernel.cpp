@@ -192,6 +192,7 @@ std::pair<torch::Tensor, torch::Tensor> attention_forward(const torch::Tensor& q
   const auto [fwd, bwd] = row_kernels(s.D);
   const int64_t ld = s.T + kLanes;  // room for the last block of a window
   at::parallel_for(0, s.B * s.Hkv, 1, [&](int64_t begin, int64_t end) {
+    const avx512::FlushDenormals flush;
     std::vector<float> kT(s.D * ld, 0.0f), vT(s.D * ld, 0.0f), w(ld);
     float qr[kMaxHeadDim];
     for (int64_t task = begin; task < end; ++task) {
@@ -227,6 +228,7 @@ torch::Tensor attention_backward(const torch::Tensor& dout_in, const torch::Tens
   const auto [fwd, bwd] = row_kernels(s.D);
   const int64_t ld = s.T + kLanes;
   at::parallel_for(0, s.B * s.Hkv, 1, [&](int64_t begin, int64_t end) {
+    const avx512::FlushDenormals flush;
     std::vector<float> kT(s.D * ld, 0.0f), vT(s.D * ld, 0.0f), dkT(s.D * ld), dvT(s.D * ld);
     float qr[kMaxHeadDim], dqr[kMaxHeadDim], dk[kMaxHeadDim];
     for (int64_t task = begin; task < end; ++task) {
@@ -314,6 +316,7 @@ torch::Tensor decode_step_cpu(const torch::Tensor& qkv_in, int64_t H, int64_t Hk
   float* O = out.data_ptr<float>();
   const auto [fwd, bwd] = row_kernels(D);
   at::parallel_for(0, B * Hkv, 4, [&](int64_t begin, int64_t end) {
+    const avx512::FlushDenormals flush;
     std::vector<float> w(S + kLanes);
     float y[kMaxHeadDim], qr[kMaxHeadDim];
     for (int64_t task = begin; task < end; ++task) {

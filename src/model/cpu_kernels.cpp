@@ -81,7 +81,9 @@ struct RmsNormFn : torch::autograd::Function<RmsNormFn> {
     auto r = torch::empty({N}, x.options());
     const float *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>();
     float *yp = y.data_ptr<float>(), *rp = r.data_ptr<float>();
-    at::parallel_for(0, N, 64, [&](int64_t b, int64_t e) { rms_forward_rows(xp, wp, yp, rp, b, e, C, static_cast<float>(eps)); });
+    at::parallel_for(0, N, 64, [&](int64_t b, int64_t e) {
+      const avx512::FlushDenormals flush;
+      rms_forward_rows(xp, wp, yp, rp, b, e, C, static_cast<float>(eps)); });
     ctx->save_for_backward({x, w, r});
     return y;
   }
@@ -96,6 +98,7 @@ struct RmsNormFn : torch::autograd::Function<RmsNormFn> {
     const float *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>(), *rp = r.data_ptr<float>(), *gp = dy.data_ptr<float>();
     float* dxp = dx.data_ptr<float>();
     at::parallel_for(0, N, 64, [&](int64_t b, int64_t e) {
+      const avx512::FlushDenormals flush;
       rms_backward_rows(xp, wp, rp, gp, dxp, dw_parts.data() + at::get_thread_num() * C, b, e, C);
     });
     auto dw = torch::zeros({C}, x.options());
@@ -146,7 +149,10 @@ struct SwigluFn : torch::autograd::Function<SwigluFn> {
     auto out = torch::empty(sizes, h.options());
     const float* hp = h.data_ptr<float>();
     float* op = out.data_ptr<float>();
-    at::parallel_for(0, N, 64, [&](int64_t b, int64_t e) { swiglu_forward_rows(hp, op, b, e, I); });
+    at::parallel_for(0, N, 64, [&](int64_t b, int64_t e) {
+      const avx512::FlushDenormals flush;
+      swiglu_forward_rows(hp, op, b, e, I);
+    });
     ctx->save_for_backward({h});
     return out;
   }
@@ -157,7 +163,10 @@ struct SwigluFn : torch::autograd::Function<SwigluFn> {
     auto dh = torch::empty_like(h);
     const float *hp = h.data_ptr<float>(), *gp = g.data_ptr<float>();
     float* dp = dh.data_ptr<float>();
-    at::parallel_for(0, N, 64, [&](int64_t b, int64_t e) { swiglu_backward_rows(hp, gp, dp, b, e, I); });
+    at::parallel_for(0, N, 64, [&](int64_t b, int64_t e) {
+      const avx512::FlushDenormals flush;
+      swiglu_backward_rows(hp, gp, dp, b, e, I);
+    });
     return {dh};
   }
 };
@@ -170,6 +179,14 @@ bool fused_cpu_kernels_apply(const torch::Tensor& x) {
     return !(e && std::strcmp(e, "0") == 0) && __builtin_cpu_supports("avx512f");
   }();
   return on && x.device().is_cpu() && x.scalar_type() == torch::kFloat32;
+}
+
+void flush_denormals_on_cpu_threads() {
+  const char* e = std::getenv("RLHF_DENORMALS");
+  if (e && std::strcmp(e, "keep") == 0) return;
+  at::globalContext().setFlushDenormal(true);
+#pragma omp parallel
+  at::globalContext().setFlushDenormal(true);  // MXCSR is per thread: set it on each of the team
 }
 
 torch::Tensor fused_rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {

@@ -14,6 +14,7 @@
 #include "data/datasets.h"
 #include "feedback/label_server.h"
 #include "generate/generator.h"
+#include "model/cpu_kernels.h"
 #include "model/formats.h"
 #include "model/model.h"
 #include "tokenizer/chat_template.h"
@@ -382,6 +383,7 @@ std::string first_line(const std::string& s) { return s.substr(0, s.find('\n'));
 }  // namespace
 
 int main(int argc, char** argv) {
+  rlhf::flush_denormals_on_cpu_threads();  // model/cpu_kernels.h: 1.5x on a training step
   CLI::App app{"rlhf: align language models with human feedback (rlhf.cpp)"};
   app.require_subcommand(1);
   add_generate(app);

@@ -1,0 +1,101 @@
+// One training step's forward and backward, timed and profiled by operator: where a step of
+// the trainers goes. Not a comparison with a peer (bench/train_vs_trl.py is); a tool for
+// finding what to speed up next.
+//   bench_step MODEL BATCH LENGTH [ITERS] [--profile | --attention]
+// Runs the reward-model shape (scores at the last token; the LM head is not used) on random
+// tokens, right-padded rows of LENGTH tokens. Prints seconds per forward+backward; with
+// --profile, libtorch's per-operator self times (ms per step); with --attention, our attention
+// kernel alone at the model's head shape, forward and backward.
+#include <torch/csrc/autograd/profiler_legacy.h>
+
+#include <algorithm>
+#include <chrono>
+#include <iostream>
+#include <map>
+
+#include "model/attention_kernel.h"
+#include "model/cpu_kernels.h"
+#include "model/model.h"
+
+int main(int argc, char** argv) {
+  if (argc < 4) {
+    std::cerr << "usage: bench_step MODEL BATCH LENGTH [ITERS] [--profile]\n";
+    return 2;
+  }
+  try {
+    rlhf::flush_denormals_on_cpu_threads();  // as the CLI does (RLHF_DENORMALS=keep to compare)
+    auto lm = rlhf::load_model(argv[1]);
+    const int64_t B = std::stol(argv[2]), T = std::stol(argv[3]);
+    const int iters = argc > 4 && argv[4][0] != '-' ? std::stoi(argv[4]) : 10;
+    const bool profile = std::string(argv[argc - 1]) == "--profile";
+    torch::manual_seed(0);
+    auto tokens = torch::randint(1, lm.config.vocab_size, {B, T}, torch::kLong);
+    auto mask = torch::ones({B, T}, torch::kLong);
+    auto step = [&] {
+      auto h = lm.model->hidden_states(tokens, {}, mask);
+      auto loss = h.select(1, T - 1).square().sum();
+      loss.backward();
+    };
+    if (std::string(argv[argc - 1]) == "--attention") {  // the attention kernel alone, at this model's heads
+      const auto& c = lm.config;
+      auto qkv = torch::randn({B, T, c.num_heads + 2 * c.num_kv_heads, c.head_dim}).requires_grad_();
+      auto pos = torch::arange(T, torch::kFloat32).view({1, T, 1, 1});
+      auto cos = torch::cos(pos * 0.1).expand({1, T, 1, c.head_dim}), sin = torch::sin(pos * 0.1).expand({1, T, 1, c.head_dim});
+      auto g = torch::randn({B, T, c.num_heads, c.head_dim});
+      double fwd = 0, bwd = 0;
+      for (int i = 0; i < iters + 2; ++i) {
+        auto t0 = std::chrono::steady_clock::now();
+        auto y = rlhf::causal_attention_cpu(qkv, c.num_heads, c.num_kv_heads, cos, sin);
+        auto t1 = std::chrono::steady_clock::now();
+        y.backward(g);
+        auto t2 = std::chrono::steady_clock::now();
+        if (i >= 2) fwd += std::chrono::duration<double>(t1 - t0).count(), bwd += std::chrono::duration<double>(t2 - t1).count();
+      }
+      std::cout << "attention ms per layer: forward " << fwd / iters * 1e3 << ", backward " << bwd / iters * 1e3 << "\n";
+      return 0;
+    }
+    for (int i = 0; i < 3; ++i) step();
+    auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < iters; ++i) step();
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / iters;
+    std::cout << "seconds per forward+backward: " << s << "\n";
+    {
+      torch::NoGradGuard no_grad;
+      auto t1 = std::chrono::steady_clock::now();
+      for (int i = 0; i < iters; ++i) lm.model->hidden_states(tokens, {}, mask);
+      std::cout << "seconds per forward without gradients: "
+                << std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count() / iters << "\n";
+    }
+    if (!profile) return 0;
+    using namespace torch::autograd::profiler;
+    enableProfilerLegacy(ProfilerConfig(ProfilerState::CPU));
+    for (int i = 0; i < iters; ++i) step();
+    auto lists = disableProfilerLegacy();
+    // Self time: each event's duration less that of the events nested directly in it.
+    std::map<std::string, double> self_us;
+    for (auto& list : lists) {
+      std::vector<std::pair<const LegacyEvent*, double>> stack;  // open push events, child time
+      for (auto& e : list) {
+        if (e.kind() == EventKind::PushRange) {
+          stack.push_back({&e, 0.0});
+        } else if (e.kind() == EventKind::PopRange && !stack.empty()) {
+          auto [start, child] = stack.back();
+          stack.pop_back();
+          const double d = start->cpuElapsedUs(e);
+          self_us[start->name()] += d - child;
+          if (!stack.empty()) stack.back().second += d;
+        }
+      }
+    }
+    std::vector<std::pair<double, std::string>> rows;
+    double total = 0;
+    for (auto& [n, us] : self_us) rows.push_back({us / 1000.0 / iters, n}), total += us / 1000.0 / iters;
+    std::sort(rows.rbegin(), rows.rend());
+    std::cout << "self ms per step (total " << total << "):\n";
+    for (size_t i = 0; i < std::min<size_t>(rows.size(), 30); ++i)
+      std::cout << "  " << rows[i].first << "  " << rows[i].second << "\n";
+  } catch (const std::exception& e) {
+    std::cerr << "bench_step: " << e.what() << "\n";
+    return 1;
+  }
+}
