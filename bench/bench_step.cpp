@@ -52,6 +52,18 @@ int main(int argc, char** argv) {
         if (i >= 2) fwd += std::chrono::duration<double>(t1 - t0).count(), bwd += std::chrono::duration<double>(t2 - t1).count();
       }
       std::cout << "attention ms per layer: forward " << fwd / iters * 1e3 << ", backward " << bwd / iters * 1e3 << "\n";
+      auto h = torch::randn({B, T, 2 * c.intermediate_size}).requires_grad_();
+      auto gh = torch::randn({B, T, c.intermediate_size});
+      fwd = bwd = 0;
+      for (int i = 0; i < iters + 2; ++i) {
+        auto t0 = std::chrono::steady_clock::now();
+        auto y = rlhf::fused_swiglu(h);
+        auto t1 = std::chrono::steady_clock::now();
+        y.backward(gh);
+        auto t2 = std::chrono::steady_clock::now();
+        if (i >= 2) fwd += std::chrono::duration<double>(t1 - t0).count(), bwd += std::chrono::duration<double>(t2 - t1).count();
+      }
+      std::cout << "swiglu ms per layer: forward " << fwd / iters * 1e3 << ", backward " << bwd / iters * 1e3 << "\n";
       return 0;
     }
     for (int i = 0; i < 3; ++i) step();

@@ -65,7 +65,7 @@ TEST(AttentionKernel, MatchesTheDefinitionInValueAndGradient) {
       }
       auto start = torch::randint(0, std::max<int64_t>(1, c.T / 2), {c.B}, torch::kLong);
       start[0] = 0;
-      auto out = causal_attention_cpu(qkv, c.H, c.Hkv, cos, sin, start);
+      auto out = causal_attention_cpu(qkv, c.H, c.Hkv, cos, sin, {.start = start});
       auto want = reference(qkv, c.H, c.Hkv, cos, sin, start);
       EXPECT_LT((out - want).abs().max().item<double>(), 1e-5);
       EXPECT_TRUE(out.is_contiguous());
@@ -78,6 +78,50 @@ TEST(AttentionKernel, MatchesTheDefinitionInValueAndGradient) {
   }
 }
 
+// Right padding (rows from `end` on give 0 and pass no gradient) and a skipped span (two
+// completions after one prompt: rows after the span do not see it), against the definition
+// with the same mask on the real rows.
+TEST(AttentionKernel, EndsAndSkippedSpansMatchTheDefinition) {
+  SKIP_WITHOUT_AVX512();
+  torch::manual_seed(3);
+  const int64_t B = 3, T = 41, H = 4, Hkv = 2, D = 8;
+  auto qkv = torch::randn({B, T, H + 2 * Hkv, D}, torch::requires_grad());
+  auto angles = torch::rand({B, T, 1, D / 2}) * 6;
+  auto emb = torch::cat({angles, angles}, -1);
+  auto cos = emb.cos(), sin = emb.sin();
+  AttentionWindows w{torch::tensor({0, 0, 2}, torch::kLong), torch::tensor({41, 30, 38}, torch::kLong),
+                     torch::tensor({0, 10, 5}, torch::kLong), torch::tensor({0, 22, 6}, torch::kLong)};
+  auto out = causal_attention_cpu(qkv, H, Hkv, cos, sin, w);
+
+  // The definition, with the skip in the mask.
+  auto q = qkv.narrow(2, 0, H), k = qkv.narrow(2, H, Hkv), v = qkv.narrow(2, H + Hkv, Hkv);
+  q = q * cos + rotate_half(q) * sin;
+  k = k * cos + rotate_half(k) * sin;
+  auto kk = k.repeat_interleave(H / Hkv, 2), vv = v.repeat_interleave(H / Hkv, 2);
+  auto scores = torch::einsum("bihd,bjhd->bhij", {q, kk}) / std::sqrt(double(D));
+  auto i = torch::arange(T).view({1, T, 1}), j = torch::arange(T).view({1, 1, T});
+  auto view = [&](const torch::Tensor& t) { return t.view({B, 1, 1}); };
+  auto skipped = (i >= view(w.skip_end)) & (j >= view(w.skip_begin)) & (j < view(w.skip_end));
+  auto allowed = (((j <= i) & (j >= view(w.start))) | (j == i)) & ~skipped;
+  scores = scores.masked_fill(allowed.unsqueeze(1).logical_not(), -INFINITY);
+  auto want = torch::einsum("bhij,bjhd->bihd", {torch::softmax(scores, -1), vv});
+  auto real = (torch::arange(T).view({1, T}) < w.end.view({B, 1})).to(torch::kFloat32).view({B, T, 1, 1});
+  want = want * real;  // padding rows: 0
+
+  EXPECT_LT((out - want).abs().max().item<double>(), 1e-5);
+  EXPECT_EQ((out * (1 - real)).abs().max().item<float>(), 0.0f) << "padding rows give 0";
+  auto grad_out = torch::randn_like(out);
+  auto g = torch::autograd::grad({out}, {qkv}, {grad_out}, /*retain_graph=*/true)[0];
+  auto g_ref = torch::autograd::grad({want}, {qkv}, {grad_out})[0];
+  EXPECT_LT((g - g_ref).abs().max().item<double>(), 1e-4);
+  // Row 1's rows after the span (22..29) do not depend on keys 10..21: their gradient there
+  // comes from rows 10..21 only.
+  auto g_after = torch::autograd::grad({out.narrow(0, 1, 1).narrow(1, 22, 8)}, {qkv},
+                                       {grad_out.narrow(0, 1, 1).narrow(1, 22, 8)})[0];
+  EXPECT_EQ(g_after[1].narrow(0, 10, 12).narrow(1, H, 2 * Hkv).abs().max().item<float>(), 0.0f);
+  EXPECT_GT(g_after[1].narrow(0, 0, 10).narrow(1, H, 2 * Hkv).abs().max().item<float>(), 0.0f);
+}
+
 TEST(AttentionKernel, LongRowsStayAccurate) {
   SKIP_WITHOUT_AVX512();
   // Long windows and large logits: the softmax's max-shift and the exp approximation hold up.
@@ -85,7 +129,7 @@ TEST(AttentionKernel, LongRowsStayAccurate) {
   auto qkv = torch::randn({1, 300, 4, 8}) * 4;
   qkv.narrow(2, 3, 1).div_(4);  // values of ordinary size
   auto start = torch::zeros({1}, torch::kLong);
-  EXPECT_LT((causal_attention_cpu(qkv, 2, 1, {}, {}, start) - reference(qkv, 2, 1, {}, {}, start)).abs().max().item<double>(),
+  EXPECT_LT((causal_attention_cpu(qkv, 2, 1, {}, {}, {.start = start}) - reference(qkv, 2, 1, {}, {}, start)).abs().max().item<double>(),
             1e-5);
 }
 

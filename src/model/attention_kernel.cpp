@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -176,35 +177,74 @@ void load_head(const View4& x, int64_t b, int64_t head, const Rope* rope, const 
   }
 }
 
+// The windows of row b, read from the (4, B) tensor of starts, ends, skip begins and ends.
+struct Window {
+  int64_t start, end, skip_begin, skip_end;
+  int64_t skipped() const { return skip_end - skip_begin; }
+};
+
+struct Windows {
+  const int64_t* w;
+  int64_t B;
+  Window operator()(int64_t b) const { return {w[b], w[B + b], w[2 * B + b], w[3 * B + b]}; }
+};
+
+// The keys a query row sees when it comes after a skipped span: columns [0, skip_begin)
+// and [skip_end, T) of xT side by side in yT (D, ld), zeros after.
+void drop_span(const float* xT, const Window& w, int64_t D, int64_t T, int64_t ld, float* yT) {
+  for (int64_t d = 0; d < D; ++d) {
+    const float* x = xT + d * ld;
+    float* y = yT + d * ld;
+    std::memcpy(y, x, sizeof(float) * w.skip_begin);
+    std::memcpy(y + w.skip_begin, x + w.skip_end, sizeof(float) * (T - w.skip_end));
+    std::fill(y + T - w.skipped(), y + ld, 0.0f);
+  }
+}
+
 // Forward: out (B, T, H, D) and the log-sum-exp of every row (B, H, T).
 std::pair<torch::Tensor, torch::Tensor> attention_forward(const torch::Tensor& qkv_in, const torch::Tensor& cos,
-                                                          const torch::Tensor& sin, const torch::Tensor& start, int64_t H,
-                                                          int64_t Hkv) {
+                                                          const torch::Tensor& sin, const torch::Tensor& windows,
+                                                          int64_t H, int64_t Hkv) {
   const auto qkv = d_contiguous(qkv_in);
   const Shapes s = shapes_of(qkv, H, Hkv);
   const Rope rope = rope_of(cos, sin, s);
   auto out = torch::empty({s.B, s.T, s.H, s.D}, qkv.options());
   auto lse = torch::empty({s.B, s.H, s.T}, qkv.options());
   const View4 X = view_of(qkv);
-  const int64_t* st = start.data_ptr<int64_t>();
+  const Windows win{windows.data_ptr<int64_t>(), s.B};
   float* O = out.data_ptr<float>();
   float* L = lse.data_ptr<float>();
   const auto [fwd, bwd] = row_kernels(s.D);
   const int64_t ld = s.T + kLanes;  // room for the last block of a window
   at::parallel_for(0, s.B * s.Hkv, 1, [&](int64_t begin, int64_t end) {
     const avx512::FlushDenormals flush;
-    std::vector<float> kT(s.D * ld, 0.0f), vT(s.D * ld, 0.0f), w(ld);
+    std::vector<float> kT(s.D * ld, 0.0f), vT(s.D * ld, 0.0f), k2T, v2T, w(ld);
     float qr[kMaxHeadDim];
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / s.Hkv, g = task % s.Hkv;
+      const Window wb = win(b);
       load_head(X, b, s.H + g, &rope, s, ld, kT.data());
       load_head(X, b, s.H + s.Hkv + g, nullptr, s, ld, vT.data());
+      if (wb.skipped() > 0) {
+        k2T.resize(s.D * ld), v2T.resize(s.D * ld);
+        drop_span(kT.data(), wb, s.D, s.T, ld, k2T.data());
+        drop_span(vT.data(), wb, s.D, s.T, ld, v2T.data());
+      }
       for (int64_t h = g * s.G; h < (g + 1) * s.G; ++h)
         for (int64_t i = 0; i < s.T; ++i) {
-          const int64_t lo = i < st[b] ? i : st[b];
+          float* o = O + ((b * s.T + i) * s.H + h) * s.D;
+          float* l = L + (b * s.H + h) * s.T + i;
+          if (i >= wb.end) {  // right padding: no work, output 0
+            std::fill(o, o + s.D, 0.0f);
+            *l = 0.0f;
+            continue;
+          }
+          const int64_t lo = i < wb.start ? i : wb.start;
+          const bool after = wb.skipped() > 0 && i >= wb.skip_end;  // sees the keys with the span dropped
+          const float *k = after ? k2T.data() : kT.data(), *v = after ? v2T.data() : vT.data();
+          const int64_t last = after ? i - wb.skipped() : i;
           rope.apply(X.at(b, i, h), b, i, qr);
-          L[(b * s.H + h) * s.T + i] = fwd(qr, kT.data() + lo, vT.data() + lo, ld, i - lo + 1, s.D, s.scale, w.data(),
-                                           O + ((b * s.T + i) * s.H + h) * s.D);
+          *l = fwd(qr, k + lo, v + lo, ld, last - lo + 1, s.D, s.scale, w.data(), o);
         }
     }
   });
@@ -215,7 +255,7 @@ std::pair<torch::Tensor, torch::Tensor> attention_forward(const torch::Tensor& q
 // zero-filled slices to add up), recomputing the probabilities from the log-sum-exp.
 torch::Tensor attention_backward(const torch::Tensor& dout_in, const torch::Tensor& qkv_in, const torch::Tensor& cos,
                                  const torch::Tensor& sin, const torch::Tensor& out, const torch::Tensor& lse,
-                                 const torch::Tensor& start, int64_t H, int64_t Hkv) {
+                                 const torch::Tensor& windows, int64_t H, int64_t Hkv) {
   const auto qkv = d_contiguous(qkv_in), dout = d_contiguous(dout_in);
   const Shapes s = shapes_of(qkv, H, Hkv);
   const Rope rope = rope_of(cos, sin, s);
@@ -223,32 +263,56 @@ torch::Tensor attention_backward(const torch::Tensor& dout_in, const torch::Tens
   const View4 X = view_of(qkv), dO = view_of(dout), O = view_of(out);
   const View4 dX{dqkv.data_ptr<float>(), dqkv.stride(0), dqkv.stride(1), dqkv.stride(2)};
   float* DX = dqkv.data_ptr<float>();
-  const int64_t* st = start.data_ptr<int64_t>();
+  const Windows win{windows.data_ptr<int64_t>(), s.B};
   const float* L = lse.data_ptr<float>();
   const auto [fwd, bwd] = row_kernels(s.D);
   const int64_t ld = s.T + kLanes;
   at::parallel_for(0, s.B * s.Hkv, 1, [&](int64_t begin, int64_t end) {
     const avx512::FlushDenormals flush;
     std::vector<float> kT(s.D * ld, 0.0f), vT(s.D * ld, 0.0f), dkT(s.D * ld), dvT(s.D * ld);
+    std::vector<float> k2T, v2T, dk2T, dv2T;  // with the skipped span dropped
     float qr[kMaxHeadDim], dqr[kMaxHeadDim], dk[kMaxHeadDim];
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / s.Hkv, g = task % s.Hkv;
+      const Window wb = win(b);
       load_head(X, b, s.H + g, &rope, s, ld, kT.data());
       load_head(X, b, s.H + s.Hkv + g, nullptr, s, ld, vT.data());
       std::fill(dkT.begin(), dkT.end(), 0.0f);
       std::fill(dvT.begin(), dvT.end(), 0.0f);
+      if (wb.skipped() > 0) {
+        for (auto* v : {&k2T, &v2T}) v->resize(s.D * ld);
+        dk2T.assign(s.D * ld, 0.0f), dv2T.assign(s.D * ld, 0.0f);
+        drop_span(kT.data(), wb, s.D, s.T, ld, k2T.data());
+        drop_span(vT.data(), wb, s.D, s.T, ld, v2T.data());
+      }
       for (int64_t h = g * s.G; h < (g + 1) * s.G; ++h)
         for (int64_t i = 0; i < s.T; ++i) {
-          const int64_t lo = i < st[b] ? i : st[b];
+          float* dq_out = DX + (b * dX.sb + i * dX.st + h * dX.sh);
+          if (i >= wb.end) {  // right padding: its output was a constant 0
+            std::fill(dq_out, dq_out + s.D, 0.0f);
+            continue;
+          }
+          const int64_t lo = i < wb.start ? i : wb.start;
+          const bool after = wb.skipped() > 0 && i >= wb.skip_end;
+          const float *k = after ? k2T.data() : kT.data(), *v = after ? v2T.data() : vT.data();
+          float *dk_acc = after ? dk2T.data() : dkT.data(), *dv_acc = after ? dv2T.data() : dvT.data();
+          const int64_t last = after ? i - wb.skipped() : i;
           const float* gi = dO.at(b, i, h);
           const float* oi = O.at(b, i, h);
           float delta = 0.0f;  // rowsum(dO * O) = sum_j p_j dp_j
           for (int64_t d = 0; d < s.D; ++d) delta += gi[d] * oi[d];
           rope.apply(X.at(b, i, h), b, i, qr);
-          bwd(qr, gi, delta, L[(b * s.H + h) * s.T + i], kT.data() + lo, vT.data() + lo, ld, i - lo + 1, s.D, s.scale,
-              dqr, dkT.data() + lo, dvT.data() + lo);
-          rope.apply_transposed(dqr, b, i, DX + (b * dX.sb + i * dX.st + h * dX.sh));
+          bwd(qr, gi, delta, L[(b * s.H + h) * s.T + i], k + lo, v + lo, ld, last - lo + 1, s.D, s.scale, dqr,
+              dk_acc + lo, dv_acc + lo);
+          rope.apply_transposed(dqr, b, i, dq_out);
         }
+      if (wb.skipped() > 0)  // the rows after the span saw its neighbours at shifted columns
+        for (int64_t d = 0; d < s.D; ++d)
+          for (int64_t j = 0; j < s.T - wb.skipped(); ++j) {
+            const int64_t t = j < wb.skip_begin ? j : j + wb.skipped();
+            dkT[d * ld + t] += dk2T[d * ld + j];
+            dvT[d * ld + t] += dv2T[d * ld + j];
+          }
       for (int64_t t = 0; t < s.T; ++t) {
         for (int64_t d = 0; d < s.D; ++d) dk[d] = dkT[d * ld + t];
         rope.apply_transposed(dk, b, t, DX + (b * dX.sb + t * dX.st + (s.H + g) * dX.sh));
@@ -262,9 +326,9 @@ torch::Tensor attention_backward(const torch::Tensor& dout_in, const torch::Tens
 
 struct CausalAttentionFn : torch::autograd::Function<CausalAttentionFn> {
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& qkv, const torch::Tensor& cos,
-                               const torch::Tensor& sin, const torch::Tensor& start, int64_t H, int64_t Hkv) {
-    auto [out, lse] = attention_forward(qkv, cos, sin, start, H, Hkv);
-    ctx->save_for_backward({qkv, cos, sin, out, lse, start});
+                               const torch::Tensor& sin, const torch::Tensor& windows, int64_t H, int64_t Hkv) {
+    auto [out, lse] = attention_forward(qkv, cos, sin, windows, H, Hkv);
+    ctx->save_for_backward({qkv, cos, sin, out, lse, windows});
     ctx->saved_data["H"] = H;
     ctx->saved_data["Hkv"] = Hkv;
     return out;
@@ -340,7 +404,7 @@ torch::Tensor decode_step_cpu(const torch::Tensor& qkv_in, int64_t H, int64_t Hk
 }
 
 torch::Tensor causal_attention_cpu(const torch::Tensor& qkv, int64_t H, int64_t Hkv, const torch::Tensor& cos,
-                                   const torch::Tensor& sin, const torch::Tensor& start) {
+                                   const torch::Tensor& sin, const AttentionWindows& windows) {
   check(qkv.device().is_cpu() && qkv.scalar_type() == torch::kFloat32, "causal_attention_cpu: float32 CPU tensors only");
   check(qkv.dim() == 4 && qkv.size(3) <= kMaxHeadDim && qkv.size(3) % 2 == 0,
         "causal_attention_cpu: head size must be even and at most " + std::to_string(kMaxHeadDim));
@@ -352,9 +416,23 @@ torch::Tensor causal_attention_cpu(const torch::Tensor& qkv, int64_t H, int64_t 
     s = sin.reshape({-1, T, D}).expand({B, T, D}).contiguous();
     check(c.scalar_type() == torch::kFloat32 && s.scalar_type() == torch::kFloat32, "causal_attention_cpu: cos/sin must be float32");
   }
-  auto st = start.defined() ? start.to(torch::kCPU, torch::kLong).contiguous() : torch::zeros({B}, torch::kLong);
-  check(st.dim() == 1 && st.size(0) == B, "causal_attention_cpu: start must be (B)");
-  return CausalAttentionFn::apply(qkv, c, s, st, H, Hkv);
+  // (4, B): starts, ends, skip begins, skip ends.
+  auto column = [&](const torch::Tensor& t, int64_t fill, const char* name) {
+    if (!t.defined()) return torch::full({B}, fill, torch::kLong);
+    check(t.dim() == 1 && t.size(0) == B, std::string("causal_attention_cpu: ") + name + " must be (B)");
+    return t.to(torch::kCPU, torch::kLong);
+  };
+  auto win = torch::stack({column(windows.start, 0, "start"), column(windows.end, T, "end"),
+                           column(windows.skip_begin, 0, "skip_begin"), column(windows.skip_end, 0, "skip_end")})
+                 .contiguous();
+  const int64_t* w = win.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t st = w[b], en = w[B + b], sb = w[2 * B + b], se = w[3 * B + b];
+    check(st >= 0 && en <= T && st <= en, "causal_attention_cpu: windows need 0 <= start <= end <= T");
+    check(sb == se || (st <= sb && sb < se && se <= en),
+          "causal_attention_cpu: a skipped span must lie inside the window, after its start");
+  }
+  return CausalAttentionFn::apply(qkv, c, s, win, H, Hkv);
 }
 
 }  // namespace rlhf

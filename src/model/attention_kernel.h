@@ -10,21 +10,30 @@
 // Row b attends over a window: query i sees keys j with start[b] <= j <= i, and always
 // itself (rows of left padding, i < start[b], see only themselves and stay finite). That
 // covers plain causal attention (start 0), right-padded batches (real rows never look past
-// themselves) and left-padded ones (start = the first real token). Outputs of padding rows
-// are defined but meaningless; callers ignore them.
+// themselves) and left-padded ones (start = the first real token). Rows from end[b] on are
+// right padding: their output is 0 and they take no work. Two completions that share one
+// prompt can sit in one row (prompt, first completion, second completion): query rows from
+// skip_end[b] on then do not see keys [skip_begin[b], skip_end[b]), the first completion.
 #pragma once
 #include <torch/torch.h>
 
 namespace rlhf {
 
+// The windows of a batch's rows, (B) int64 each; undefined: start 0, end T, no skip.
+struct AttentionWindows {
+  torch::Tensor start, end;             // keys from start[b]; rows from end[b] on are padding
+  torch::Tensor skip_begin, skip_end;   // rows >= skip_end[b] skip keys [skip_begin[b], skip_end[b])
+};
+
 // qkv (B, T, H + 2 H_kv, D): the fused projection, query heads then key heads then value
 // heads (any strides, D contiguous). cos/sin (B or 1, T, 1, D) rotate the query and key
 // heads (rotary embedding, rotate-half convention) inside the kernel, or are undefined
-// (learned positions). start (B) int64, or undefined for 0. H a multiple of H_kv; D even and
-// at most 32; float32 on a CPU with AVX-512. Returns (B, T, H, D), contiguous.
-// Differentiable in qkv; its gradient comes back as one tensor, written once.
+// (learned positions). H a multiple of H_kv; D even and at most 32; float32 on a CPU with
+// AVX-512; start[b] <= skip_begin[b] <= skip_end[b] <= end[b] when skipping. Returns
+// (B, T, H, D), contiguous. Differentiable in qkv; its gradient comes back as one tensor,
+// written once.
 torch::Tensor causal_attention_cpu(const torch::Tensor& qkv, int64_t H, int64_t Hkv, const torch::Tensor& cos = {},
-                                   const torch::Tensor& sin = {}, const torch::Tensor& start = {});
+                                   const torch::Tensor& sin = {}, const AttentionWindows& windows = {});
 
 // One decoding step from the fused projection of the new token, qkv (B, 1, H + 2 H_kv, D):
 // rotates its key (cos/sin (B or 1, 1, 1, D), or undefined) and writes key and value at

@@ -69,8 +69,9 @@ AttentionImpl::AttentionImpl(const ModelConfig& cfg)
 
 torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
                                      const torch::Tensor& sin, const torch::Tensor& mask,
-                                     const torch::Tensor& window_start, KVCache* cache, int64_t layer) {
+                                     const AttentionWindows& windows, KVCache* cache, int64_t layer) {
   const int64_t B = x.size(0), T = x.size(1), G = H_ / H_kv_;
+  const torch::Tensor& window_start = windows.start;
   auto qkv = qkv_proj(x).view({B, T, H_ + 2 * H_kv_, D_});
   // Our CPU kernel takes the fused projection whole and rotates inside: no slices, no rotary
   // ops, one gradient tensor back (model/attention_kernel.h).
@@ -79,7 +80,7 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
                       .view({B, T, H_ * D_}));
   torch::Tensor fused;
   if (window_start.defined() && (!cache || cache->length == 0)) {
-    fused = causal_attention_cpu(qkv, H_, H_kv_, cos, sin, window_start);  // (B, T, H, D)
+    fused = causal_attention_cpu(qkv, H_, H_kv_, cos, sin, windows);  // (B, T, H, D)
     if (!cache) return o_proj(fused.view({B, T, H_ * D_}));
   }
   // Rotary positions on the query and key heads together (one set of ops, not two).
@@ -147,8 +148,8 @@ BlockImpl::BlockImpl(const ModelConfig& cfg) {
 
 torch::Tensor BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
                                  const torch::Tensor& sin, const torch::Tensor& mask,
-                                 const torch::Tensor& window_start, KVCache* cache, int64_t layer) {
-  auto h = x + self_attn->forward(input_layernorm(x), cos, sin, mask, window_start, cache, layer);
+                                 const AttentionWindows& windows, KVCache* cache, int64_t layer) {
+  auto h = x + self_attn->forward(input_layernorm(x), cos, sin, mask, windows, cache, layer);
   return h + mlp(post_attention_layernorm(h));
 }
 
@@ -183,15 +184,16 @@ bool is_right_padded(const torch::Tensor& attention_mask) {
   return torch::equal(m.cumprod(1), m);
 }
 
-// The first real position of each row when every row's ones form one run (else undefined):
-// zeros without a mask.
-torch::Tensor window_starts(const torch::Tensor& attention_mask, int64_t B) {
-  if (!attention_mask.defined()) return torch::zeros({B}, torch::kLong);
+// The window of each row when every row's ones form one run: its first real position and
+// the one after its last (else start undefined). Without a mask: all of [0, T).
+AttentionWindows row_windows(const torch::Tensor& attention_mask, int64_t B) {
+  if (!attention_mask.defined()) return {torch::zeros({B}, torch::kLong), {}};
   auto m = attention_mask.to(torch::kCPU, torch::kLong);
   auto count = m.sum(1, /*keepdim=*/true), first = m.argmax(1, /*keepdim=*/true);
   auto j = torch::arange(m.size(1), torch::kLong).unsqueeze(0);
   auto run = ((j >= first) & (j < first + count)).to(torch::kLong);
-  return torch::equal(run, m) ? first.squeeze(1).contiguous() : torch::Tensor();
+  if (!torch::equal(run, m)) return {};
+  return {first.squeeze(1).contiguous(), (first + count).squeeze(1).contiguous()};
 }
 
 torch::Tensor positions_from_mask(const torch::Tensor& attention_mask) {
@@ -199,8 +201,9 @@ torch::Tensor positions_from_mask(const torch::Tensor& attention_mask) {
 }
 
 torch::Tensor TransformerImpl::hidden_states(const torch::Tensor& tokens, const torch::Tensor& positions_in,
-                                             const torch::Tensor& attention_mask, KVCache* cache) {
+                                             const torch::Tensor& attention_mask, KVCache* cache, const KeySkip* skip) {
   check(tokens.dim() == 2, "hidden_states: tokens must be (B, T), got " + shape_str(tokens.sizes()));
+  check(!skip || !cache, "hidden_states: keys can be skipped only without a KV cache");
   const int64_t B = tokens.size(0), T = tokens.size(1);
   const int64_t past = cache ? cache->length : 0, S = past + T;
   const auto dev = tokens.device();
@@ -237,6 +240,10 @@ torch::Tensor TransformerImpl::hidden_states(const torch::Tensor& tokens, const 
     auto a = (k_pos <= q_pos).unsqueeze(0);  // (1, T, S)
     if (attention_mask.defined())
       a = (a & attention_mask.to(torch::kBool).view({B, 1, S})) | (k_pos == q_pos).unsqueeze(0);
+    if (skip) {  // rows from skip end on lose the skipped keys
+      auto sb = skip->begin.to(dev, torch::kLong).view({B, 1, 1}), se = skip->end.to(dev, torch::kLong).view({B, 1, 1});
+      a = a & ~((q_pos.unsqueeze(0) >= se) & (k_pos.unsqueeze(0) >= sb) & (k_pos.unsqueeze(0) < se));
+    }
     return a;
   };
   // Our CPU kernel when each row's real tokens are one run (right, left or no padding):
@@ -245,11 +252,12 @@ torch::Tensor TransformerImpl::hidden_states(const torch::Tensor& tokens, const 
   // outputs are unused. Decoding (one new token per row, no gradients) takes the same window
   // from the cache.
   const bool prefill = T > 1 && past == 0, decode = T == 1 && past > 0 && cache && !torch::GradMode::is_enabled();
-  const torch::Tensor window_start = (prefill || decode) && causal_attention_cpu_applies(x, cfg_.head_dim)
-                                         ? window_starts(attention_mask, B)
-                                         : torch::Tensor();
+  AttentionWindows windows;
+  if ((prefill || decode) && causal_attention_cpu_applies(x, cfg_.head_dim)) windows = row_windows(attention_mask, B);
+  if (decode) windows.end = torch::Tensor();  // the window ends at the new token
+  if (skip && windows.start.defined()) windows.skip_begin = skip->begin, windows.skip_end = skip->end;
   torch::Tensor mask;
-  if (window_start.defined()) {
+  if (windows.start.defined()) {
     // no mask: the window is the mask
   } else if (T == 1) {
     const auto a = allowed();
@@ -257,14 +265,14 @@ torch::Tensor TransformerImpl::hidden_states(const torch::Tensor& tokens, const 
     mask = torch::zeros({Bm, 1, S}, x.options())
                .masked_fill_(a.logical_not(), -std::numeric_limits<float>::infinity())
                .unsqueeze(1).expand({Bm, 1, G, S}).contiguous();  // a dense operand keeps add_ on its fast path
-  } else if (past > 0 || (attention_mask.defined() && !is_right_padded(attention_mask))) {
+  } else if (past > 0 || skip || (attention_mask.defined() && !is_right_padded(attention_mask))) {
     // With right padding (training batches) plain causal attention is already exact for
     // every real token: it never looks past itself, so never at the pads after it.
     mask = allowed().unsqueeze(1);
   }
 
   for (int64_t l = 0; l < cfg_.num_layers; ++l)
-    x = model->layers[l]->as<Block>()->forward(x, cos, sin, mask, window_start, cache, l);
+    x = model->layers[l]->as<Block>()->forward(x, cos, sin, mask, windows, cache, l);
   if (cache) cache->length = S;
   return model->norm(x);
 }
@@ -272,7 +280,12 @@ torch::Tensor TransformerImpl::hidden_states(const torch::Tensor& tokens, const 
 torch::Tensor TransformerImpl::token_scores(const torch::Tensor& tokens, const torch::Tensor& attention_mask) {
   check(!score.is_empty(), "token_scores: this model has no classification head (num_labels = 0)");
   auto positions = attention_mask.defined() ? positions_from_mask(attention_mask) : torch::Tensor();
-  return score(hidden_states(tokens, positions, attention_mask)).to(torch::kFloat32);  // (B, T, num_labels)
+  return score_head(hidden_states(tokens, positions, attention_mask));  // (B, T, num_labels)
+}
+
+torch::Tensor TransformerImpl::score_head(const torch::Tensor& hidden) {
+  check(!score.is_empty(), "score_head: this model has no classification head (num_labels = 0)");
+  return score(hidden).to(torch::kFloat32);
 }
 
 torch::Tensor TransformerImpl::scores(const torch::Tensor& tokens, const torch::Tensor& attention_mask) {

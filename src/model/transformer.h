@@ -7,6 +7,7 @@
 #pragma once
 #include <torch/torch.h>
 
+#include "model/attention_kernel.h"
 #include "model/config.h"
 #include "model/tensor_map.h"
 
@@ -28,6 +29,14 @@ struct KVCache {
   void select_rows(const torch::Tensor& index);
 };
 
+// Keys hidden from later positions of the same row: in row b, query positions from end[b]
+// on do not see keys [begin[b], end[b]). This puts two completions of one prompt in one row
+// (prompt, first, second; the second must not see the first) so the prompt is computed once
+// (data/collate.h, collate_shared_prompt). (B) int64 each.
+struct KeySkip {
+  torch::Tensor begin, end;
+};
+
 // RMSNorm (weight only) or LayerNorm (weight and bias), as the config says.
 class NormImpl : public torch::nn::Module {
  public:
@@ -45,11 +54,11 @@ class AttentionImpl : public torch::nn::Module {
   explicit AttentionImpl(const ModelConfig& cfg);
   // x (B, T, C); cos/sin (B, T, 1, D) or undefined (learned positions); mask as built by
   // TransformerImpl::hidden_states (T = 1: additive (B|1, 1, G, S) with G = H / H_kv;
-  // T > 1: bool (B|1, 1, T, S), or undefined for plain causal); window_start (B), when
-  // defined, replaces the mask with causal attention over [start, i] by our own CPU kernel
-  // (model/attention_kernel.h); cache: appended to when given.
+  // T > 1: bool (B|1, 1, T, S), or undefined for plain causal); windows, when their start
+  // is defined, replace the mask: causal attention over each row's window by our own CPU
+  // kernel (model/attention_kernel.h); cache: appended to when given.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                        const torch::Tensor& mask, const torch::Tensor& window_start, KVCache* cache, int64_t layer);
+                        const torch::Tensor& mask, const AttentionWindows& windows, KVCache* cache, int64_t layer);
  private:
   int64_t H_, H_kv_, D_;
   // q, k and v projections fused into one (H + 2 H_kv) * D-row matrix; weights() shows
@@ -74,7 +83,7 @@ class BlockImpl : public torch::nn::Module {
  public:
   explicit BlockImpl(const ModelConfig& cfg);
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                        const torch::Tensor& mask, const torch::Tensor& window_start, KVCache* cache, int64_t layer);
+                        const torch::Tensor& mask, const AttentionWindows& windows, KVCache* cache, int64_t layer);
  private:
   Norm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
   Attention self_attn{nullptr};
@@ -99,10 +108,12 @@ class TransformerImpl : public torch::nn::Module {
 
   // tokens, positions: (B, T) int64 (positions undefined: past + 0..T-1). attention_mask:
   // (B, S) with 1 for real tokens and 0 for padding, S = cache length + T (undefined: all
-  // real). cache: read and appended to when given. Returns hidden states (B, T, C) after
-  // the final norm, in the model's dtype.
+  // real). cache: read and appended to when given. skip: keys hidden from later positions
+  // (no cache then). Returns hidden states (B, T, C) after the final norm, in the model's
+  // dtype.
   torch::Tensor hidden_states(const torch::Tensor& tokens, const torch::Tensor& positions = {},
-                              const torch::Tensor& attention_mask = {}, KVCache* cache = nullptr);
+                              const torch::Tensor& attention_mask = {}, KVCache* cache = nullptr,
+                              const KeySkip* skip = nullptr);
   // Logits (B, T, V) in float32.
   torch::Tensor forward(const torch::Tensor& tokens, const torch::Tensor& positions = {},
                         const torch::Tensor& attention_mask = {}, KVCache* cache = nullptr);
@@ -113,6 +124,8 @@ class TransformerImpl : public torch::nn::Module {
   torch::Tensor scores(const torch::Tensor& tokens, const torch::Tensor& attention_mask = {});
   // The head at every position (a value head): (B, T, num_labels) float32.
   torch::Tensor token_scores(const torch::Tensor& tokens, const torch::Tensor& attention_mask = {});
+  // The classification head on hidden states: (..., C) -> (..., num_labels) float32.
+  torch::Tensor score_head(const torch::Tensor& hidden);
 
   // Copies `weights` (canonical names) into the parameters, converting dtype and device.
   // Every parameter must be present with its shape and nothing may be left over; the
