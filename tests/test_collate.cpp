@@ -144,5 +144,35 @@ TEST(Collate, PackingFillsRowsAndMasksEveryPrompt) {
   EXPECT_THROW(pack_examples(examples, 0), Error);
 }
 
+// Pairs sharing their prompt: one row per pair, the rejected tokens after the chosen ones
+// with positions restarting after the prompt, and the indices that pick each completion's
+// last token and each completion token's predictor.
+TEST(Collate, SharedPromptRowsHoldPromptChosenRejected) {
+  auto ex = [](std::vector<int32_t> ids, int64_t p) { return TokenizedExample{std::move(ids), p, {}}; };
+  auto longs = [](std::vector<int64_t> v) { return torch::tensor(v, torch::kLong); };
+  // Pair 0: prompt [1 7], chosen [8 9], rejected [5]. Pair 1: prompt [1], chosen [], rejected [3 4].
+  auto b = collate_shared_prompt({ex({1, 7, 8, 9}, 2), ex({1}, 1)}, {ex({1, 7, 5}, 2), ex({1, 3, 4}, 1)}, 0);
+  ASSERT_TRUE(b.has_value());
+  const int64_t L = 5;
+  EXPECT_TRUE(torch::equal(b->input_ids, longs({1, 7, 8, 9, 5, 1, 3, 4, 0, 0}).view({2, L})));
+  EXPECT_TRUE(torch::equal(b->positions, longs({0, 1, 2, 3, 2, 0, 1, 2, 0, 0}).view({2, L})));
+  EXPECT_TRUE(torch::equal(b->attention_mask, longs({1, 1, 1, 1, 1, 1, 1, 1, 0, 0}).view({2, L})));
+  EXPECT_TRUE(torch::equal(b->skip_begin, longs({2, 0})));  // pair 1: nothing to skip
+  EXPECT_TRUE(torch::equal(b->skip_end, longs({4, 0})));
+  // Last tokens: chosen 0 at 3, chosen 1 (empty) at its prompt's end 0, rejected 0 at 4, rejected 1 at 2.
+  EXPECT_TRUE(torch::equal(b->last, longs({3, L + 0, 4, L + 2})));
+  // Completion tokens 8 9 | 5 | 3 4, predicted at 1 2 | 1 (the prompt's end) | 0 1.
+  EXPECT_TRUE(torch::equal(b->target, longs({8, 9, 5, 3, 4})));
+  EXPECT_TRUE(torch::equal(b->predictor, longs({1, 2, 1, L + 0, L + 1})));
+  EXPECT_TRUE(torch::equal(b->sequence, longs({0, 0, 2, 3, 3})));
+  // No sharing when the prompts differ (cut differently), a prompt is empty, or a row has its own mask.
+  EXPECT_FALSE(collate_shared_prompt({ex({1, 7, 8}, 2)}, {ex({1, 6, 8}, 2)}, 0).has_value());
+  EXPECT_FALSE(collate_shared_prompt({ex({1, 7, 8}, 2)}, {ex({1, 7, 8}, 1)}, 0).has_value());
+  EXPECT_FALSE(collate_shared_prompt({ex({8}, 0)}, {ex({9}, 0)}, 0).has_value());
+  auto masked = ex({1, 7, 8}, 2);
+  masked.loss_mask = {0, 0, 1};
+  EXPECT_FALSE(collate_shared_prompt({masked}, {ex({1, 7, 9}, 2)}, 0).has_value());
+}
+
 }  // namespace
 }  // namespace rlhf

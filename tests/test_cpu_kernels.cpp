@@ -172,6 +172,33 @@ TEST(AttentionKernel, ModelMatchesAtenKernelOnPaddedBatches) {
   }
 }
 
+// Skipped spans (two completions after one prompt) through the model: our kernel's windows
+// against ATen's kernel with the mask the model builds for them.
+TEST(AttentionKernel, ModelSkipMatchesTheMaskPath) {
+  SKIP_WITHOUT_AVX512();
+  auto m = load_model(test::data_dir() / "stories260K" / "stories260K.gguf");
+  torch::NoGradGuard no_grad;
+  auto tokens = torch::randint(3, 500, {3, 20}, torch::kLong);
+  // Rows: prompt 6, first 7, second 7 (positions restart at 6); prompt 4, 8, 8; prompt 10, 5, 5.
+  auto positions = torch::zeros({3, 20}, torch::kLong);
+  const int64_t p[3] = {6, 4, 10}, c[3] = {7, 8, 5};
+  for (int b = 0; b < 3; ++b)
+    for (int t = 0; t < 20; ++t) positions[b][t] = t < p[b] + c[b] ? t : t - c[b];
+  const KeySkip skip{torch::tensor({6, 4, 10}, torch::kLong), torch::tensor({13, 12, 15}, torch::kLong)};
+  auto mask = torch::ones({3, 20}, torch::kLong);
+  auto ours = m.model->hidden_states(tokens, positions, mask, nullptr, &skip);
+  auto holed = mask.clone();
+  holed[2][19] = 0, holed[2][18] = 0, holed[2][5] = 0;  // no single run: the model takes ATen's kernel with a mask
+  auto theirs = m.model->hidden_states(tokens, positions, holed, nullptr, &skip);
+  EXPECT_LT((ours.narrow(0, 0, 2) - theirs.narrow(0, 0, 2)).abs().max().item<double>(), 1e-4);
+  // And the second completion does not see the first: changing the first's tokens leaves it.
+  auto changed = tokens.clone();
+  changed[0].narrow(0, 6, 7).fill_(7);
+  auto again = m.model->hidden_states(changed, positions, mask, nullptr, &skip);
+  EXPECT_LT((again[0].narrow(0, 13, 7) - ours[0].narrow(0, 13, 7)).abs().max().item<double>(), 1e-6);
+  EXPECT_GT((again[0].narrow(0, 6, 7) - ours[0].narrow(0, 6, 7)).abs().max().item<double>(), 1e-3);
+}
+
 TEST(FusedKernels, RmsNormAndSwigluMatchAtenInValueAndGradient) {
   SKIP_WITHOUT_AVX512();
   torch::manual_seed(2);

@@ -76,6 +76,54 @@ TokenBatch collate(const std::vector<TokenizedExample>& examples, int32_t pad_id
   return batch;
 }
 
+std::optional<SharedPromptBatch> collate_shared_prompt(const std::vector<TokenizedExample>& chosen,
+                                                       const std::vector<TokenizedExample>& rejected, int32_t pad_id) {
+  check(!chosen.empty() && chosen.size() == rejected.size(), "collate_shared_prompt: need as many chosen as rejected, at least one");
+  check(pad_id >= 0, "collate_shared_prompt: pad id " + std::to_string(pad_id) + " is negative");
+  const int64_t n = static_cast<int64_t>(chosen.size());
+  int64_t L = 0;
+  for (int64_t k = 0; k < n; ++k) {
+    const auto &c = chosen[k], &r = rejected[k];
+    const int64_t p = c.prompt_length;
+    if (p < 1 || r.prompt_length != p || !c.loss_mask.empty() || !r.loss_mask.empty() ||
+        p > static_cast<int64_t>(c.ids.size()) || p > static_cast<int64_t>(r.ids.size()) ||
+        !std::equal(c.ids.begin(), c.ids.begin() + p, r.ids.begin()))
+      return std::nullopt;
+    L = std::max<int64_t>(L, static_cast<int64_t>(c.ids.size() + r.ids.size()) - p);
+  }
+  SharedPromptBatch out;
+  out.input_ids = torch::full({n, L}, static_cast<int64_t>(pad_id), torch::kInt64);
+  out.positions = torch::zeros({n, L}, torch::kInt64);
+  out.attention_mask = torch::zeros({n, L}, torch::kInt64);
+  out.skip_begin = torch::zeros({n}, torch::kInt64);
+  out.skip_end = torch::zeros({n}, torch::kInt64);
+  out.last = torch::zeros({2 * n}, torch::kInt64);
+  auto ids = out.input_ids.accessor<int64_t, 2>(), pos = out.positions.accessor<int64_t, 2>();
+  auto attn = out.attention_mask.accessor<int64_t, 2>();
+  auto sb = out.skip_begin.accessor<int64_t, 1>(), se = out.skip_end.accessor<int64_t, 1>();
+  auto last = out.last.accessor<int64_t, 1>();
+  std::vector<int64_t> predictor, target, sequence;
+  for (int64_t k = 0; k < n; ++k) {
+    const auto &c = chosen[k], &r = rejected[k];
+    const int64_t p = c.prompt_length, nc = static_cast<int64_t>(c.ids.size()) - p, nr = static_cast<int64_t>(r.ids.size()) - p;
+    for (int64_t t = 0; t < p + nc; ++t) ids[k][t] = c.ids[t], pos[k][t] = t, attn[k][t] = 1;
+    for (int64_t t = 0; t < nr; ++t) ids[k][p + nc + t] = r.ids[p + t], pos[k][p + nc + t] = p + t, attn[k][p + nc + t] = 1;
+    if (nc > 0 && nr > 0) sb[k] = p, se[k] = p + nc;  // the rejected tokens do not see the chosen ones
+    last[k] = k * L + p + nc - 1;
+    last[n + k] = k * L + (nr > 0 ? p + nc + nr - 1 : p - 1);
+    for (int64_t t = 0; t < nc; ++t) {  // chosen token p + t, predicted at p + t - 1
+      predictor.push_back(k * L + p + t - 1), target.push_back(c.ids[p + t]), sequence.push_back(k);
+    }
+    for (int64_t t = 0; t < nr; ++t) {  // rejected token p + t sits at p + nc + t, predicted by the previous one
+      predictor.push_back(k * L + (t == 0 ? p - 1 : p + nc + t - 1)), target.push_back(r.ids[p + t]), sequence.push_back(n + k);
+    }
+  }
+  out.predictor = torch::tensor(predictor, torch::kInt64);
+  out.target = torch::tensor(target, torch::kInt64);
+  out.sequence = torch::tensor(sequence, torch::kInt64);
+  return out;
+}
+
 std::vector<TokenizedExample> pack_examples(const std::vector<TokenizedExample>& examples, int64_t seq_len) {
   check(seq_len > 0, "pack_examples: seq_len must be positive, got " + std::to_string(seq_len));
   std::vector<TokenizedExample> rows;

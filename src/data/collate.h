@@ -4,6 +4,7 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <optional>
 #include <vector>
 
 #include "data/datasets.h"
@@ -41,6 +42,31 @@ struct TokenBatch {
 // or the example's own loss_mask); the token at t is predicted by the logits at t - 1, so the
 // losses shift. Error when `examples` is empty or pad_id < 0.
 TokenBatch collate(const std::vector<TokenizedExample>& examples, int32_t pad_id);
+
+// Preference pairs with each prompt computed once (for reward models and DPO, where most
+// tokens are prompt). Row k holds pair k's prompt, its chosen completion, then its rejected
+// one; the rejected tokens take the positions right after the prompt, as in a row of their
+// own, and do not see the chosen ones (the span [skip_begin, skip_end), a KeySkip of
+// model/transformer.h). Every completion token then gets the hidden state it would get in
+// its own row of `collate`: the same scores and log-probabilities, with a third fewer
+// tokens for a prompt as long as both completions together.
+struct SharedPromptBatch {
+  torch::Tensor input_ids, positions, attention_mask;  // (n, L) int64, right-padded
+  torch::Tensor skip_begin, skip_end;                  // (n) int64: the chosen completion
+  // (2n) int64: row * L + index of the last token of chosen k (at k) and rejected k (at
+  // n + k), where a reward model reads its score (the prompt's last token for an empty one).
+  torch::Tensor last;
+  // The completion tokens of both sides, flattened (N) int64: the row * L + index of the
+  // hidden state that predicts each (the previous token of its own sequence), the token, and
+  // its sequence (k: chosen of pair k, n + k: rejected).
+  torch::Tensor predictor, target, sequence;
+};
+
+// Empty (use `collate`) when some pair's two examples do not start with the same prompt
+// tokens (e.g. cut differently to fit max_length), a prompt is empty, or an example carries
+// its own loss mask. chosen[k] and rejected[k] form pair k.
+std::optional<SharedPromptBatch> collate_shared_prompt(const std::vector<TokenizedExample>& chosen,
+                                                       const std::vector<TokenizedExample>& rejected, int32_t pad_id);
 
 // Packs examples end to end into rows of `seq_len` tokens (SFT packing, TRL's "wrapped"
 // strategy: an example may continue on the next row; only the last row may be shorter).

@@ -52,13 +52,25 @@ Metrics train_dpo(DpoConfig cfg, bool resume, int64_t stop_after) {
   // (IPO averages per token).
   struct Logps { torch::Tensor chosen, rejected, chosen_len, rejected_len; };
   auto logps = [&](Transformer& model, const std::vector<TokPair>& set, const std::vector<size_t>& idx) {
+    const int64_t n = idx.size();
+    if (cfg.share_prompt) {  // each prompt once, logits only where a completion token is predicted
+      std::vector<TokenizedExample> chosen, rejected;
+      for (size_t i : idx) chosen.push_back(set[i].chosen), rejected.push_back(set[i].rejected);
+      if (auto b = collate_shared_prompt(chosen, rejected, pad)) {
+        auto logits = model->logits(shared_prompt_hidden(model, *b, dev).index_select(0, b->predictor.to(dev)));  // (N, V)
+        auto token_lp = logits.gather(1, b->target.to(dev).unsqueeze(1)).squeeze(1) - logits.logsumexp(1);
+        const auto seq = b->sequence.to(dev);
+        auto lp = torch::zeros({2 * n}, token_lp.options()).index_add(0, seq, token_lp);
+        auto len = torch::zeros({2 * n}, token_lp.options()).index_add(0, seq, torch::ones_like(token_lp));
+        return Logps{lp.narrow(0, 0, n), lp.narrow(0, n, n), len.narrow(0, 0, n), len.narrow(0, n, n)};
+      }
+    }
     std::vector<TokenizedExample> xs;
     for (size_t i : idx) xs.push_back(set[i].chosen);
     for (size_t i : idx) xs.push_back(set[i].rejected);
     auto b = to_device(collate(xs, pad), dev);
     auto lp = sequence_logprobs(model->forward(b.input_ids, {}, b.attention_mask), b.input_ids, b.loss_mask);
     auto len = b.loss_mask.sum(1);
-    const int64_t n = idx.size();
     return Logps{lp.narrow(0, 0, n), lp.narrow(0, n, n), len.narrow(0, 0, n), len.narrow(0, n, n)};
   };
 

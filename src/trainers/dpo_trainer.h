@@ -15,6 +15,7 @@ struct DpoConfig {
   double label_smoothing = 0.0;
   std::string loss_type = "sigmoid";
   std::string data_format = "auto";
+  bool share_prompt = true;        // chosen and rejected in one row after one prompt (data/collate.h)
 
   DpoConfig() {
     train.run_dir = "runs/dpo";
@@ -28,6 +29,7 @@ struct DpoConfig {
     v("label_smoothing", label_smoothing, "Assumed label noise (conservative DPO); 0: plain DPO");
     v("loss_type", loss_type, "sigmoid (DPO) or ipo");
     v("data_format", data_format, "auto (by the fields of the first line), preferences or rankings");
+    v("share_prompt", share_prompt, "Compute each pair's prompt once for both completions (the same results, fewer tokens); false: a row per completion");
   }
 };
 

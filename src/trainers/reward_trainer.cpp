@@ -120,12 +120,17 @@ Metrics train_reward_model(RewardConfig cfg, bool resume, int64_t stop_after) {
 
   // 3. Bradley-Terry on (chosen, rejected) scored in one batch.
   auto pair_losses = [&](const std::vector<TokPair>& set, const std::vector<size_t>& idx) {
-    std::vector<TokenizedExample> xs;
+    std::vector<TokenizedExample> chosen, rejected;
     std::vector<double> margins;
-    for (size_t i : idx) xs.push_back(set[i].chosen);
-    for (size_t i : idx) xs.push_back(set[i].rejected);
+    for (size_t i : idx) chosen.push_back(set[i].chosen), rejected.push_back(set[i].rejected);
     for (size_t i : idx) margins.push_back(set[i].margin);
-    auto r = raw_scores(rm.model, xs, pad, dev);  // (2n)
+    torch::Tensor r;  // (2n): chosen then rejected
+    if (auto shared = cfg.share_prompt ? collate_shared_prompt(chosen, rejected, pad) : std::nullopt)
+      r = rm.model->score_head(shared_prompt_hidden(rm.model, *shared, dev).index_select(0, shared->last.to(dev))).squeeze(-1);
+    else {
+      chosen.insert(chosen.end(), rejected.begin(), rejected.end());
+      r = raw_scores(rm.model, chosen, pad, dev);
+    }
     const int64_t n = idx.size();
     auto rc = r.narrow(0, 0, n), rr = r.narrow(0, n, n);
     auto margin = torch::tensor(margins, torch::kFloat64).to(torch::kFloat32).to(dev);

@@ -15,6 +15,7 @@ struct RewardConfig {
   TrainConfig train;
   std::string data_format = "auto";  // auto | preferences | rankings
   bool group_by_prompt = false;      // all pairs of one prompt in one batch (batch_size counts prompts)
+  bool share_prompt = true;          // chosen and rejected in one row after one prompt (data/collate.h)
   int64_t norm_samples = 64;         // reference-policy samples for reward normalization; 0: off
   int64_t norm_max_new_tokens = 64;
 
@@ -27,6 +28,7 @@ struct RewardConfig {
     visit_train_fields(train, v);
     v("data_format", data_format, "auto (by the fields of the first line), preferences or rankings");
     v("group_by_prompt", group_by_prompt, "Keep all pairs of one prompt in one batch; batch_size then counts prompts");
+    v("share_prompt", share_prompt, "Compute each pair's prompt once for both completions (the same results, fewer tokens); false: a row per completion");
     v("norm_samples", norm_samples, "Samples of the reference policy (`model`) for reward normalization; 0: off");
     v("norm_max_new_tokens", norm_max_new_tokens, "Length of those samples");
   }

@@ -38,6 +38,14 @@ inline TokenBatch to_device(TokenBatch b, torch::Device d) {
   return b;
 }
 
+// Hidden states of a batch of prompt-sharing pairs (data/collate.h), flattened to
+// (n * L, C) so SharedPromptBatch's flat indices pick rows of it.
+inline torch::Tensor shared_prompt_hidden(Transformer& model, const SharedPromptBatch& b, torch::Device dev) {
+  const KeySkip skip{b.skip_begin.to(dev), b.skip_end.to(dev)};
+  auto h = model->hidden_states(b.input_ids.to(dev), b.positions.to(dev), b.attention_mask.to(dev), nullptr, &skip);
+  return h.reshape({-1, h.size(-1)});
+}
+
 // The pad id for training batches: the tokenizer's pad, else its EOS (masked either way).
 inline int32_t training_pad_id(const Tokenizer& tok) { return tok.pad_id() >= 0 ? tok.pad_id() : std::max(tok.eos_id(), 0); }
 

@@ -192,6 +192,71 @@ TEST(Trainers, DpoRaisesTheChosenMargin) {
   for (const auto& [name, t] : before) EXPECT_TRUE(torch::equal(t, after.at(name))) << name;
 }
 
+// One row per pair (prompt once, chosen, rejected skipping the chosen) gives the losses,
+// metrics and weights of one row per completion, for both trainers.
+TEST(Trainers, SharedPromptEqualsARowPerCompletion) {
+  test::TempDir tmp;
+  {
+    const std::vector<std::string> words{"the", "dog", "ran", "to", "a", "big", "tree", "and", "saw", "Lily", "ball", "red"};
+    std::mt19937_64 rng(5);
+    auto text = [&](int n) {
+      std::string t;
+      for (int k = 0; k < n; ++k) t += " " + words[rng() % words.size()];
+      return t;
+    };
+    std::string out;
+    for (int i = 0; i < 48; ++i)  // prompts and completions of different lengths, an empty completion
+      out += json{{"prompt", "Once upon a time" + text(1 + rng() % 12)},
+                  {"chosen", i == 5 ? std::string() : text(1 + rng() % 10)}, {"rejected", text(1 + rng() % 14)}}.dump() + "\n";
+    write_file_atomic(tmp / "prefs.jsonl", out);
+  }
+  // Metrics to float rounding (2e-5: four steps apart); weights to 5% of what training moved them (Adam's update
+  // is about lr for any gradient, so rounding-level gradient differences show at that scale).
+  const auto start = load_model(stories()).model->weights();
+  auto compare = [&](const std::string& a, const std::string& b, const std::vector<std::string>& keys) {
+    auto ma = read_metrics(tmp / a), mb = read_metrics(tmp / b);
+    ASSERT_EQ(ma.size(), mb.size());
+    for (size_t i = 0; i < ma.size(); ++i)
+      for (const auto& k : keys)
+        if (ma[i].contains(k)) {
+          const double x = ma[i][k].get<double>(), y = mb[i][k].get<double>();
+          EXPECT_NEAR(x, y, 2e-5 * std::max(1.0, std::abs(y))) << k << " at line " << i;
+        }
+    auto wa = read_safetensors(tmp / a / "model" / "model.safetensors");
+    auto wb = read_safetensors(tmp / b / "model" / "model.safetensors");
+    for (const auto& [name, t] : wa) {
+      if (!start.contains(name)) continue;  // the reward head starts random
+      const double moved = (wb.at(name) - start.at(name)).abs().max().item<double>();
+      EXPECT_GT(moved, 0.0) << name;
+      EXPECT_LT((t - wb.at(name)).abs().max().item<double>(), 0.05 * moved) << name;
+    }
+  };
+  for (const bool share : {true, false}) {
+    RewardConfig r;
+    r.train.model = stories();
+    r.train.train_data = (tmp / "prefs.jsonl").string();
+    r.train.eval_fraction = 0.25;
+    r.train.run_dir = (tmp / ("rm" + std::to_string(share))).string();
+    r.train.batch_size = 6;
+    r.train.max_steps = 4;
+    r.train.lr = 3e-3;
+    r.train.max_length = 64;
+    r.train.progress = false;
+    r.norm_samples = 0;
+    r.share_prompt = share;
+    train_reward_model(r, false);
+    DpoConfig d;
+    d.train = r.train;
+    d.train.run_dir = (tmp / ("dpo" + std::to_string(share))).string();
+    d.train.lr = 1e-3;
+    d.share_prompt = share;
+    train_dpo(d, false);
+  }
+  compare("rm1", "rm0", {"loss", "accuracy", "margin", "eval/loss", "eval/accuracy", "eval/margin"});
+  compare("dpo1", "dpo0", {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected",
+                           "eval/loss", "eval/logps/chosen"});
+}
+
 TEST(Trainers, SftRunsInBfloat16) {
   test::TempDir tmp;
   write_shakespeare_sft(tmp / "sft.jsonl", 0, 32);
