@@ -15,6 +15,7 @@
 #include "model/model.h"
 #include "model/safetensors.h"
 #include "train/config_fields.h"
+#include "train/side_by_side.h"
 #include "trainers/reward_trainer.h"
 #include "trainers/trainer_util.h"
 
@@ -43,7 +44,8 @@ struct Rollout {
 std::pair<torch::Tensor, torch::Tensor> response_logprobs(Transformer& m, const Rollout& r, const torch::Tensor& rows,
                                                           double temperature) {
   auto ids = r.ids.index_select(0, rows), mask = r.mask.index_select(0, rows);
-  auto logits = m->forward(ids, positions_from_mask(mask), mask).narrow(1, r.P - 1, r.R) / temperature;
+  // The LM head only where a response token is predicted (not over the prompt).
+  auto logits = m->logits(m->hidden_states(ids, positions_from_mask(mask), mask).narrow(1, r.P - 1, r.R)) / temperature;
   auto targets = ids.narrow(1, r.P, r.R);
   auto logp = torch::log_softmax(logits, -1).gather(2, targets.unsqueeze(-1)).squeeze(-1);
   return {logp, logits};
@@ -52,7 +54,7 @@ std::pair<torch::Tensor, torch::Tensor> response_logprobs(Transformer& m, const 
 // Values V(s_t) (B, R): the value head at the position before each response token.
 torch::Tensor response_values(Transformer& v, const Rollout& r, const torch::Tensor& rows) {
   auto ids = r.ids.index_select(0, rows), mask = r.mask.index_select(0, rows);
-  return v->token_scores(ids, mask).select(2, 0).narrow(1, r.P - 1, r.R);
+  return v->score_head(v->hidden_states(ids, positions_from_mask(mask), mask).narrow(1, r.P - 1, r.R)).select(2, 0);
 }
 
 // A value model: the reward model (head and all), or the policy's backbone with a zero head.
@@ -227,8 +229,9 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
     const auto all_rows = torch::arange(B, torch::TensorOptions().dtype(torch::kLong).device(dev));
     {
       torch::NoGradGuard ng;
-      old_logp = response_logprobs(policy.model, r, all_rows, cfg.temperature).first;
-      ref_logp = response_logprobs(ref.model, r, all_rows, cfg.temperature).first;
+      // Three independent forwards: two side by side (train/side_by_side.h), then the third.
+      side_by_side([&] { old_logp = response_logprobs(policy.model, r, all_rows, cfg.temperature).first; },
+                   [&] { ref_logp = response_logprobs(ref.model, r, all_rows, cfg.temperature).first; });
       old_values = response_values(value, r, all_rows);
     }
     const double gap = ((old_logp.to(torch::kCPU) - r.gen_logprobs) * r.response_mask.to(torch::kCPU)).abs().max().item<double>();
@@ -263,19 +266,33 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
           std::vector<int64_t> idx(order.begin() + mb * mb_size + k * micro, order.begin() + mb * mb_size + (k + 1) * micro);
           auto rows = torch::tensor(idx, torch::kLong).to(dev);
           auto mask = r.response_mask.index_select(0, rows);
-          auto [logp, logits] = response_logprobs(policy.model, r, rows, cfg.temperature);
-          auto pl = ppo_policy_loss(logp, old_logp.index_select(0, rows), advantages.index_select(0, rows), mask, cfg.clip_range);
+          // The policy's and the value model's losses share nothing (separate models, one
+          // optimizer): their forwards and backwards run side by side on the CPU, each
+          // backward giving exactly its part of the gradient of
+          // pg_loss + vf_coef * vf_loss - ent_coef * entropy.
+          PolicyLossOutput pl;
+          ValueLossOutput vl;
+          torch::Tensor entropy;
+          const double scale = 1.0 / double(tc.grad_accum_steps);
+          auto policy_part = [&] {
+            auto [logp, logits] = response_logprobs(policy.model, r, rows, cfg.temperature);
+            pl = ppo_policy_loss(logp, old_logp.index_select(0, rows), advantages.index_select(0, rows), mask, cfg.clip_range);
+            entropy = entropy_from_logits(logits, mask);
+            ((pl.loss - cfg.ent_coef * entropy) * scale).backward();
+          };
+          auto value_part = [&] {
+            auto vals = response_values(value, r, rows);
+            vl = ppo_value_loss(vals, old_values.index_select(0, rows), adv.returns.index_select(0, rows), mask,
+                                cfg.clip_range_value);
+            (vl.loss * (cfg.vf_coef * scale)).backward();
+          };
+          if (dev.is_cpu()) side_by_side(policy_part, value_part);
+          else policy_part(), value_part();
           if (epoch == 0 && mb == 0 && k == 0) {
             const double off = std::max(std::abs(pl.ratio_max.item<double>() - 1), std::abs(pl.ratio_min.item<double>() - 1));
             check(off <= cfg.logprob_tolerance, "ppo: the probability ratio on the first minibatch is not 1 (off by " +
                                                     std::to_string(off) + "): rollout and update see different models");
           }
-          auto vals = response_values(value, r, rows);
-          auto vl = ppo_value_loss(vals, old_values.index_select(0, rows), adv.returns.index_select(0, rows), mask,
-                                   cfg.clip_range_value);
-          auto entropy = entropy_from_logits(logits, mask);
-          auto loss = pl.loss + cfg.vf_coef * vl.loss - cfg.ent_coef * entropy;
-          (loss / double(tc.grad_accum_steps)).backward();
           sums["loss/policy"] += pl.loss.item<double>();
           sums["loss/value"] += vl.loss.item<double>();
           sums["policy/clipfrac"] += pl.clipfrac.item<double>();
