@@ -6,8 +6,6 @@
 // tokens, right-padded rows of LENGTH tokens. Prints seconds per forward+backward; with
 // --profile, libtorch's per-operator self times (ms per step); with --attention, our attention
 // kernel alone at the model's head shape, forward and backward.
-#include <torch/csrc/autograd/profiler_legacy.h>
-
 #include <algorithm>
 #include <chrono>
 #include <iostream>
@@ -16,6 +14,7 @@
 #include "model/attention_kernel.h"
 #include "model/cpu_kernels.h"
 #include "model/model.h"
+#include "train/profile.h"
 
 int main(int argc, char** argv) {
   if (argc < 4) {
@@ -79,33 +78,9 @@ int main(int argc, char** argv) {
                 << std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count() / iters << "\n";
     }
     if (!profile) return 0;
-    using namespace torch::autograd::profiler;
-    enableProfilerLegacy(ProfilerConfig(ProfilerState::CPU));
+    rlhf::start_profile();
     for (int i = 0; i < iters; ++i) step();
-    auto lists = disableProfilerLegacy();
-    // Self time: each event's duration less that of the events nested directly in it.
-    std::map<std::string, double> self_us;
-    for (auto& list : lists) {
-      std::vector<std::pair<const LegacyEvent*, double>> stack;  // open push events, child time
-      for (auto& e : list) {
-        if (e.kind() == EventKind::PushRange) {
-          stack.push_back({&e, 0.0});
-        } else if (e.kind() == EventKind::PopRange && !stack.empty()) {
-          auto [start, child] = stack.back();
-          stack.pop_back();
-          const double d = start->cpuElapsedUs(e);
-          self_us[start->name()] += d - child;
-          if (!stack.empty()) stack.back().second += d;
-        }
-      }
-    }
-    std::vector<std::pair<double, std::string>> rows;
-    double total = 0;
-    for (auto& [n, us] : self_us) rows.push_back({us / 1000.0 / iters, n}), total += us / 1000.0 / iters;
-    std::sort(rows.rbegin(), rows.rend());
-    std::cout << "self ms per step (total " << total << "):\n";
-    for (size_t i = 0; i < std::min<size_t>(rows.size(), 30); ++i)
-      std::cout << "  " << rows[i].first << "  " << rows[i].second << "\n";
+    rlhf::stop_profile(std::cout, iters);
   } catch (const std::exception& e) {
     std::cerr << "bench_step: " << e.what() << "\n";
     return 1;

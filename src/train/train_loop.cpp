@@ -7,12 +7,14 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <sstream>
 
 #include "core/error.h"
 #include "core/io.h"
 #include "model/safetensors.h"
+#include "train/profile.h"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -144,6 +146,7 @@ Metrics TrainLoop::run(const TrainHooks& hooks, bool resume, int64_t stop_after)
   Metrics last;
   for (int64_t step = start; step < total_steps_; ++step) {
     const auto ts = std::chrono::steady_clock::now();
+    std::optional<StepProfiler> profile(std::in_place, step + 1);  // RLHF_PROFILE=N (train/profile.h)
     const auto examples = step_examples(step);
     const double count = hooks.count(examples);
     check(count > 0, "step " + std::to_string(step + 1) + ": the batch has nothing to train on");
@@ -161,6 +164,7 @@ Metrics TrainLoop::run(const TrainHooks& hooks, bool resume, int64_t stop_after)
     const double grad_norm = clip_grad_norm(params_, cfg_.max_grad_norm);
     const double lr = lr_at(step, total_steps_, cfg_.warmup_steps, cfg_.lr, cfg_.lr_schedule);
     optimizer_.step(lr);
+    profile.reset();
 
     Metrics m{{"step", double(step + 1)}, {"loss", loss_sum / count}, {"lr", lr}, {"grad_norm", grad_norm},
               {"epoch", double(step) / double(steps_per_epoch_)}};

@@ -15,6 +15,7 @@
 #include "model/model.h"
 #include "model/safetensors.h"
 #include "train/config_fields.h"
+#include "train/profile.h"
 #include "train/side_by_side.h"
 #include "trainers/reward_trainer.h"
 #include "trainers/trainer_util.h"
@@ -155,6 +156,7 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
   Metrics last;
   for (int64_t it = start; it < iterations; ++it) {
     Metrics m{{"step", double(it + 1)}, {"kl_coef", kl_ctl->value()}};
+    const StepProfiler profile(it + 1);  // RLHF_PROFILE=N (train/profile.h)
     // 3. Rollout: prompts of this iteration (seeded order), sampled with the fast generator.
     auto t0 = Clock::now();
     std::mt19937_64 rng(static_cast<uint64_t>(tc.seed) * 1000003ull + static_cast<uint64_t>(it));
