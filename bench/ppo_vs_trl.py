@@ -83,6 +83,8 @@ def trl_worker(cfg):
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     import torch, transformers, trl
+    if cfg["flush_denormal"]:  # before any parallel op, so OpenMP's threads inherit the mode
+        torch.set_flush_denormal(True)
     from datasets import Dataset
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(cfg["threads"])
@@ -184,6 +186,8 @@ def main():
     ap.add_argument("--trl-ppo-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "rlhf-bench",
                                                           f"trl-{TRL_PPO_VERSION}"),
                     help=f"unpacked TRL {TRL_PPO_VERSION} (fetched with pip download if missing)")
+    ap.add_argument("--trl-flush-denormal", action="store_true",
+                    help="torch.set_flush_denormal(True) for TRL (rlhf.cpp flushes denormals; TRL does not by default)")
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
     ap.add_argument("--trl-worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -201,7 +205,8 @@ def main():
           f"(PPOTrainer from trl {TRL_PPO_VERSION}), datasets {datasets.__version__}")
     print(f"model stories260K; rollout batch {args.rollout_batch}, {args.minibatches} minibatches, "
           f"{args.ppo_epochs} PPO epochs, {args.max_new_tokens} new tokens, temperature 1, {args.iterations} "
-          f"iterations (median of 2..{args.iterations}); float32; TRL attention {args.trl_attn}", flush=True)
+          f"iterations (median of 2..{args.iterations}); float32; TRL attention {args.trl_attn}; "
+          f"TRL flush denormals {args.trl_flush_denormal}", flush=True)
     rlhf = os.path.join(args.build, "bin", "rlhf")
     with tempfile.TemporaryDirectory() as tmp:
         policy, prefs, rm_dir = os.path.join(tmp, "policy"), os.path.join(tmp, "prefs.jsonl"), os.path.join(tmp, "rm")
@@ -219,7 +224,7 @@ def main():
             cfg = dict(policy=policy, rm=rm, out=os.path.join(tmp, f"trl{r}"), threads=args.threads,
                        rollout_batch=args.rollout_batch, minibatches=args.minibatches, ppo_epochs=args.ppo_epochs,
                        max_new_tokens=args.max_new_tokens, max_prompt_length=args.max_prompt_length,
-                       iterations=args.iterations, attn=args.trl_attn)
+                       iterations=args.iterations, attn=args.trl_attn, flush_denormal=args.trl_flush_denormal)
             theirs.append(run_trl(trl_dir, cfg, args.threads))
             f = lambda x: f"{x['total']:.3f} s/it" if x else "FAILED"
             print(f"round {r + 1}: rlhf.cpp {f(ours[-1])}, TRL {f(theirs[-1])}", flush=True)

@@ -176,6 +176,10 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--trl-attn", default="sdpa", choices=["sdpa", "eager"],
                     help="attention of the transformers model TRL trains (sdpa: transformers' default)")
+    ap.add_argument("--trl-flush-denormal", action="store_true",
+                    help="torch.set_flush_denormal(True) for TRL (rlhf.cpp flushes denormals; TRL does not by default)")
+    ap.add_argument("--share-prompt", default="true", choices=["true", "false"],
+                    help="rlhf.cpp computes each pair's prompt once (its default) or a row per completion")
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
     args = ap.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -184,6 +188,8 @@ def main():
     import warnings
     warnings.filterwarnings("ignore", category=FutureWarning)
     import torch, transformers, trl, datasets
+    if args.trl_flush_denormal:  # before any parallel op, so OpenMP's threads inherit the mode
+        torch.set_flush_denormal(True)
     transformers.logging.set_verbosity_error()
     datasets.disable_progress_bars()
     torch.set_num_threads(args.threads)
@@ -195,7 +201,8 @@ def main():
           f"datasets {datasets.__version__}")
     print(f"model stories260K; batch {args.batch_size} pairs, max_length {args.max_length}, {args.steps} steps "
           f"(median of steps {WARMUP + 1}..{args.steps}), {args.pairs} HH-RLHF pairs; float32, AdamW, clip 1.0; "
-          f"TRL attention {args.trl_attn}",
+          f"TRL attention {args.trl_attn}; rlhf.cpp share_prompt {args.share_prompt}; "
+          f"TRL flush denormals {args.trl_flush_denormal}",
           flush=True)
     rlhf = os.path.join(args.build, "bin", "rlhf")
 
@@ -211,7 +218,8 @@ def main():
                 f.write(json.dumps(p) + "\n")
 
         common = ["--model", hf_dir, "--train-data", prefs, "--max-steps", str(args.steps),
-                  "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--progress", "false"]
+                  "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--progress", "false",
+                  "--share-prompt", args.share_prompt]
         stages = ("reward model", "DPO")
         ours, theirs = {s: [] for s in stages}, {s: [] for s in stages}
         for r in range(args.rounds):  # interleaved, so that a busy spell on the machine hits both sides
