@@ -214,9 +214,26 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
     r.response_mask = r.response_mask.to(dev);
     m["response_length"] = length_sum / B;
 
-    // 4. Score: reward model on the texts; responses that never ended get the penalty (#12).
+    // 4. Score: the reward on the texts (on this thread, side by side with the value model's
+    // forward, train/side_by_side.h); the policy's old and the reference's log-probs side by
+    // side; responses that never ended get the penalty (#12).
     t0 = Clock::now();
-    auto raw_scores = reward(prompt_texts, responses, response_tokens);
+    torch::Tensor old_logp, ref_logp, old_values;
+    std::vector<double> raw_scores;
+    const auto all_rows = torch::arange(B, torch::TensorOptions().dtype(torch::kLong).device(dev));
+    {
+      torch::NoGradGuard ng;
+      auto values_part = [&] { old_values = response_values(value, r, all_rows); };
+      auto reward_part = [&] { raw_scores = reward(prompt_texts, responses, response_tokens); };
+      auto logprobs_part = [&] { old_logp = response_logprobs(policy.model, r, all_rows, cfg.temperature).first; };
+      auto ref_part = [&] { ref_logp = response_logprobs(ref.model, r, all_rows, cfg.temperature).first; };
+      if (dev.is_cpu()) {
+        side_by_side(values_part, reward_part);
+        side_by_side(logprobs_part, ref_part);
+      } else {
+        reward_part(), logprobs_part(), ref_part(), values_part();
+      }
+    }
     auto scores = torch::tensor(std::vector<double>(raw_scores.begin(), raw_scores.end()), torch::kFloat64).to(torch::kFloat32);
     m["objective/scores"] = scores.mean().item<double>();
     if (rollout_metrics)
@@ -226,16 +243,6 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
                                    cfg.missing_eos_penalty);
     scores = scores.to(dev);
 
-    // 5. Old logprobs (policy), reference logprobs, values; the generator/trainer guard.
-    torch::Tensor old_logp, ref_logp, old_values;
-    const auto all_rows = torch::arange(B, torch::TensorOptions().dtype(torch::kLong).device(dev));
-    {
-      torch::NoGradGuard ng;
-      // Three independent forwards: two side by side (train/side_by_side.h), then the third.
-      side_by_side([&] { old_logp = response_logprobs(policy.model, r, all_rows, cfg.temperature).first; },
-                   [&] { ref_logp = response_logprobs(ref.model, r, all_rows, cfg.temperature).first; });
-      old_values = response_values(value, r, all_rows);
-    }
     const double gap = ((old_logp.to(torch::kCPU) - r.gen_logprobs) * r.response_mask.to(torch::kCPU)).abs().max().item<double>();
     check(gap <= cfg.logprob_tolerance,
           "ppo: the generator's and the trainer's log-probabilities differ by " + std::to_string(gap) +

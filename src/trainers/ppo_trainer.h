@@ -68,7 +68,8 @@ struct PpoConfig {
   }
 };
 
-// Scores (B) of responses to prompts; the reward model on the CLI, anything in tests.
+// Scores (B) of responses to prompts; the reward model on the CLI, anything in tests. Called
+// on the calling thread, while the value model's forward runs on a helper thread.
 using RewardFn = std::function<std::vector<double>(const std::vector<std::string>& prompts,
                                                    const std::vector<std::string>& responses,
                                                    const std::vector<std::vector<int32_t>>& response_tokens)>;
