@@ -38,24 +38,40 @@ struct Rollout {
   torch::Tensor response_mask;  // (B, R) float, 1 = generated token
   int64_t P = 0, R = 0;
   torch::Tensor gen_logprobs;   // (B, R) as the generator reported them
+  std::vector<int64_t> first;   // (B) column of each row's first prompt token (left padding before it)
 };
+
+// The ids and mask of some rows without the left-padding columns they all share (a
+// minibatch's prompts are often shorter than the rollout's longest, and padding columns
+// cost the products as much as tokens do); P: their prompt columns.
+struct RowView {
+  torch::Tensor ids, mask;
+  int64_t P;
+};
+RowView view_rows(const Rollout& r, const torch::Tensor& rows) {
+  auto rows_cpu = rows.to(torch::kCPU);
+  int64_t lead = r.P;
+  for (int64_t i = 0; i < rows_cpu.size(0); ++i) lead = std::min(lead, r.first[rows_cpu[i].item<int64_t>()]);
+  const int64_t width = r.P + r.R - lead;
+  return {r.ids.index_select(0, rows).narrow(1, lead, width), r.mask.index_select(0, rows).narrow(1, lead, width), r.P - lead};
+}
 
 // Log-probs (B, R) of the response tokens and the logits (B, R, V) that scored them, at the
 // sampling temperature (PPO_DETAILS #3).
 std::pair<torch::Tensor, torch::Tensor> response_logprobs(Transformer& m, const Rollout& r, const torch::Tensor& rows,
                                                           double temperature) {
-  auto ids = r.ids.index_select(0, rows), mask = r.mask.index_select(0, rows);
+  const auto [ids, mask, P] = view_rows(r, rows);
   // The LM head only where a response token is predicted (not over the prompt).
-  auto logits = m->logits(m->hidden_states(ids, positions_from_mask(mask), mask).narrow(1, r.P - 1, r.R)) / temperature;
-  auto targets = ids.narrow(1, r.P, r.R);
+  auto logits = m->logits(m->hidden_states(ids, positions_from_mask(mask), mask).narrow(1, P - 1, r.R)) / temperature;
+  auto targets = ids.narrow(1, P, r.R);
   auto logp = torch::log_softmax(logits, -1).gather(2, targets.unsqueeze(-1)).squeeze(-1);
   return {logp, logits};
 }
 
 // Values V(s_t) (B, R): the value head at the position before each response token.
 torch::Tensor response_values(Transformer& v, const Rollout& r, const torch::Tensor& rows) {
-  auto ids = r.ids.index_select(0, rows), mask = r.mask.index_select(0, rows);
-  return v->score_head(v->hidden_states(ids, positions_from_mask(mask), mask).narrow(1, r.P - 1, r.R)).select(2, 0);
+  const auto [ids, mask, P] = view_rows(r, rows);
+  return v->score_head(v->hidden_states(ids, positions_from_mask(mask), mask).narrow(1, P - 1, r.R)).select(2, 0);
 }
 
 // A value model: the reward model (head and all), or the policy's backbone with a zero head.
@@ -196,6 +212,7 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
     for (int64_t b = 0; b < B; ++b) {
       const auto& p = prompt_ids[b];
       const auto& gn = gens[b];
+      r.first.push_back(r.P - static_cast<int64_t>(p.size()));
       for (size_t i = 0; i < p.size(); ++i) r.ids[b][r.P - p.size() + i] = p[i];
       r.mask[b].narrow(0, r.P - p.size(), p.size()).fill_(1);
       for (size_t i = 0; i < gn.tokens.size(); ++i) {
