@@ -247,10 +247,10 @@ torch::Tensor TransformerImpl::hidden_states(const torch::Tensor& tokens, const 
     return a;
   };
   // Our CPU kernel when each row's real tokens are one run (right, left or no padding):
-  // causal attention over [first real token, i]. Real rows see exactly what the mask gives
-  // them; only rows of right padding differ (they also see the pads before them), and their
-  // outputs are unused. Decoding (one new token per row, no gradients) takes the same window
-  // from the cache.
+  // causal attention over [first real token, i], with a skipped span when given. Real rows
+  // see exactly what the mask gives them; rows of right padding attend to nothing (output 0,
+  // no work; the mask path gives them something else), and their outputs are unused.
+  // Decoding (one new token per row, no gradients) takes the same window from the cache.
   const bool prefill = T > 1 && past == 0, decode = T == 1 && past > 0 && cache && !torch::GradMode::is_enabled();
   AttentionWindows windows;
   if ((prefill || decode) && causal_attention_cpu_applies(x, cfg_.head_dim)) windows = row_windows(attention_mask, B);

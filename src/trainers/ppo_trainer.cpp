@@ -49,9 +49,10 @@ struct RowView {
   int64_t P;
 };
 RowView view_rows(const Rollout& r, const torch::Tensor& rows) {
-  auto rows_cpu = rows.to(torch::kCPU);
-  int64_t lead = r.P;
-  for (int64_t i = 0; i < rows_cpu.size(0); ++i) lead = std::min(lead, r.first[rows_cpu[i].item<int64_t>()]);
+  const auto rows_cpu = rows.to(torch::kCPU, torch::kLong).contiguous();
+  const int64_t* row = rows_cpu.data_ptr<int64_t>();
+  int64_t lead = std::max<int64_t>(0, r.P - 1);  // keep the column that predicts the first response token
+  for (int64_t i = 0; i < rows_cpu.numel(); ++i) lead = std::min(lead, r.first[row[i]]);
   const int64_t width = r.P + r.R - lead;
   return {r.ids.index_select(0, rows).narrow(1, lead, width), r.mask.index_select(0, rows).narrow(1, lead, width), r.P - lead};
 }
