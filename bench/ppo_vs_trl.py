@@ -227,7 +227,8 @@ def main():
                        iterations=args.iterations, attn=args.trl_attn, flush_denormal=args.trl_flush_denormal)
             theirs.append(run_trl(trl_dir, cfg, args.threads))
             f = lambda x: f"{x['total']:.3f} s/it" if x else "FAILED"
-            print(f"round {r + 1}: rlhf.cpp {f(ours[-1])}, TRL {f(theirs[-1])}", flush=True)
+            ratio = f" ({theirs[-1]['total'] / ours[-1]['total']:.2f}x)" if ours[-1] and theirs[-1] else ""
+            print(f"round {r + 1}: rlhf.cpp {f(ours[-1])}, TRL {f(theirs[-1])}{ratio}", flush=True)
 
     best = lambda runs: min((x for x in runs if x), key=lambda x: x["total"], default=None)
     o, t = best(ours), best(theirs)

@@ -237,7 +237,8 @@ def main():
             line = f"round {r + 1}:"
             for s in stages:
                 o, t = ours[s][-1], theirs[s][-1]
-                line += f"  {s} rlhf.cpp {o['s_per_step']:.3f} s/step, TRL {t['s_per_step']:.3f}" if o else \
+                line += (f"  {s} rlhf.cpp {o['s_per_step']:.3f} s/step, TRL {t['s_per_step']:.3f} "
+                         f"({t['s_per_step'] / o['s_per_step']:.2f}x)") if o else \
                         f"  {s} rlhf.cpp FAILED, TRL {t['s_per_step']:.3f}"
             print(line, flush=True)
 
