@@ -210,8 +210,9 @@ TEST(Trainers, SharedPromptEqualsARowPerCompletion) {
                   {"chosen", i == 5 ? std::string() : text(1 + rng() % 10)}, {"rejected", text(1 + rng() % 14)}}.dump() + "\n";
     write_file_atomic(tmp / "prefs.jsonl", out);
   }
-  // Metrics to float rounding (2e-5: four steps apart); weights to 5% of what training moved them (Adam's update
-  // is about lr for any gradient, so rounding-level gradient differences show at that scale).
+  // The first step's metrics (same weights on both sides) to float rounding; later steps,
+  // after Adam has turned rounding-level gradient differences into updates of about lr
+  // either way, to 1e-4; weights to 5% of what training moved them.
   const auto start = load_model(stories()).model->weights();
   auto compare = [&](const std::string& a, const std::string& b, const std::vector<std::string>& keys) {
     auto ma = read_metrics(tmp / a), mb = read_metrics(tmp / b);
@@ -220,7 +221,7 @@ TEST(Trainers, SharedPromptEqualsARowPerCompletion) {
       for (const auto& k : keys)
         if (ma[i].contains(k)) {
           const double x = ma[i][k].get<double>(), y = mb[i][k].get<double>();
-          EXPECT_NEAR(x, y, 2e-5 * std::max(1.0, std::abs(y))) << k << " at line " << i;
+          EXPECT_NEAR(x, y, (i == 0 ? 2e-6 : 1e-4) * std::max(1.0, std::abs(y))) << k << " at line " << i;
         }
     auto wa = read_safetensors(tmp / a / "model" / "model.safetensors");
     auto wb = read_safetensors(tmp / b / "model" / "model.safetensors");
