@@ -151,6 +151,60 @@ RLHF_AVX512 void forward_block16(const float* qT, int64_t i0, int64_t nrows, int
   for (int64_t r = 0; r < nrows; ++r) lse[r] = m[r] + std::log(t[r]);
 }
 
+// The backward of forward_block16 for sixteen query rows of one head (head size 8), in two
+// passes over their keys [min(i0, start), i0 + nrows - 1]. Pass one, rows in lanes: the
+// probabilities P (recomputed from the log-sum-exps), dS = P (dP - delta), and dQ += dS K,
+// keeping P and dS per key in Ps, DSs (16 floats per key). Pass two, the rows unrolled:
+// dK_j += scale sum_r dS_rj q_r and dV_j += sum_r P_rj dO_r into row-major accumulators
+// dK, dV (T, 8). No horizontal sums anywhere. qT/gT (8, 16): rotated queries and output
+// gradients transposed; qR/gR (16, 8) the same row-major; delta, lse (16). Writes dQ
+// (unscaled by nothing: the full gradient) transposed to dqT (8, 16).
+RLHF_AVX512 void backward_block16(const float* qT, const float* gT, const float* qR, const float* gR, const float* delta,
+                                  const float* lse, int64_t i0, int64_t nrows, int64_t start, const float* kT,
+                                  const float* vT, int64_t ld, float scale, float* Ps, float* DSs, float* dqT, float* dK,
+                                  float* dV) {
+  constexpr int64_t kD = 8;
+  const __mmask16 valid = nrows >= kLanes ? __mmask16(0xFFFF) : __mmask16((1u << nrows) - 1);
+  __m512 q[kD], g[kD], dq[kD];
+  for (int64_t d = 0; d < kD; ++d) {
+    q[d] = _mm512_mul_ps(_mm512_loadu_ps(qT + d * kLanes), _mm512_set1_ps(scale));
+    g[d] = _mm512_loadu_ps(gT + d * kLanes);
+    dq[d] = _mm512_setzero_ps();
+  }
+  const __m512 l = _mm512_maskz_loadu_ps(valid, lse), e = _mm512_maskz_loadu_ps(valid, delta);
+  const __m512i row = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(i0)),
+                                       _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+  const __m512i first = _mm512_set1_epi32(static_cast<int>(start));
+  const int64_t jlo = std::min(i0, start), jhi = i0 + nrows - 1;
+  for (int64_t j = jlo; j <= jhi; ++j) {
+    __m512 sc = _mm512_setzero_ps(), dp = _mm512_setzero_ps();
+    for (int64_t d = 0; d < kD; ++d) {
+      sc = _mm512_fmadd_ps(q[d], _mm512_set1_ps(kT[d * ld + j]), sc);
+      dp = _mm512_fmadd_ps(g[d], _mm512_set1_ps(vT[d * ld + j]), dp);
+    }
+    const __m512i key = _mm512_set1_epi32(static_cast<int>(j));
+    const __mmask16 seen = _mm512_cmple_epi32_mask(key, row) &
+                           (_mm512_cmpge_epi32_mask(key, first) | _mm512_cmpeq_epi32_mask(key, row)) & valid;
+    const __m512 p = _mm512_maskz_mov_ps(seen, exp_nonpositive(_mm512_sub_ps(sc, l)));
+    const __m512 ds = _mm512_mul_ps(p, _mm512_sub_ps(dp, e));
+    for (int64_t d = 0; d < kD; ++d) dq[d] = _mm512_fmadd_ps(ds, _mm512_set1_ps(kT[d * ld + j]), dq[d]);
+    _mm512_storeu_ps(Ps + (j - jlo) * kLanes, p);
+    _mm512_storeu_ps(DSs + (j - jlo) * kLanes, ds);
+  }
+  for (int64_t d = 0; d < kD; ++d) _mm512_storeu_ps(dqT + d * kLanes, _mm512_mul_ps(dq[d], _mm512_set1_ps(scale)));
+  const __m256 sc8 = _mm256_set1_ps(scale);
+  for (int64_t j = jlo; j <= jhi; ++j) {
+    const float *pj = Ps + (j - jlo) * kLanes, *dsj = DSs + (j - jlo) * kLanes;
+    __m256 ak = _mm256_setzero_ps(), av = _mm256_setzero_ps();
+    for (int64_t r = std::max<int64_t>(0, j - i0); r < nrows; ++r) {  // rows before j do not see it
+      ak = _mm256_fmadd_ps(_mm256_set1_ps(dsj[r]), _mm256_loadu_ps(qR + r * kD), ak);
+      av = _mm256_fmadd_ps(_mm256_set1_ps(pj[r]), _mm256_loadu_ps(gR + r * kD), av);
+    }
+    _mm256_storeu_ps(dK + j * kD, _mm256_fmadd_ps(ak, sc8, _mm256_loadu_ps(dK + j * kD)));
+    _mm256_storeu_ps(dV + j * kD, _mm256_add_ps(av, _mm256_loadu_ps(dV + j * kD)));
+  }
+}
+
 using ForwardRow = float (*)(const float*, const float*, const float*, int64_t, int64_t, int64_t, float, float*, float*);
 using BackwardRow = void (*)(const float*, const float*, float, float, const float*, const float*, int64_t, int64_t,
                              int64_t, float, float*, float*, float*);
@@ -339,6 +393,7 @@ torch::Tensor attention_backward(const torch::Tensor& dout_in, const torch::Tens
     const avx512::FlushDenormals flush;
     std::vector<float> kT(s.D * ld, 0.0f), vT(s.D * ld, 0.0f), dkT(s.D * ld), dvT(s.D * ld);
     std::vector<float> k2T, v2T, dk2T, dv2T;  // with the skipped span dropped
+    std::vector<float> Ps(s.T * kLanes), DSs(s.T * kLanes), dKr(s.D == 8 ? s.T * 8 : 0), dVr(s.D == 8 ? s.T * 8 : 0);
     float qr[kMaxHeadDim], dqr[kMaxHeadDim], dk[kMaxHeadDim];
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / s.Hkv, g = task % s.Hkv;
@@ -353,8 +408,45 @@ torch::Tensor attention_backward(const torch::Tensor& dout_in, const torch::Tens
         drop_span(kT.data(), wb, s.D, s.T, ld, k2T.data());
         drop_span(vT.data(), wb, s.D, s.T, ld, v2T.data());
       }
-      for (int64_t h = g * s.G; h < (g + 1) * s.G; ++h)
-        for (int64_t i = 0; i < s.T; ++i) {
+      // Head size 8 without a skipped span: sixteen query rows per pass (backward_block16),
+      // dK and dV row-major in dKr, dVr.
+      const bool blocks = s.D == 8 && wb.skipped() == 0;
+      if (blocks) {
+        std::fill(dKr.begin(), dKr.end(), 0.0f);
+        std::fill(dVr.begin(), dVr.end(), 0.0f);
+      }
+      for (int64_t h = g * s.G; h < (g + 1) * s.G; ++h) {
+        int64_t done = 0;
+        if (blocks) {
+          alignas(64) float qT[8 * kLanes], gT[8 * kLanes], qR[kLanes * 8], gR[kLanes * 8], dqT[8 * kLanes];
+          alignas(64) float delta[kLanes];
+          for (int64_t i0 = 0; i0 < wb.end; i0 += kLanes) {
+            const int64_t n = std::min(kLanes, wb.end - i0);
+            for (int64_t r = 0; r < n; ++r) {
+              const int64_t i = i0 + r;
+              const float* gi = dO.at(b, i, h);
+              const float* oi = O.at(b, i, h);
+              delta[r] = 0.0f;  // rowsum(dO * O) = sum_j p_j dp_j
+              for (int64_t d = 0; d < 8; ++d) delta[r] += gi[d] * oi[d];
+              rope.apply(X.at(b, i, h), b, i, qR + r * 8);
+              for (int64_t d = 0; d < 8; ++d) {
+                gR[r * 8 + d] = gi[d];
+                qT[d * kLanes + r] = qR[r * 8 + d];
+                gT[d * kLanes + r] = gi[d];
+              }
+            }
+            for (int64_t r = n; r < kLanes; ++r)  // lanes past the last row: zeros
+              for (int64_t d = 0; d < 8; ++d) qT[d * kLanes + r] = gT[d * kLanes + r] = 0.0f;
+            backward_block16(qT, gT, qR, gR, delta, L + (b * s.H + h) * s.T + i0, i0, n, wb.start, kT.data(), vT.data(),
+                             ld, s.scale, Ps.data(), DSs.data(), dqT, dKr.data(), dVr.data());
+            for (int64_t r = 0; r < n; ++r) {
+              for (int64_t d = 0; d < 8; ++d) dqr[d] = dqT[d * kLanes + r];
+              rope.apply_transposed(dqr, b, i0 + r, DX + (b * dX.sb + (i0 + r) * dX.st + h * dX.sh));
+            }
+          }
+          done = wb.end;
+        }
+        for (int64_t i = done; i < s.T; ++i) {
           float* dq_out = DX + (b * dX.sb + i * dX.st + h * dX.sh);
           if (i >= wb.end) {  // right padding: its output was a constant 0
             std::fill(dq_out, dq_out + s.D, 0.0f);
@@ -374,6 +466,10 @@ torch::Tensor attention_backward(const torch::Tensor& dout_in, const torch::Tens
               dk_acc + lo, dv_acc + lo);
           rope.apply_transposed(dqr, b, i, dq_out);
         }
+      }
+      if (blocks)  // into the transposed accumulators the write-out below reads
+        for (int64_t t = 0; t < s.T; ++t)
+          for (int64_t d = 0; d < 8; ++d) dkT[d * ld + t] = dKr[t * 8 + d], dvT[d * ld + t] = dVr[t * 8 + d];
       if (wb.skipped() > 0)  // the rows after the span saw its neighbours at shifted columns
         for (int64_t d = 0; d < s.D; ++d)
           for (int64_t j = 0; j < s.T - wb.skipped(); ++j) {
