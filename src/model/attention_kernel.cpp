@@ -305,6 +305,18 @@ void drop_span(const float* xT, const Window& w, int64_t D, int64_t T, int64_t l
   }
 }
 
+// Query rows that see the same keys, for the sixteen-row kernels: all rows of the window,
+// or, with a skipped span, the rows before its end (all keys) and the rows after it (the
+// keys with the span dropped, where row i sits at column i - shift).
+struct RowRange {
+  int64_t begin, end, shift;
+  const float *k, *v;
+};
+std::vector<RowRange> row_ranges(const Window& w, const float* kT, const float* vT, const float* k2T, const float* v2T) {
+  if (w.skipped() == 0) return {{0, w.end, 0, kT, vT}};
+  return {{0, w.skip_end, 0, kT, vT}, {w.skip_end, w.end, w.skipped(), k2T, v2T}};
+}
+
 // Forward: out (B, T, H, D) and the log-sum-exp of every row (B, H, T).
 std::pair<torch::Tensor, torch::Tensor> attention_forward(const torch::Tensor& qkv_in, const torch::Tensor& cos,
                                                           const torch::Tensor& sin, const torch::Tensor& windows,
@@ -336,20 +348,21 @@ std::pair<torch::Tensor, torch::Tensor> attention_forward(const torch::Tensor& q
         drop_span(vT.data(), wb, s.D, s.T, ld, v2T.data());
       }
       for (int64_t h = g * s.G; h < (g + 1) * s.G; ++h) {
-        int64_t done = 0;  // rows handled sixteen at a time (head size 8, no skipped span)
-        if (s.D == 8 && wb.skipped() == 0) {
+        int64_t done = 0;  // rows handled sixteen at a time (head size 8)
+        if (s.D == 8) {
           alignas(64) float qT[8 * kLanes], oT[8 * kLanes];
-          for (int64_t i0 = 0; i0 < wb.end; i0 += kLanes) {
-            const int64_t n = std::min(kLanes, wb.end - i0);
-            for (int64_t r = 0; r < n; ++r) {
-              rope.apply(X.at(b, i0 + r, h), b, i0 + r, qr);
-              for (int64_t d = 0; d < 8; ++d) qT[d * kLanes + r] = qr[d];
+          for (const RowRange& range : row_ranges(wb, kT.data(), vT.data(), k2T.data(), v2T.data()))
+            for (int64_t i0 = range.begin; i0 < range.end; i0 += kLanes) {
+              const int64_t n = std::min(kLanes, range.end - i0);
+              for (int64_t r = 0; r < n; ++r) {
+                rope.apply(X.at(b, i0 + r, h), b, i0 + r, qr);
+                for (int64_t d = 0; d < 8; ++d) qT[d * kLanes + r] = qr[d];
+              }
+              forward_block16<8>(qT, i0 - range.shift, n, wb.start, range.k, range.v, ld, s.scale, w16.data(),
+                                 masks.data(), oT, L + (b * s.H + h) * s.T + i0);
+              for (int64_t r = 0; r < n; ++r)
+                for (int64_t d = 0; d < 8; ++d) O[((b * s.T + i0 + r) * s.H + h) * s.D + d] = oT[d * kLanes + r];
             }
-            forward_block16<8>(qT, i0, n, wb.start, kT.data(), vT.data(), ld, s.scale, w16.data(), masks.data(), oT,
-                               L + (b * s.H + h) * s.T + i0);
-            for (int64_t r = 0; r < n; ++r)
-              for (int64_t d = 0; d < 8; ++d) O[((b * s.T + i0 + r) * s.H + h) * s.D + d] = oT[d * kLanes + r];
-          }
           done = wb.end;
         }
         for (int64_t i = done; i < s.T; ++i) {
@@ -393,7 +406,8 @@ torch::Tensor attention_backward(const torch::Tensor& dout_in, const torch::Tens
     const avx512::FlushDenormals flush;
     std::vector<float> kT(s.D * ld, 0.0f), vT(s.D * ld, 0.0f), dkT(s.D * ld), dvT(s.D * ld);
     std::vector<float> k2T, v2T, dk2T, dv2T;  // with the skipped span dropped
-    std::vector<float> Ps(s.T * kLanes), DSs(s.T * kLanes), dKr(s.D == 8 ? s.T * 8 : 0), dVr(s.D == 8 ? s.T * 8 : 0);
+    const int64_t rows8 = s.D == 8 ? s.T * 8 : 0;
+    std::vector<float> Ps(s.T * kLanes), DSs(s.T * kLanes), dKr(rows8), dVr(rows8), dK2r(rows8), dV2r(rows8);
     float qr[kMaxHeadDim], dqr[kMaxHeadDim], dk[kMaxHeadDim];
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / s.Hkv, g = task % s.Hkv;
@@ -408,20 +422,20 @@ torch::Tensor attention_backward(const torch::Tensor& dout_in, const torch::Tens
         drop_span(kT.data(), wb, s.D, s.T, ld, k2T.data());
         drop_span(vT.data(), wb, s.D, s.T, ld, v2T.data());
       }
-      // Head size 8 without a skipped span: sixteen query rows per pass (backward_block16),
-      // dK and dV row-major in dKr, dVr.
-      const bool blocks = s.D == 8 && wb.skipped() == 0;
-      if (blocks) {
-        std::fill(dKr.begin(), dKr.end(), 0.0f);
-        std::fill(dVr.begin(), dVr.end(), 0.0f);
-      }
+      // Head size 8: sixteen query rows per pass (backward_block16), dK and dV row-major in
+      // dKr, dVr (and dK2r, dV2r for the rows after a skipped span, in its shifted columns).
+      const bool blocks = s.D == 8;
+      if (blocks)
+        for (auto* v : {&dKr, &dVr, &dK2r, &dV2r}) std::fill(v->begin(), v->end(), 0.0f);
       for (int64_t h = g * s.G; h < (g + 1) * s.G; ++h) {
         int64_t done = 0;
         if (blocks) {
           alignas(64) float qT[8 * kLanes], gT[8 * kLanes], qR[kLanes * 8], gR[kLanes * 8], dqT[8 * kLanes];
           alignas(64) float delta[kLanes];
-          for (int64_t i0 = 0; i0 < wb.end; i0 += kLanes) {
-            const int64_t n = std::min(kLanes, wb.end - i0);
+          for (const RowRange& range : row_ranges(wb, kT.data(), vT.data(), k2T.data(), v2T.data()))
+          for (int64_t i0 = range.begin; i0 < range.end; i0 += kLanes) {
+            const int64_t n = std::min(kLanes, range.end - i0);
+            const bool after = range.shift > 0;
             for (int64_t r = 0; r < n; ++r) {
               const int64_t i = i0 + r;
               const float* gi = dO.at(b, i, h);
@@ -437,8 +451,9 @@ torch::Tensor attention_backward(const torch::Tensor& dout_in, const torch::Tens
             }
             for (int64_t r = n; r < kLanes; ++r)  // lanes past the last row: zeros
               for (int64_t d = 0; d < 8; ++d) qT[d * kLanes + r] = gT[d * kLanes + r] = 0.0f;
-            backward_block16(qT, gT, qR, gR, delta, L + (b * s.H + h) * s.T + i0, i0, n, wb.start, kT.data(), vT.data(),
-                             ld, s.scale, Ps.data(), DSs.data(), dqT, dKr.data(), dVr.data());
+            backward_block16(qT, gT, qR, gR, delta, L + (b * s.H + h) * s.T + i0, i0 - range.shift, n, wb.start,
+                             range.k, range.v, ld, s.scale, Ps.data(), DSs.data(), dqT,
+                             (after ? dK2r : dKr).data(), (after ? dV2r : dVr).data());
             for (int64_t r = 0; r < n; ++r) {
               for (int64_t d = 0; d < 8; ++d) dqr[d] = dqT[d * kLanes + r];
               rope.apply_transposed(dqr, b, i0 + r, DX + (b * dX.sb + (i0 + r) * dX.st + h * dX.sh));
@@ -467,9 +482,12 @@ torch::Tensor attention_backward(const torch::Tensor& dout_in, const torch::Tens
           rope.apply_transposed(dqr, b, i, dq_out);
         }
       }
-      if (blocks)  // into the transposed accumulators the write-out below reads
+      if (blocks)  // into the transposed accumulators the fold and write-out below read
         for (int64_t t = 0; t < s.T; ++t)
-          for (int64_t d = 0; d < 8; ++d) dkT[d * ld + t] = dKr[t * 8 + d], dvT[d * ld + t] = dVr[t * 8 + d];
+          for (int64_t d = 0; d < 8; ++d) {
+            dkT[d * ld + t] = dKr[t * 8 + d], dvT[d * ld + t] = dVr[t * 8 + d];
+            if (wb.skipped() > 0) dk2T[d * ld + t] = dK2r[t * 8 + d], dv2T[d * ld + t] = dV2r[t * 8 + d];
+          }
       if (wb.skipped() > 0)  // the rows after the span saw its neighbours at shifted columns
         for (int64_t d = 0; d < s.D; ++d)
           for (int64_t j = 0; j < s.T - wb.skipped(); ++j) {
