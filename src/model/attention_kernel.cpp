@@ -101,8 +101,25 @@ RLHF_AVX512 void backward_row(const float* q, const float* dO, float delta, floa
   for (int64_t d = 0; d < D; ++d) dq[d] = _mm512_reduce_add_ps(dqa[d]) * scale;
 }
 
-// Sixteen query rows of one head at once, for a window without a skipped span: vectorized
-// over the rows (one lane each) and looping over keys, so there is no per-row set-up and no
+// Sixteen query rows i0 .. i0 + nrows - 1 in the lanes of a vector, for the block kernels
+// below: which of them see key j (keys [start, i], and always themselves).
+struct RowLanes {
+  __m512i row, first;
+  __mmask16 valid;
+  RLHF_AVX512 RowLanes(int64_t i0, int64_t nrows, int64_t start)
+      : row(_mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(i0)),
+                             _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15))),
+        first(_mm512_set1_epi32(static_cast<int>(start))),
+        valid(nrows >= kLanes ? __mmask16(0xFFFF) : __mmask16((1u << nrows) - 1)) {}
+  RLHF_AVX512 __mmask16 seeing(int64_t j) const {
+    const __m512i key = _mm512_set1_epi32(static_cast<int>(j));
+    return _mm512_cmple_epi32_mask(key, row) & (_mm512_cmpge_epi32_mask(key, first) | _mm512_cmpeq_epi32_mask(key, row)) &
+           valid;
+  }
+};
+
+// Sixteen query rows of one head at once, over one run of keys (row_ranges below drops a
+// skipped span beforehand): vectorized over the rows (one lane each) and looping over keys, so there is no per-row set-up and no
 // horizontal sum per output element, which dominate at short windows (PPO's minibatches:
 // ~33 keys per row, where the row kernel spent more on them than on its key blocks).
 // Rows i0 .. i0 + nrows - 1 see keys [start, i] (and always themselves). qT (kD, 16): their
@@ -117,19 +134,15 @@ RLHF_AVX512 void forward_block16(const float* qT, int64_t i0, int64_t nrows, int
     q[d] = _mm512_mul_ps(_mm512_loadu_ps(qT + d * kLanes), _mm512_set1_ps(scale));
     o[d] = _mm512_setzero_ps();
   }
-  const __m512i row = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(i0)),
-                                       _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
-  const __mmask16 valid = nrows >= kLanes ? __mmask16(0xFFFF) : __mmask16((1u << nrows) - 1);
-  const __m512i first = _mm512_set1_epi32(static_cast<int>(start));
+  const RowLanes lanes(i0, nrows, start);
+  const __mmask16 valid = lanes.valid;
   const __m512 neg_inf = _mm512_set1_ps(-INFINITY);
   const int64_t jlo = std::min(i0, start), jhi = i0 + nrows - 1;
   __m512 mx = neg_inf;
   for (int64_t j = jlo; j <= jhi; ++j) {
     __m512 acc = _mm512_setzero_ps();
     for (int64_t d = 0; d < kD; ++d) acc = _mm512_fmadd_ps(q[d], _mm512_set1_ps(kT[d * ld + j]), acc);
-    const __m512i key = _mm512_set1_epi32(static_cast<int>(j));
-    const __mmask16 seen = _mm512_cmple_epi32_mask(key, row) &
-                           (_mm512_cmpge_epi32_mask(key, first) | _mm512_cmpeq_epi32_mask(key, row)) & valid;
+    const __mmask16 seen = lanes.seeing(j);
     acc = _mm512_mask_mov_ps(neg_inf, seen, acc);
     _mm512_storeu_ps(s + (j - jlo) * kLanes, acc);
     masks[j - jlo] = seen;
@@ -157,14 +170,15 @@ RLHF_AVX512 void forward_block16(const float* qT, int64_t i0, int64_t nrows, int
 // keeping P and dS per key in Ps, DSs (16 floats per key). Pass two, the rows unrolled:
 // dK_j += scale sum_r dS_rj q_r and dV_j += sum_r P_rj dO_r into row-major accumulators
 // dK, dV (T, 8). No horizontal sums anywhere. qT/gT (8, 16): rotated queries and output
-// gradients transposed; qR/gR (16, 8) the same row-major; delta, lse (16). Writes dQ
-// (unscaled by nothing: the full gradient) transposed to dqT (8, 16).
+// gradients transposed; qR/gR (16, 8) the same row-major; delta, lse (16). Writes the rows'
+// query gradients (before the rotary transpose) transposed to dqT (8, 16).
 RLHF_AVX512 void backward_block16(const float* qT, const float* gT, const float* qR, const float* gR, const float* delta,
                                   const float* lse, int64_t i0, int64_t nrows, int64_t start, const float* kT,
                                   const float* vT, int64_t ld, float scale, float* Ps, float* DSs, float* dqT, float* dK,
                                   float* dV) {
   constexpr int64_t kD = 8;
-  const __mmask16 valid = nrows >= kLanes ? __mmask16(0xFFFF) : __mmask16((1u << nrows) - 1);
+  const RowLanes lanes(i0, nrows, start);
+  const __mmask16 valid = lanes.valid;
   __m512 q[kD], g[kD], dq[kD];
   for (int64_t d = 0; d < kD; ++d) {
     q[d] = _mm512_mul_ps(_mm512_loadu_ps(qT + d * kLanes), _mm512_set1_ps(scale));
@@ -172,9 +186,6 @@ RLHF_AVX512 void backward_block16(const float* qT, const float* gT, const float*
     dq[d] = _mm512_setzero_ps();
   }
   const __m512 l = _mm512_maskz_loadu_ps(valid, lse), e = _mm512_maskz_loadu_ps(valid, delta);
-  const __m512i row = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(i0)),
-                                       _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
-  const __m512i first = _mm512_set1_epi32(static_cast<int>(start));
   const int64_t jlo = std::min(i0, start), jhi = i0 + nrows - 1;
   for (int64_t j = jlo; j <= jhi; ++j) {
     __m512 sc = _mm512_setzero_ps(), dp = _mm512_setzero_ps();
@@ -182,10 +193,7 @@ RLHF_AVX512 void backward_block16(const float* qT, const float* gT, const float*
       sc = _mm512_fmadd_ps(q[d], _mm512_set1_ps(kT[d * ld + j]), sc);
       dp = _mm512_fmadd_ps(g[d], _mm512_set1_ps(vT[d * ld + j]), dp);
     }
-    const __m512i key = _mm512_set1_epi32(static_cast<int>(j));
-    const __mmask16 seen = _mm512_cmple_epi32_mask(key, row) &
-                           (_mm512_cmpge_epi32_mask(key, first) | _mm512_cmpeq_epi32_mask(key, row)) & valid;
-    const __m512 p = _mm512_maskz_mov_ps(seen, exp_nonpositive(_mm512_sub_ps(sc, l)));
+    const __m512 p = _mm512_maskz_mov_ps(lanes.seeing(j), exp_nonpositive(_mm512_sub_ps(sc, l)));
     const __m512 ds = _mm512_mul_ps(p, _mm512_sub_ps(dp, e));
     for (int64_t d = 0; d < kD; ++d) dq[d] = _mm512_fmadd_ps(ds, _mm512_set1_ps(kT[d * ld + j]), dq[d]);
     _mm512_storeu_ps(Ps + (j - jlo) * kLanes, p);

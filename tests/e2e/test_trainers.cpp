@@ -75,6 +75,19 @@ SftConfig small_sft(const test::TempDir& tmp, const std::string& run) {
   return c;
 }
 
+// A short run on the preferences in tmp/prefs.jsonl (the reward-model and DPO tests).
+TrainConfig small_pref_train(const test::TempDir& tmp, const std::string& run, int64_t batch_size, double lr) {
+  TrainConfig c;
+  c.model = stories();
+  c.train_data = (tmp / "prefs.jsonl").string();
+  c.run_dir = (tmp / run).string();
+  c.batch_size = batch_size;
+  c.lr = lr;
+  c.max_length = 64;
+  c.progress = false;
+  return c;
+}
+
 }  // namespace
 
 TEST(Trainers, SftLowersHeldOutLossOnTinyShakespeare) {
@@ -148,15 +161,9 @@ TEST(Trainers, RewardModelLearnsASyntheticPreference) {
   write_word_preferences(tmp / "prefs.jsonl", 256, 1);
   write_word_preferences(tmp / "eval.jsonl", 64, 2);
   RewardConfig c;
-  c.train.model = stories();
-  c.train.train_data = (tmp / "prefs.jsonl").string();
+  c.train = small_pref_train(tmp, "rm", 16, 3e-3);
   c.train.eval_data = (tmp / "eval.jsonl").string();
-  c.train.run_dir = (tmp / "rm").string();
-  c.train.batch_size = 16;
   c.train.epochs = 2;
-  c.train.lr = 3e-3;
-  c.train.max_length = 64;
-  c.train.progress = false;
   c.norm_samples = 16;
   c.norm_max_new_tokens = 24;
   auto m = train_reward_model(c, false);
@@ -174,15 +181,9 @@ TEST(Trainers, DpoRaisesTheChosenMargin) {
   write_word_preferences(tmp / "prefs.jsonl", 128, 3);
   write_word_preferences(tmp / "eval.jsonl", 32, 4);
   DpoConfig c;
-  c.train.model = stories();
-  c.train.train_data = (tmp / "prefs.jsonl").string();
+  c.train = small_pref_train(tmp, "dpo", 16, 1e-3);
   c.train.eval_data = (tmp / "eval.jsonl").string();
-  c.train.run_dir = (tmp / "dpo").string();
-  c.train.batch_size = 16;
   c.train.epochs = 2;
-  c.train.lr = 1e-3;
-  c.train.max_length = 64;
-  c.train.progress = false;
   auto before = load_model(stories()).model->weights();
   auto m = train_dpo(c, false);
   EXPECT_GT(m.at("eval/rewards/margins"), 0.1);
@@ -234,15 +235,9 @@ TEST(Trainers, SharedPromptEqualsARowPerCompletion) {
   };
   for (const bool share : {true, false}) {
     RewardConfig r;
-    r.train.model = stories();
-    r.train.train_data = (tmp / "prefs.jsonl").string();
+    r.train = small_pref_train(tmp, "rm" + std::to_string(share), 6, 3e-3);
     r.train.eval_fraction = 0.25;
-    r.train.run_dir = (tmp / ("rm" + std::to_string(share))).string();
-    r.train.batch_size = 6;
     r.train.max_steps = 4;
-    r.train.lr = 3e-3;
-    r.train.max_length = 64;
-    r.train.progress = false;
     r.norm_samples = 0;
     r.share_prompt = share;
     train_reward_model(r, false);
