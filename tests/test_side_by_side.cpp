@@ -13,7 +13,18 @@
 
 using namespace rlhf;
 
-TEST(SideBySide, RunsBothOnHalfTheThreadsWithTheCallersGradMode) {
+// Sets ATen's intra-op thread count for a scope (side_by_side takes its OpenMP-team path at
+// 2 threads and its helper-thread path above).
+struct IntraOpThreads {
+  int before = at::get_num_threads();
+  explicit IntraOpThreads(int n) { at::set_num_threads(n); }
+  ~IntraOpThreads() { at::set_num_threads(before); }
+};
+
+class SideBySideThreads : public ::testing::TestWithParam<int> {};
+
+TEST_P(SideBySideThreads, RunsBothOnHalfTheThreadsWithTheCallersGradMode) {
+  const IntraOpThreads threads(GetParam());
   const int n = at::get_num_threads();
   int threads_a = -1, threads_b = -1;
   bool grad_a = true, grad_b = true;
@@ -39,14 +50,16 @@ TEST(SideBySide, RunsBothOnHalfTheThreadsWithTheCallersGradMode) {
   EXPECT_EQ(at::get_num_threads(), n) << "the caller's team size is restored";
 }
 
-TEST(SideBySide, RethrowsAfterBothFinish) {
+TEST_P(SideBySideThreads, RethrowsAfterBothFinish) {
+  const IntraOpThreads threads(GetParam());
   std::atomic<bool> b_done{false};
   EXPECT_THROW(side_by_side([] { throw Error("a failed"); }, [&] { b_done = true; }), Error);
   EXPECT_TRUE(b_done);
   EXPECT_THROW(side_by_side([] {}, [] { throw Error("b failed"); }), Error);
 }
 
-TEST(SideBySide, GradientsEqualOneAfterTheOther) {
+TEST_P(SideBySideThreads, GradientsEqualOneAfterTheOther) {
+  const IntraOpThreads threads(GetParam());
   torch::manual_seed(0);
   torch::nn::Linear a(64, 32), b(64, 32);
   auto x = torch::randn({128, 64});
@@ -64,3 +77,13 @@ TEST(SideBySide, GradientsEqualOneAfterTheOther) {
   EXPECT_TRUE(torch::allclose(sb, qb, 1e-6, 1e-7));
   EXPECT_GT(sa.abs().sum().item<double>(), 0.0);
 }
+
+TEST(SideBySide, NestedCallsRunInTurn) {
+  const IntraOpThreads threads(2);
+  std::atomic<int> ran{0};
+  side_by_side([&] { side_by_side([&] { ++ran; }, [&] { ++ran; }); }, [&] { ++ran; });
+  EXPECT_EQ(ran, 3);
+}
+
+// 1: one after the other; 2: the caller's OpenMP team; 3 and 4: a helper thread.
+INSTANTIATE_TEST_SUITE_P(IntraOp, SideBySideThreads, ::testing::Values(1, 2, 3, 4));
