@@ -32,8 +32,9 @@ TEST(Optimizer, AdamWMatchesTorchOptimAdamW) {
 }
 
 // Several parameters, one larger than a chunk of the threaded loop (2^14 elements) and one
-// not contiguous (the tensor-op path), and a parameter whose gradient is zero in some steps
-// (it keeps moving on its moments, as with torch's zero_grad(set_to_none=false)).
+// not contiguous (the tensor-op path), and a parameter left out of the loss in some steps
+// (no gradient then: it keeps moving on its moments, as with torch's
+// zero_grad(set_to_none=false)); one never in the loss stays as it was.
 TEST(Optimizer, AdamWMatchesTorchOnLargeAndStridedParameters) {
   torch::manual_seed(1);
   auto big = torch::randn({40000}), small = torch::randn({7}), strided = torch::randn({8, 6}).t();
@@ -44,11 +45,13 @@ TEST(Optimizer, AdamWMatchesTorchOnLargeAndStridedParameters) {
   }
   ours_p[2] = strided.clone().t().contiguous().t().requires_grad_(true);  // keep it non-contiguous
   ASSERT_FALSE(ours_p[2].is_contiguous());
-  AdamW ours({{"big", ours_p[0]}, {"small", ours_p[1]}, {"strided", ours_p[2]}}, {.beta1 = 0.9, .beta2 = 0.99, .weight_decay = 0.01});
+  auto unused = torch::randn({5}).requires_grad_(true), unused_before = unused.detach().clone();
+  AdamW ours({{"big", ours_p[0]}, {"small", ours_p[1]}, {"strided", ours_p[2]}, {"unused", unused}},
+             {.beta1 = 0.9, .beta2 = 0.99, .weight_decay = 0.01});
   torch::optim::AdamW ref(ref_p, torch::optim::AdamWOptions(0.01).betas({0.9, 0.99}).eps(1e-8).weight_decay(0.01));
   auto loss = [](const std::vector<torch::Tensor>& p, bool with_small) {
     auto l = (p[0] * torch::linspace(-1, 1, 40000)).sin().sum() + p[2].square().sum();
-    return l + p[1].pow(3).sum() * (with_small ? 1.0 : 0.0);
+    return with_small ? l + p[1].pow(3).sum() : l;
   };
   for (int step = 0; step < 6; ++step) {
     const bool with_small = step % 2 == 0;
@@ -61,6 +64,7 @@ TEST(Optimizer, AdamWMatchesTorchOnLargeAndStridedParameters) {
   }
   for (size_t i = 0; i < 3; ++i)
     EXPECT_TRUE(torch::allclose(ours_p[i], ref_p[i], 1e-5, 1e-6)) << "parameter " << i << " off by " << (ours_p[i] - ref_p[i]).abs().max().item<double>();
+  EXPECT_TRUE(torch::equal(unused, unused_before));
 }
 
 TEST(Optimizer, TensorFlowEpsilonIsAddedBeforeBiasCorrection) {

@@ -26,7 +26,7 @@ class AdamW {
   AdamW(NamedParams params, AdamWOptions options);
 
   void step(double lr);   // one update from the current .grad() of every parameter
-  void zero_grad();
+  void zero_grad();       // gradients to none; see step() for what a missing one means
   int64_t steps() const { return t_; }
 
   TensorMap state() const;  // "exp_avg.<name>", "exp_avg_sq.<name>" and "step"
@@ -36,6 +36,7 @@ class AdamW {
   NamedParams params_;
   AdamWOptions opt_;
   std::vector<torch::Tensor> m_, v_;  // same shapes as the parameters, float32
+  std::vector<char> seen_;            // per parameter: has had a gradient (then none = zero)
   int64_t t_ = 0;
 };
 
