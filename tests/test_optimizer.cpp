@@ -110,13 +110,37 @@ TEST(Optimizer, Schedules) {
   EXPECT_ANY_THROW(lr_at(0, 10, 0, 1.0, "exponential"));
 }
 
-TEST(Optimizer, ClipGradNormScalesToTheLimit) {
+TEST(Optimizer, GradNormAndClipScale) {
   auto a = torch::zeros({2}).requires_grad_(true), b = torch::zeros({1}).requires_grad_(true);
+  auto none = torch::zeros({3}).requires_grad_(true);  // no gradient: counts as zero
   a.mutable_grad() = torch::tensor({3.0f, 0.0f});
   b.mutable_grad() = torch::tensor({4.0f});
-  AdamW::NamedParams ps{{"a", a}, {"b", b}};
-  EXPECT_NEAR(clip_grad_norm(ps, 1.0), 5.0, 1e-6);
-  EXPECT_NEAR(a.grad()[0].item<float>(), 0.6f, 1e-5);
-  EXPECT_NEAR(b.grad()[0].item<float>(), 0.8f, 1e-5);
-  EXPECT_NEAR(clip_grad_norm(ps, 10.0), 1.0, 1e-5);  // under the limit: unchanged
+  EXPECT_NEAR(grad_norm({{"a", a}, {"b", b}, {"none", none}}), 5.0, 1e-6);
+  EXPECT_NEAR(clip_scale(5.0, 1.0), 1.0 / (5.0 + 1e-6), 1e-12);  // as torch's clip_grad_norm_
+  EXPECT_EQ(clip_scale(5.0, 10.0), 1.0);                           // under the limit
+  EXPECT_EQ(clip_scale(5.0, 0.0), 1.0);                            // no clipping
+}
+
+// step(lr, s) is step(lr) on gradients scaled by s, bit for bit, on both paths (a flat
+// parameter and a non-contiguous one).
+TEST(Optimizer, StepScalesTheGradient) {
+  torch::manual_seed(2);
+  const auto w0 = torch::randn({40000}), u0 = torch::randn({6, 4}).t();
+  const auto gw = torch::randn({40000}), gu = torch::randn({4, 6});
+  const float s = 0.37f;
+  auto run = [&](bool scale_inside) {
+    auto w = w0.clone().requires_grad_(true), u = u0.clone().t().contiguous().t().requires_grad_(true);
+    AdamW o({{"w", w}, {"u", u}}, {.weight_decay = 0.01});
+    for (int step = 0; step < 3; ++step) {
+      w.mutable_grad() = scale_inside ? gw.clone() : gw * s;
+      u.mutable_grad() = scale_inside ? gu.clone() : gu * s;
+      o.step(0.01, scale_inside ? s : 1.0);
+    }
+    return std::make_pair(w.detach(), u.detach());
+  };
+  const auto [w_in, u_in] = run(true);
+  const auto [w_out, u_out] = run(false);
+  EXPECT_TRUE(torch::equal(w_in, w_out));
+  EXPECT_TRUE(torch::equal(u_in, u_out));
+  EXPECT_FALSE(torch::equal(w_in, w0));
 }

@@ -49,6 +49,7 @@ std::vector<Chunk> flat_chunks(const AdamW::NamedParams& params,
 struct AdamConstants {
   float b1, c1, b2, c2, decay, eps;
   float inv_bc1, inv_bc2, lr, tf_step;
+  float grad_scale;  // the gradient is g * grad_scale (gradient clipping)
 };
 
 // One pass of AdamW over n elements, branch-free so it vectorizes (AVX-512 where the CPU has
@@ -66,14 +67,16 @@ __attribute__((target_clones("avx512f", "default"))) void adam_span(float* w, fl
   } else if (tf) {
 #pragma omp simd
     for (int64_t j = 0; j < n; ++j) {
-      const float mj = m[j] * k.b1 + k.c1 * g[j], vj = v[j] * k.b2 + k.c2 * g[j] * g[j];
+      const float gj = g[j] * k.grad_scale;
+      const float mj = m[j] * k.b1 + k.c1 * gj, vj = v[j] * k.b2 + k.c2 * gj * gj;
       m[j] = mj, v[j] = vj;
       w[j] = w[j] * k.decay - mj / (std::sqrt(vj) + k.eps) * k.tf_step;
     }
   } else {
 #pragma omp simd
     for (int64_t j = 0; j < n; ++j) {
-      const float mj = m[j] * k.b1 + k.c1 * g[j], vj = v[j] * k.b2 + k.c2 * g[j] * g[j];
+      const float gj = g[j] * k.grad_scale;
+      const float mj = m[j] * k.b1 + k.c1 * gj, vj = v[j] * k.b2 + k.c2 * gj * gj;
       m[j] = mj, v[j] = vj;
       w[j] = w[j] * k.decay - (mj * k.inv_bc1) / (std::sqrt(vj * k.inv_bc2) + k.eps) * k.lr;
     }
@@ -89,7 +92,7 @@ __attribute__((target_clones("avx512f", "default"))) double sum_squares(const fl
 
 }  // namespace
 
-void AdamW::step(double lr) {
+void AdamW::step(double lr, double grad_scale) {
   torch::NoGradGuard no_grad;
   ++t_;
   const double bc1 = 1.0 - std::pow(opt_.beta1, double(t_)), bc2 = 1.0 - std::pow(opt_.beta2, double(t_));
@@ -98,7 +101,7 @@ void AdamW::step(double lr) {
   // of a few hundred tokens).
   const AdamConstants k{float(opt_.beta1), float(1.0 - opt_.beta1), float(opt_.beta2), float(1.0 - opt_.beta2),
                         float(1.0 - lr * opt_.weight_decay), float(opt_.eps), float(1.0 / bc1), float(1.0 / bc2),
-                        float(lr), float(lr * std::sqrt(bc2) / bc1)};
+                        float(lr), float(lr * std::sqrt(bc2) / bc1), float(grad_scale)};
   // A parameter without a gradient this step that had one before takes a zero gradient (as
   // torch.optim.AdamW after zero_grad(set_to_none=False)); one that never had one is skipped.
   for (size_t i = 0; i < params_.size(); ++i) seen_[i] = seen_[i] || params_[i].second.grad().defined();
@@ -119,7 +122,7 @@ void AdamW::step(double lr) {
   for (size_t i = 0; i < params_.size(); ++i) {
     auto& p = params_[i].second;
     if (!seen_[i] || (flat_f32(p) && (flat_f32(p.grad()) || !p.grad().defined()))) continue;
-    auto g = p.grad().defined() ? p.grad().to(torch::kFloat32) : torch::zeros_like(m_[i]);
+    auto g = p.grad().defined() ? p.grad().to(torch::kFloat32) * float(grad_scale) : torch::zeros_like(m_[i]);
     m_[i].mul_(opt_.beta1).add_(g, 1.0 - opt_.beta1);
     v_[i].mul_(opt_.beta2).addcmul_(g, g, 1.0 - opt_.beta2);
     // Decoupled weight decay (Loshchilov & Hutter), applied as PyTorch's AdamW does.
@@ -181,7 +184,7 @@ double lr_at(int64_t step, int64_t total, int64_t warmup, double peak, const std
   throw Error("unknown lr_schedule '" + schedule + "' (expected linear, cosine or constant)");
 }
 
-double clip_grad_norm(const AdamW::NamedParams& params, double max_norm) {
+double grad_norm(const AdamW::NamedParams& params) {
   torch::NoGradGuard no_grad;
   // Sums of squares in double per chunk, added in chunk order: the same norm whatever the
   // thread count.
@@ -198,13 +201,9 @@ double clip_grad_norm(const AdamW::NamedParams& params, double max_norm) {
     const auto& g = p.grad();
     if (g.defined() && !(flat_f32(p) && flat_f32(g))) sq += g.to(torch::kFloat32).pow(2).sum().item<double>();
   }
-  const double norm = std::sqrt(sq);
-  if (max_norm > 0 && norm > max_norm) {
-    const double scale = max_norm / (norm + 1e-6);
-    for (const auto& [name, p] : params)
-      if (p.grad().defined()) p.mutable_grad().mul_(scale);
-  }
-  return norm;
+  return std::sqrt(sq);
 }
+
+double clip_scale(double norm, double max_norm) { return max_norm > 0 && norm > max_norm ? max_norm / (norm + 1e-6) : 1.0; }
 
 }  // namespace rlhf

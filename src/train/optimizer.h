@@ -25,7 +25,9 @@ class AdamW {
   using NamedParams = std::vector<std::pair<std::string, torch::Tensor>>;
   AdamW(NamedParams params, AdamWOptions options);
 
-  void step(double lr);   // one update from the current .grad() of every parameter
+  // One update from the current .grad() of every parameter, times grad_scale (clipping:
+  // see clip_scale), the scaling done inside the update rather than as a pass of its own.
+  void step(double lr, double grad_scale = 1.0);
   void zero_grad();       // gradients to none; see step() for what a missing one means
   int64_t steps() const { return t_; }
 
@@ -44,8 +46,11 @@ class AdamW {
 // `warmup` steps, then "linear" decay to 0, "cosine" decay to 0, or "constant".
 double lr_at(int64_t step, int64_t total, int64_t warmup, double peak, const std::string& schedule);
 
-// Scales gradients so their global L2 norm is at most max_norm (no-op when max_norm <= 0).
-// Returns the norm before clipping.
-double clip_grad_norm(const AdamW::NamedParams& params, double max_norm);
+// The global L2 norm of the parameters' gradients (missing ones count as zero).
+double grad_norm(const AdamW::NamedParams& params);
+// Gradient clipping: the factor that brings a gradient of global norm `norm` down to at most
+// max_norm, max_norm / (norm + 1e-6) as torch.nn.utils.clip_grad_norm_ (1 when under the
+// limit or max_norm <= 0). Pass it to AdamW::step.
+double clip_scale(double norm, double max_norm);
 
 }  // namespace rlhf

@@ -161,12 +161,12 @@ Metrics TrainLoop::run(const TrainHooks& hooks, bool resume, int64_t stop_after)
       loss_sum += r.loss_sum.item<double>();
       for (const auto& [k, v] : r.sums) sums[k] += v;
     }
-    const double grad_norm = clip_grad_norm(params_, cfg_.max_grad_norm);
+    const double norm = grad_norm(params_);
     const double lr = lr_at(step, total_steps_, cfg_.warmup_steps, cfg_.lr, cfg_.lr_schedule);
-    optimizer_.step(lr);
+    optimizer_.step(lr, clip_scale(norm, cfg_.max_grad_norm));
     profile.reset();
 
-    Metrics m{{"step", double(step + 1)}, {"loss", loss_sum / count}, {"lr", lr}, {"grad_norm", grad_norm},
+    Metrics m{{"step", double(step + 1)}, {"loss", loss_sum / count}, {"lr", lr}, {"grad_norm", norm},
               {"epoch", double(step) / double(steps_per_epoch_)}};
     for (const auto& [k, v] : sums) m[k] = v / count;
     m["time/step_s"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - ts).count();

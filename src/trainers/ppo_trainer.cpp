@@ -328,9 +328,9 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
           sums["objective/entropy"] += entropy.item<double>();
           ++n_mb;
         }
-        clip_grad_norm(params, tc.max_grad_norm);
+        const double clip = clip_scale(grad_norm(params), tc.max_grad_norm);
         const int64_t update = (it * cfg.ppo_epochs + epoch) * cfg.minibatches + mb;
-        opt.step(lr_at(update, total_updates, tc.warmup_steps, tc.lr, tc.lr_schedule));  // anneals to 0 (#17)
+        opt.step(lr_at(update, total_updates, tc.warmup_steps, tc.lr, tc.lr_schedule), clip);  // anneals to 0 (#17)
       }
     }
     for (const auto& [k, v] : sums) m[k] = v / double(n_mb);
