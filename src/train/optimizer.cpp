@@ -105,10 +105,12 @@ void AdamW::step(double lr, double grad_scale) {
   // A parameter without a gradient this step that had one before takes a zero gradient (as
   // torch.optim.AdamW after zero_grad(set_to_none=False)); one that never had one is skipped.
   for (size_t i = 0; i < params_.size(); ++i) seen_[i] = seen_[i] || params_[i].second.grad().defined();
-  const auto chunks = flat_chunks(params_, [&](size_t i) {
+  // The flat path (flat_chunks also asks for a flat parameter): a flat gradient, or none.
+  auto flat_grad = [&](size_t i) {
     const auto& g = params_[i].second.grad();
     return g.defined() ? flat_f32(g) : bool(seen_[i]);
-  });
+  };
+  const auto chunks = flat_chunks(params_, flat_grad);
   at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       const Chunk& ch = chunks[c];
@@ -121,7 +123,7 @@ void AdamW::step(double lr, double grad_scale) {
   });
   for (size_t i = 0; i < params_.size(); ++i) {
     auto& p = params_[i].second;
-    if (!seen_[i] || (flat_f32(p) && (flat_f32(p.grad()) || !p.grad().defined()))) continue;
+    if (!seen_[i] || (flat_f32(p) && flat_grad(i))) continue;  // never had a gradient, or done above
     auto g = p.grad().defined() ? p.grad().to(torch::kFloat32) * float(grad_scale) : torch::zeros_like(m_[i]);
     m_[i].mul_(opt_.beta1).add_(g, 1.0 - opt_.beta1);
     v_[i].mul_(opt_.beta2).addcmul_(g, g, 1.0 - opt_.beta2);

@@ -64,18 +64,13 @@ void side_by_side(const std::function<void()>& a, const std::function<void()>& b
     // team size each part sees is set to 1 to match.
 #pragma omp parallel num_threads(2)
     {
-#if defined(__x86_64__)
-      const avx512::FlushDenormals flush;
-#endif
-      at::get_num_threads();   // ATen's lazy per-thread init first, so it cannot undo the line below
-      omp_set_num_threads(1);  // this implicit task's own setting: gone when the region ends
       const bool alone = omp_get_num_threads() < 2;  // the runtime may give fewer threads
       if (omp_get_thread_num() == 1) {
         at::ThreadLocalStateGuard guard(state);
-        run(a, error_a);
+        with_threads(1, a, error_a);
       } else {
-        if (alone) run(a, error_a);
-        run(b, error_b);
+        if (alone) with_threads(1, a, error_a);
+        with_threads(1, b, error_b);
       }
     }
     return rethrow_first(error_a, error_b);
