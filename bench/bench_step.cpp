@@ -11,8 +11,8 @@
 #include <iostream>
 #include <map>
 
-#include "model/attention_kernel.h"
-#include "model/cpu_kernels.h"
+#include "kernels/attention_kernel.h"
+#include "kernels/cpu_kernels.h"
 #include "model/model.h"
 #include "train/profile.h"
 

@@ -7,7 +7,7 @@
 #include <sstream>
 
 #include "core/io.h"
-#include "model/safetensors.h"
+#include "formats/safetensors.h"
 #include "test_util.h"
 
 using namespace rlhf;

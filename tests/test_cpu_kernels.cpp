@@ -4,8 +4,8 @@
 #include <gtest/gtest.h>
 #include <immintrin.h>
 
-#include "model/attention_kernel.h"
-#include "model/cpu_kernels.h"
+#include "kernels/attention_kernel.h"
+#include "kernels/cpu_kernels.h"
 #include "model/model.h"
 #include "test_util.h"
 

@@ -2,7 +2,7 @@
 // the same tokenizer for stories260K, and a Hugging Face folder written by write_hf_dir must
 // read back with the same weights, config and tokenizer. Needs the real tokenizer module.
 #include "core/error.h"
-#include "model/formats.h"
+#include "formats/formats.h"
 #include "test_util.h"
 
 namespace rlhf {

@@ -14,10 +14,8 @@ bool is_completion_token(const TokenizedExample& ex, size_t t) {
 
 TokenizedExample tokenize_example(const Tokenizer& tok, const std::string& prompt, const std::string& completion,
                                   int64_t max_length, bool add_eos) {
-  std::vector<int32_t> p = tok.encode(prompt, {.add_bos = false, .parse_special = true});
+  std::vector<int32_t> p = encode_prompt(tok, prompt);
   const int32_t bos = tok.bos_id();
-  const bool has_bos = bos >= 0 && !p.empty() && p[0] == bos;
-  if (tok.add_bos_default() && bos >= 0 && !has_bos) p.insert(p.begin(), bos);
   std::vector<int32_t> c = tok.encode(completion, {.add_bos = false, .parse_special = true});
   if (add_eos) {
     check(tok.eos_id() >= 0, "tokenize_example: the tokenizer has no EOS token to end completions with");

@@ -248,6 +248,20 @@ void write_rankings(const std::filesystem::path& path, const std::vector<Ranking
   });
 }
 
+std::vector<PreferencePair> read_pairs(const std::filesystem::path& path, const std::string& format,
+                                       const ReadOptions& opt) {
+  std::string f = format;
+  if (f == "auto") {
+    // A rankings file has "completions" on its lines; look at the first record.
+    auto text = read_maybe_gzip(path);
+    auto first = text.substr(0, text.find('\n'));
+    f = first.find("\"completions\"") != std::string::npos ? "rankings" : "preferences";
+  }
+  if (f == "rankings") return rankings_to_pairs(read_rankings(path, opt));
+  check(f == "preferences", "data_format must be auto, preferences or rankings, got '" + f + "'");
+  return read_preferences(path, opt);
+}
+
 std::vector<PreferencePair> rankings_to_pairs(const std::vector<Ranking>& rankings) {
   std::vector<PreferencePair> pairs;
   for (size_t g = 0; g < rankings.size(); ++g) {

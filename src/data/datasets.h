@@ -68,6 +68,11 @@ void write_rankings(const std::filesystem::path& path, const std::vector<Ranking
 // (K choose 2 minus tied pairs). `group` is the ranking's index.
 std::vector<PreferencePair> rankings_to_pairs(const std::vector<Ranking>& rankings);
 
+// Preference pairs from a preferences file or (K-choose-2) a rankings file; format: auto (by
+// the fields of the first line), preferences or rankings.
+std::vector<PreferencePair> read_pairs(const std::filesystem::path& path, const std::string& format,
+                                       const ReadOptions& opt = {});
+
 // Splits an HH-RLHF dialogue pair into prompt/chosen/rejected (see above). Error if the
 // two dialogues share no "\n\nAssistant:" prefix.
 PreferencePair split_hh_pair(const std::string& chosen, const std::string& rejected, const std::string& where);

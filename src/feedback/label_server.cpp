@@ -335,7 +335,7 @@ CompleteFn policy_completer(std::shared_ptr<LoadedModel> policy, int64_t k, int6
     const Tokenizer& tok = *policy->tokenizer;
     std::vector<std::vector<int32_t>> ids;
     for (const auto& p : prompts)
-      for (int64_t j = 0; j < k; ++j) ids.push_back(tok.encode(p, {.add_bos = tok.bos_id() >= 0}));
+      for (int64_t j = 0; j < k; ++j) ids.push_back(encode_prompt(tok, p));
     GenerateOptions g;
     g.max_new_tokens = max_new_tokens;
     g.sampling.temperature = static_cast<float>(temperature);

@@ -1,10 +1,10 @@
-// Loading a ready-to-run model: file reading (formats.h), the module, device and dtype.
+// Loading a ready-to-run model: the files (formats/formats.h), the module, device and dtype.
 #pragma once
 #include <filesystem>
 #include <memory>
 #include <string>
 
-#include "model/formats.h"
+#include "formats/formats.h"
 #include "model/transformer.h"
 
 namespace rlhf {

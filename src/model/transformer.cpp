@@ -1,8 +1,8 @@
 // Forward pass of the transformer (prefill and cached decoding share one code path).
 #include "model/transformer.h"
 
-#include "model/attention_kernel.h"
-#include "model/cpu_kernels.h"
+#include "kernels/attention_kernel.h"
+#include "kernels/cpu_kernels.h"
 
 #include <cmath>
 #include <limits>
@@ -56,7 +56,7 @@ NormImpl::NormImpl(NormType type, int64_t dim, double eps) : type_(type), eps_(e
 
 torch::Tensor NormImpl::forward(const torch::Tensor& x) {
   if (type_ == NormType::LayerNorm) return torch::layer_norm(x, {x.size(-1)}, weight, bias, eps_);
-  if (fused_cpu_kernels_apply(x)) return fused_rms_norm(x, weight, eps_);  // one pass each way (model/cpu_kernels.h)
+  if (fused_cpu_kernels_apply(x)) return fused_rms_norm(x, weight, eps_);  // one pass each way (kernels/cpu_kernels.h)
   return torch::rms_norm(x, {x.size(-1)}, weight, eps_);  // computed in float32, as HF does
 }
 
@@ -74,7 +74,7 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
   const torch::Tensor& window_start = windows.start;
   auto qkv = qkv_proj(x).view({B, T, H_ + 2 * H_kv_, D_});
   // Our CPU kernel takes the fused projection whole and rotates inside: no slices, no rotary
-  // ops, one gradient tensor back (model/attention_kernel.h).
+  // ops, one gradient tensor back (kernels/attention_kernel.h).
   if (window_start.defined() && cache && cache->length > 0)  // decoding: cache write, rotary and attention in one
     return o_proj(decode_step_cpu(qkv, H_, H_kv_, cos, sin, cache->k[layer], cache->v[layer], cache->length, window_start)
                       .view({B, T, H_ * D_}));

@@ -7,7 +7,7 @@
 #pragma once
 #include <torch/torch.h>
 
-#include "model/attention_kernel.h"
+#include "kernels/attention_kernel.h"
 #include "model/config.h"
 #include "model/tensor_map.h"
 
@@ -56,7 +56,7 @@ class AttentionImpl : public torch::nn::Module {
   // TransformerImpl::hidden_states (T = 1: additive (B|1, 1, G, S) with G = H / H_kv;
   // T > 1: bool (B|1, 1, T, S), or undefined for plain causal); windows, when their start
   // is defined, replace the mask: causal attention over each row's window by our own CPU
-  // kernel (model/attention_kernel.h); cache: appended to when given.
+  // kernel (kernels/attention_kernel.h); cache: appended to when given.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                         const torch::Tensor& mask, const AttentionWindows& windows, KVCache* cache, int64_t layer);
  private:

@@ -15,6 +15,7 @@
 #include "report/report.h"
 #include "train/config_fields.h"
 #include "trainers/ppo_trainer.h"
+#include "model/reward_model.h"
 #include "trainers/reward_trainer.h"
 
 namespace fs = std::filesystem;
@@ -56,11 +57,11 @@ Sampled sample_each(LoadedModel& policy, const std::vector<std::string>& prompts
   for (const auto& p : prompts)
     for (int64_t j = 0; j < n; ++j) {
       out.prompts.push_back(p);
-      out.ids.push_back(tok.encode(p, {.add_bos = tok.bos_id() >= 0}));
+      out.ids.push_back(encode_prompt(tok, p));
     }
   GenerateOptions g;
-  g.max_new_tokens = cfg.max_new_tokens;
-  g.sampling.temperature = static_cast<float>(cfg.temperature);
+  g.max_new_tokens = cfg.ppo.max_new_tokens;
+  g.sampling.temperature = static_cast<float>(cfg.ppo.temperature);
   g.seed = seed;
   out.gens = generate(policy.model, tok, out.ids, g);
   return out;
@@ -90,7 +91,7 @@ EvalSamples sample_for_eval(LoadedModel& policy, LoadedModel& ref, const std::ve
     if (!gens[i].tokens.empty()) {
       std::vector<int64_t> seq(ids[i].begin(), ids[i].end());
       seq.insert(seq.end(), gens[i].tokens.begin(), gens[i].tokens.end());
-      auto logits = ref.model->forward(torch::tensor(seq).unsqueeze(0).to(ref.model->device()))[0] / cfg.temperature;
+      auto logits = ref.model->forward(torch::tensor(seq).unsqueeze(0).to(ref.model->device()))[0] / cfg.ppo.temperature;
       auto logp = torch::log_softmax(logits, -1).to(torch::kCPU);
       for (size_t t = 0; t < gens[i].tokens.size(); ++t)
         kl += gens[i].logprobs[t] - logp[ids[i].size() - 1 + t][gens[i].tokens[t]].item<double>();
@@ -160,7 +161,7 @@ json run_pipeline(const PipelineConfig& cfg, bool force) {
                 << std::endl;
       auto completer = [&]() -> CompleteFn {
         auto policy = std::make_shared<LoadedModel>(load_model(cfg.policy, lo));
-        return policy_completer(policy, cfg.k, cfg.max_new_tokens, cfg.temperature, static_cast<uint64_t>(cfg.seed));
+        return policy_completer(policy, cfg.k, cfg.ppo.max_new_tokens, cfg.ppo.temperature, static_cast<uint64_t>(cfg.seed));
       };
       serve_labels(store, o, completer, [&] { return store.submission_count() >= needed; });
       write_rankings(rankings_path, store.export_rankings());
@@ -184,19 +185,17 @@ json run_pipeline(const PipelineConfig& cfg, bool force) {
   // 3. Reward model on the K-choose-2 pairs of the rankings.
   const fs::path rm_dir = run / "rm";
   if (stage("reward model", rm_dir / "model" / "config.json")) {
-    RewardConfig rc;
+    RewardConfig rc = cfg.rm;
     rc.train.model = cfg.policy;
     rc.train.train_data = rankings_path.string();
     rc.data_format = "rankings";
     rc.train.run_dir = rm_dir.string();
-    rc.train.epochs = cfg.rm_epochs;
-    rc.train.lr = cfg.rm_lr;
-    rc.train.batch_size = cfg.rm_batch_size;
-    rc.train.eval_fraction = cfg.rm_eval_fraction;
     rc.train.seed = cfg.seed;
     rc.train.device = cfg.device;
     rc.train.dtype = cfg.dtype;
-    rc.train.max_length = 256;
+    // Normalised on samples drawn as PPO will draw them.
+    rc.norm_temperature = cfg.ppo.temperature;
+    rc.norm_max_new_tokens = cfg.ppo.max_new_tokens;
     auto m = train_reward_model(rc, false);
     write_file_atomic(rm_dir / "result.json", json(m).dump(1));
   }
@@ -208,25 +207,14 @@ json run_pipeline(const PipelineConfig& cfg, bool force) {
     std::string prompts;
     for (const auto& p : split.train) prompts += json{{"prompt", p}}.dump() + "\n";
     write_file_atomic(run / "ppo_prompts.jsonl", prompts);
-    PpoConfig pc;
+    PpoConfig pc = cfg.ppo;
     pc.train.model = cfg.policy;
     pc.train.train_data = (run / "ppo_prompts.jsonl").string();
     pc.train.run_dir = ppo_dir.string();
-    pc.train.max_steps = cfg.ppo_steps;
-    pc.train.lr = cfg.ppo_lr;
     pc.train.seed = cfg.seed;
     pc.train.device = cfg.device;
     pc.train.dtype = cfg.dtype;
     pc.reward_model = (rm_dir / "model").string();
-    pc.rollout_batch = cfg.rollout_batch;
-    pc.minibatches = cfg.minibatches;
-    pc.ppo_epochs = cfg.ppo_epochs;
-    pc.max_new_tokens = cfg.max_new_tokens;
-    pc.temperature = cfg.temperature;
-    pc.kl_coef = cfg.kl_coef;
-    pc.adaptive_kl = cfg.adaptive_kl;
-    pc.kl_target = cfg.kl_target;
-    pc.penalize_missing_eos = cfg.penalize_missing_eos;
     // The gold score of each rollout beside the reward model's, to see them part ways.
     const auto lex = SentimentLexicon::builtin();
     train_ppo(pc, false, {}, 0, [lex](const std::vector<std::string>&, const std::vector<std::string>& responses) {
@@ -250,7 +238,7 @@ json run_pipeline(const PipelineConfig& cfg, bool force) {
   auto rm_scores = [&](const EvalSamples& e) {
     std::vector<std::pair<std::string, std::string>> texts;
     for (size_t i = 0; i < e.texts.size(); ++i) texts.emplace_back(e.prompts[i], e.texts[i]);
-    return score_texts(rm, texts, 256);
+    return score_texts(rm, texts, cfg.rm.train.max_length);
   };
   const auto gold_b = gold(before), gold_a = gold(after), rm_b = rm_scores(before), rm_a = rm_scores(after);
   const auto ci = bootstrap_diff(gold_b, gold_a, static_cast<uint64_t>(cfg.seed) + 99);

@@ -307,6 +307,15 @@ std::unique_ptr<Tokenizer> tokenizer_from_hf_json(const json& tj, const json& co
                        "U+2581 spaces via Metaspace/normalizer (SentencePiece family)");
 }
 
+std::vector<int32_t> encode_prompt(const Tokenizer& tok, const std::string& prompt) {
+  auto ids = tok.encode(prompt, {.add_bos = false, .parse_special = true});
+  const int32_t bos = tok.bos_id();
+  if (bos >= 0 && (ids.empty() || (tok.add_bos_default() && ids.front() != bos))) ids.insert(ids.begin(), bos);
+  return ids;
+}
+
+int32_t training_pad_id(const Tokenizer& tok) { return tok.pad_id() >= 0 ? tok.pad_id() : std::max(tok.eos_id(), 0); }
+
 std::unique_ptr<Tokenizer> load_tokenizer(const fs::path& path) {
   const std::string where = path.string();
   if (!fs::exists(path)) throw Error(where + ": no such file or folder (" + kExpected + ")");

@@ -63,9 +63,22 @@ class Tokenizer {
   bool add_bos_default_ = false;
 };
 
+// The one rule for turning a prompt into ids, used wherever a prompt is encoded (labeling,
+// PPO rollouts, reward normalisation, evaluation, the label server, `rlhf generate`, training
+// examples): the text as `tokenizer(text)` encodes it in Python, i.e. BOS first when the
+// tokenizer's own rule adds one (Llama: yes; GPT-2: no) and the text does not start with it
+// already, and BOS also when the text gives no token at all (a model needs one to start
+// from). Special-token text ("<|im_start|>") is parsed. Empty only for an empty prompt and a
+// tokenizer without BOS.
+std::vector<int32_t> encode_prompt(const Tokenizer& tok, const std::string& prompt);
+
+// The pad id of training and scoring batches: the tokenizer's pad, else its EOS (pad
+// positions are masked either way).
+int32_t training_pad_id(const Tokenizer& tok);
+
 // Loads a tokenizer from: a Hugging Face folder or tokenizer.json; a folder or pair with
 // encoder.json + vocab.bpe (GPT-2); a llama2.c tokenizer .bin (tok512.bin). GGUF files carry
-// their tokenizer in the metadata: see model/gguf.h. Throws Error naming the path.
+// their tokenizer in the metadata: see formats/gguf.h. Throws Error naming the path.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::filesystem::path& path);
 // Same from an already-parsed tokenizer.json (+ optional tokenizer_config.json, may be null;
 // its bos/eos/pad tokens and add_bos_token win over the post-processor's template).

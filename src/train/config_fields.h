@@ -26,15 +26,30 @@ void load_toml(Config& cfg, const std::filesystem::path& path);
 template <class Config>
 std::string to_toml(Config& cfg);
 
-// Adds one `--name` option per field (underscores become dashes) to `cmd`; flags given on the
-// command line override the file. Call load_toml for `--config` before the flags are applied:
-// see add_config_options.
+// Adds `config_option` (e.g. "--config,-c", or "config" for a positional file) that loads a TOML
+// file, then one `--name` option per field (underscores become dashes; a nested field is
+// `--rm.lr`); flags given on the command line override the file. String values, from the file
+// or a flag, that start with "data:" or "${RLHF_DATA}" name files in the data folder
+// (core/paths.h).
 template <class Config>
-void add_config_options(CLI::App& cmd, Config& cfg, std::string& config_path);
+void add_config_options(CLI::App& cmd, Config& cfg, std::string& config_path,
+                        const std::string& config_option = "--config,-c");
+
+// Visits the fields of a stage's config `stage` as "prefix.name" (a [prefix] table in TOML),
+// leaving out those the composite command sets itself (`owned`). This is how a composite
+// config (the pipeline's [rm] and [ppo]) takes its stages' settings, declared once in the
+// stages, with the stages' defaults.
+template <class Stage, class V>
+void visit_stage(Stage& stage, const std::string& prefix, const std::set<std::string>& owned, V&& v) {
+  stage.visit([&](const std::string& name, auto& field, const char* help) {
+    if (!owned.contains(name)) v(prefix + "." + name, field, help);
+  });
+}
 
 // ---- implementation ------------------------------------------------------------------
 namespace detail {
 std::string toml_quote(const std::string& s);
+CLI::Validator data_path_flag();  // expands data-folder paths (core/paths.h) in a flag's value
 std::string dashed(const std::string& name);
 struct TomlDoc;  // parsed file, opaque (toml++ stays out of the headers)
 std::shared_ptr<TomlDoc> parse_toml_file(const std::filesystem::path& path);
@@ -83,19 +98,18 @@ std::string to_toml(Config& cfg) {
 }
 
 template <class Config>
-void add_config_options(CLI::App& cmd, Config& cfg, std::string& config_path) {
-  // --config is parsed first (CLI11 runs option callbacks in order of declaration), so the
-  // flags that follow override what the file says.
+void add_config_options(CLI::App& cmd, Config& cfg, std::string& config_path, const std::string& config_option) {
+  // The config file is parsed first (CLI11 runs option callbacks in order of declaration), so
+  // the flags that follow override what the file says.
   cmd.add_option_function<std::string>(
-         "--config,-c", [&cfg, &config_path](const std::string& p) { config_path = p; load_toml(cfg, p); },
+         config_option, [&cfg, &config_path](const std::string& p) { config_path = p; load_toml(cfg, p); },
          "TOML file with any of the fields below")
       ->trigger_on_parse();
   cfg.visit([&](const std::string& name, auto& field, const char* help) {
     using T = std::decay_t<decltype(field)>;
-    if constexpr (std::is_same_v<T, bool>)
-      cmd.add_option("--" + detail::dashed(name), field, help)->capture_default_str()->expected(0, 1)->default_str(field ? "true" : "false");
-    else
-      cmd.add_option("--" + detail::dashed(name), field, help)->capture_default_str();
+    auto* opt = cmd.add_option("--" + detail::dashed(name), field, help)->capture_default_str();
+    if constexpr (std::is_same_v<T, bool>) opt->expected(0, 1)->default_str(field ? "true" : "false");
+    if constexpr (std::is_same_v<T, std::string>) opt->transform(detail::data_path_flag());
   });
 }
 

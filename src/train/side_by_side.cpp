@@ -8,7 +8,7 @@
 #include <thread>
 
 #if defined(__x86_64__)
-#include "model/avx512_math.h"  // FlushDenormals
+#include "kernels/avx512_math.h"  // FlushDenormals
 #endif
 
 namespace rlhf {
@@ -30,7 +30,7 @@ void rethrow_first(const std::exception_ptr& error_a, const std::exception_ptr& 
 }
 
 // Runs f with an OpenMP team of `threads` on this thread (denormals flushed on it, as
-// model/cpu_kernels.h explains), then restores the team size and the floating-point mode.
+// kernels/cpu_kernels.h explains), then restores the team size and the floating-point mode.
 void with_threads(int threads, const std::function<void()>& f, std::exception_ptr& error) {
 #if defined(__x86_64__)
   const avx512::FlushDenormals flush;

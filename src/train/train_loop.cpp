@@ -13,7 +13,7 @@
 
 #include "core/error.h"
 #include "core/io.h"
-#include "model/safetensors.h"
+#include "formats/safetensors.h"
 #include "train/profile.h"
 
 namespace fs = std::filesystem;

@@ -4,10 +4,10 @@
 
 #include "core/error.h"
 #include "data/collate.h"
+#include "data/datasets.h"
+#include "formats/formats.h"
 #include "losses/losses.h"
-#include "model/formats.h"
 #include "train/config_fields.h"
-#include "trainers/reward_trainer.h"
 #include "trainers/trainer_util.h"
 
 namespace rlhf {
@@ -38,7 +38,7 @@ Metrics train_dpo(DpoConfig cfg, bool resume, int64_t stop_after) {
 
   ReadOptions ro{tc.skip_bad};
   auto read = [&](const std::string& p) { return read_pairs(p, cfg.data_format, ro); };
-  auto [train_pairs, eval_pairs] = train_eval_split(tc, read(tc.train_data), read);
+  auto [train_pairs, eval_pairs] = train_eval_split(tc, read(tc.train_data), read, pair_prompt);
   auto tokenize = [&](const std::vector<PreferencePair>& ps) {
     std::vector<TokPair> out;
     for (const auto& p : ps)

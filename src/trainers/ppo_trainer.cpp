@@ -11,13 +11,13 @@
 #include "data/datasets.h"
 #include "generate/generator.h"
 #include "losses/ppo.h"
-#include "model/formats.h"
+#include "formats/formats.h"
 #include "model/model.h"
-#include "model/safetensors.h"
+#include "formats/safetensors.h"
 #include "train/config_fields.h"
 #include "train/profile.h"
 #include "train/side_by_side.h"
-#include "trainers/reward_trainer.h"
+#include "model/reward_model.h"
 #include "trainers/trainer_util.h"
 
 namespace fs = std::filesystem;
@@ -181,7 +181,7 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
     std::vector<std::vector<int32_t>> prompt_ids;
     for (int64_t i = 0; i < cfg.rollout_batch; ++i) {
       const auto& p = prompts[rng() % prompts.size()];
-      auto ids = tok.encode(p, {.add_bos = tok.bos_id() >= 0 && (tok.add_bos_default() || p.empty())});
+      auto ids = encode_prompt(tok, p);
       if (static_cast<int64_t>(ids.size()) > cfg.max_prompt_length)
         ids.erase(ids.begin(), ids.end() - cfg.max_prompt_length);
       prompt_texts.push_back(p);

@@ -7,64 +7,13 @@
 #include "core/io.h"
 #include "data/collate.h"
 #include "generate/generator.h"
+#include "model/reward_model.h"
 #include "losses/losses.h"
-#include "model/formats.h"
+#include "formats/formats.h"
 #include "train/config_fields.h"
 #include "trainers/trainer_util.h"
 
 namespace rlhf {
-
-std::vector<PreferencePair> read_pairs(const std::string& path, const std::string& format, const ReadOptions& opt) {
-  std::string f = format;
-  if (f == "auto") {
-    // A rankings file has "completions" on its lines; look at the first record.
-    auto text = read_maybe_gzip(path);
-    auto first = text.substr(0, text.find('\n'));
-    f = first.find("\"completions\"") != std::string::npos ? "rankings" : "preferences";
-  }
-  if (f == "rankings") return rankings_to_pairs(read_rankings(path, opt));
-  check(f == "preferences", "data_format must be auto, preferences or rankings, got '" + f + "'");
-  return read_preferences(path, opt);
-}
-
-LoadedModel load_reward_model(const std::string& path, const LoadOptions& options) {
-  auto lm = load_model(path, options);
-  check(lm.config.num_labels == 1, path + ": not a reward model (expected a ForSequenceClassification "
-                                          "model with num_labels = 1, got num_labels = " +
-                                       std::to_string(lm.config.num_labels) + ")");
-  return lm;
-}
-
-namespace {
-
-// The raw score (B) of a batch of prompt+completion examples.
-torch::Tensor raw_scores(Transformer& rm, const std::vector<TokenizedExample>& xs, int32_t pad, torch::Device dev) {
-  auto b = to_device(collate(xs, pad), dev);
-  return rm->scores(b.input_ids, b.attention_mask).squeeze(-1);
-}
-
-}  // namespace
-
-std::vector<double> score_texts(LoadedModel& rm, const std::vector<std::pair<std::string, std::string>>& texts,
-                                int64_t max_length, int64_t batch_size, std::vector<double>* raw) {
-  check(rm.tokenizer != nullptr, "reward model has no tokenizer");
-  torch::NoGradGuard no_grad;
-  rm.model->eval();
-  const int32_t pad = training_pad_id(*rm.tokenizer);
-  std::vector<double> out;
-  for (size_t begin = 0; begin < texts.size(); begin += batch_size) {
-    std::vector<TokenizedExample> xs;
-    for (size_t i = begin; i < std::min(texts.size(), begin + size_t(batch_size)); ++i)
-      xs.push_back(tokenize_example(*rm.tokenizer, texts[i].first, texts[i].second, max_length, /*add_eos=*/false));
-    auto r = raw_scores(rm.model, xs, pad, rm.model->device()).to(torch::kCPU);
-    for (int64_t i = 0; i < r.size(0); ++i) {
-      const double x = r[i].item<double>();
-      if (raw) raw->push_back(x);
-      out.push_back(rm.config.reward_gain * x + rm.config.reward_bias);
-    }
-  }
-  return out;
-}
 
 Metrics train_reward_model(RewardConfig cfg, bool resume, int64_t stop_after) {
   const TrainConfig& tc = cfg.train;
@@ -93,7 +42,7 @@ Metrics train_reward_model(RewardConfig cfg, bool resume, int64_t stop_after) {
   // where transformers' sequence classifier reads it too (it skips pad = EOS tokens).
   ReadOptions ro{tc.skip_bad};
   auto read = [&](const std::string& p) { return read_pairs(p, cfg.data_format, ro); };
-  auto [train_pairs, eval_pairs] = train_eval_split(tc, read(tc.train_data), read);
+  auto [train_pairs, eval_pairs] = train_eval_split(tc, read(tc.train_data), read, pair_prompt);
   struct TokPair { TokenizedExample chosen, rejected; double margin; };
   auto tokenize = [&](const std::vector<PreferencePair>& ps) {
     std::vector<TokPair> out;
@@ -129,7 +78,7 @@ Metrics train_reward_model(RewardConfig cfg, bool resume, int64_t stop_after) {
       r = rm.model->score_head(shared_prompt_hidden(rm.model, *shared, dev).index_select(0, shared->last.to(dev))).squeeze(-1);
     else {
       chosen.insert(chosen.end(), rejected.begin(), rejected.end());
-      r = raw_scores(rm.model, chosen, pad, dev);
+      r = raw_reward_scores(rm.model, chosen, pad);
     }
     const int64_t n = idx.size();
     auto rc = r.narrow(0, 0, n), rr = r.narrow(0, n, n);
@@ -174,10 +123,11 @@ Metrics train_reward_model(RewardConfig cfg, bool resume, int64_t stop_after) {
       for (int64_t i = 0; i < cfg.norm_samples; ++i) {
         const auto& p = train_pairs[i % train_pairs.size()].prompt;
         prompt_texts.push_back(p);
-        prompts.push_back(tok.encode(p, {.add_bos = tok.add_bos_default() || p.empty()}));
+        prompts.push_back(encode_prompt(tok, p));
       }
       GenerateOptions g;
       g.max_new_tokens = cfg.norm_max_new_tokens;
+      g.sampling.temperature = static_cast<float>(cfg.norm_temperature);
       g.seed = static_cast<uint64_t>(tc.seed);
       auto samples = generate(policy.model, *policy.tokenizer, prompts, g);
       std::vector<std::pair<std::string, std::string>> texts;

@@ -18,6 +18,7 @@ struct RewardConfig {
   bool share_prompt = true;          // chosen and rejected in one row after one prompt (data/collate.h)
   int64_t norm_samples = 64;         // reference-policy samples for reward normalization; 0: off
   int64_t norm_max_new_tokens = 64;
+  double norm_temperature = 1.0;
 
   RewardConfig() {
     train.run_dir = "runs/rm";
@@ -30,20 +31,11 @@ struct RewardConfig {
     v("group_by_prompt", group_by_prompt, "Keep all pairs of one prompt in one batch; batch_size then counts prompts");
     v("share_prompt", share_prompt, "Compute each pair's prompt once for both completions (the same results, fewer tokens); false: a row per completion");
     v("norm_samples", norm_samples, "Samples of the reference policy (`model`) for reward normalization; 0: off");
-    v("norm_max_new_tokens", norm_max_new_tokens, "Length of those samples");
+    v("norm_max_new_tokens", norm_max_new_tokens, "Length of those samples (use PPO's max_new_tokens)");
+    v("norm_temperature", norm_temperature, "Sampling temperature of those samples (use PPO's temperature)");
   }
 };
 
-// Reads preference pairs from a preferences file or (converted K-choose-2) a rankings file.
-std::vector<PreferencePair> read_pairs(const std::string& path, const std::string& format, const ReadOptions& opt);
-
 Metrics train_reward_model(RewardConfig cfg, bool resume, int64_t stop_after = 0);
-
-// Loads a reward model (a *ForSequenceClassification folder written by train_reward_model).
-LoadedModel load_reward_model(const std::string& path, const LoadOptions& options = {});
-
-// Normalized rewards (gain * raw + bias) of prompt+completion texts, in batches.
-std::vector<double> score_texts(LoadedModel& rm, const std::vector<std::pair<std::string, std::string>>& texts,
-                                int64_t max_length, int64_t batch_size = 16, std::vector<double>* raw = nullptr);
 
 }  // namespace rlhf

@@ -6,7 +6,7 @@
 #include "data/collate.h"
 #include "data/datasets.h"
 #include "losses/losses.h"
-#include "model/formats.h"
+#include "formats/formats.h"
 #include "model/model.h"
 #include "train/config_fields.h"
 #include "trainers/trainer_util.h"

@@ -1,34 +1,61 @@
-// Small pieces the trainers share: the held-out split, moving batches to the device, and
+// Small pieces the trainers share: the held-out split (by prompt for preference pairs), moving batches to the device, and
 // exporting a trained policy.
 #pragma once
 #include <torch/torch.h>
 
+#include <map>
 #include <random>
 #include <vector>
 
 #include "data/collate.h"
-#include "model/formats.h"
+#include "data/datasets.h"
+#include "formats/formats.h"
 #include "model/model.h"
 #include "train/train_loop.h"
 
 namespace rlhf {
 
-// Splits `items` into (train, eval): eval_data when given (read by `read`), else the last
-// eval_fraction of a seeded shuffle of the training items.
+// Splits `items` into (train, eval): eval_data when given (read by `read`), else whole groups
+// of a seeded shuffle: items whose `group_of` keys are equal land on the same side, and groups
+// are held out from the end of the shuffle until eval_fraction of the items is. Preference
+// pairs are grouped by prompt, so a held-out pair's prompt (and the completions it shares with
+// its ranking's other pairs) is never trained on; with one group per item this is a plain
+// seeded shuffle of the items.
+template <class T, class Read, class GroupOf>
+std::pair<std::vector<T>, std::vector<T>> train_eval_split(const TrainConfig& cfg, std::vector<T> items, Read read,
+                                                           GroupOf group_of) {
+  if (!cfg.eval_data.empty()) return {std::move(items), read(cfg.eval_data)};
+  if (cfg.eval_fraction <= 0 || items.size() < 2) return {std::move(items), {}};
+  std::map<std::decay_t<decltype(group_of(items[0], size_t{0}))>, size_t> group_index;
+  std::vector<std::vector<size_t>> groups;  // item indices, groups in order of first appearance
+  for (size_t i = 0; i < items.size(); ++i) {
+    auto [it, fresh] = group_index.try_emplace(group_of(items[i], i), groups.size());
+    if (fresh) groups.emplace_back();
+    groups[it->second].push_back(i);
+  }
+  std::mt19937_64 rng(static_cast<uint64_t>(cfg.seed) + 17);
+  for (size_t i = groups.size(); i > 1; --i) std::swap(groups[i - 1], groups[rng() % i]);
+  const size_t target = static_cast<size_t>(items.size() * cfg.eval_fraction);
+  std::vector<bool> held_out(items.size(), false);
+  size_t n_eval = 0;
+  for (size_t g = groups.size(); g > 1 && n_eval < target; --g) {  // the first group always trains
+    for (size_t i : groups[g - 1]) held_out[i] = true;
+    n_eval += groups[g - 1].size();
+  }
+  std::vector<T> train, eval;
+  for (size_t g = 0; g < groups.size(); ++g)
+    for (size_t i : groups[g]) (held_out[i] ? eval : train).push_back(std::move(items[i]));
+  return {std::move(train), std::move(eval)};
+}
+
+// Each item its own group (SFT examples).
 template <class T, class Read>
 std::pair<std::vector<T>, std::vector<T>> train_eval_split(const TrainConfig& cfg, std::vector<T> items, Read read) {
-  std::vector<T> eval;
-  if (!cfg.eval_data.empty()) {
-    eval = read(cfg.eval_data);
-  } else if (cfg.eval_fraction > 0) {
-    std::mt19937_64 rng(static_cast<uint64_t>(cfg.seed) + 17);
-    for (size_t i = items.size(); i > 1; --i) std::swap(items[i - 1], items[rng() % i]);
-    const size_t n_eval = std::min(items.size() - 1, static_cast<size_t>(items.size() * cfg.eval_fraction));
-    eval.assign(items.end() - n_eval, items.end());
-    items.resize(items.size() - n_eval);
-  }
-  return {std::move(items), std::move(eval)};
+  return train_eval_split(cfg, std::move(items), read, [](const T&, size_t i) { return i; });
 }
+
+// The split key of preference pairs: the prompt.
+inline const std::string& pair_prompt(const PreferencePair& p, size_t) { return p.prompt; }
 
 inline TokenBatch to_device(TokenBatch b, torch::Device d) {
   b.input_ids = b.input_ids.to(d);
@@ -45,9 +72,6 @@ inline torch::Tensor shared_prompt_hidden(Transformer& model, const SharedPrompt
   auto h = model->hidden_states(b.input_ids.to(dev), b.positions.to(dev), b.attention_mask.to(dev), nullptr, &skip);
   return h.reshape({-1, h.size(-1)});
 }
-
-// The pad id for training batches: the tokenizer's pad, else its EOS (masked either way).
-inline int32_t training_pad_id(const Tokenizer& tok) { return tok.pad_id() >= 0 ? tok.pad_id() : std::max(tok.eos_id(), 0); }
 
 // Trainable parameters under stable (module) names, for the optimizer and checkpoints.
 inline AdamW::NamedParams named_trainable(torch::nn::Module& m) {

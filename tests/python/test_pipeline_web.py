@@ -24,14 +24,19 @@ web_token = "{TOKEN}"
 labelers_per_prompt = 2
 label_prompts = 6
 k = 3
+eval_prompts = 4
+eval_samples = 1
+
+[rm]
+epochs = 1
+eval_fraction = 0.15
+
+[ppo]
 max_new_tokens = 16
-rm_epochs = 1
-ppo_steps = 2
+max_steps = 2
 rollout_batch = 4
 minibatches = 2
 ppo_epochs = 1
-eval_prompts = 4
-eval_samples = 1
 ''')
         proc = subprocess.Popen([RLHF, "pipeline", cfg], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         out, port = [], []

@@ -7,8 +7,8 @@
 #include <string>
 
 #include "core/error.h"
-#include "model/formats.h"
-#include "model/safetensors.h"
+#include "formats/formats.h"
+#include "formats/safetensors.h"
 
 int main(int argc, char** argv) {
   std::string model, out, export_dir, tokenizer;

@@ -14,8 +14,8 @@
 #include "data/datasets.h"
 #include "feedback/label_server.h"
 #include "generate/generator.h"
-#include "model/cpu_kernels.h"
-#include "model/formats.h"
+#include "kernels/cpu_kernels.h"
+#include "formats/formats.h"
 #include "model/model.h"
 #include "tokenizer/chat_template.h"
 #include "train/config_fields.h"
@@ -23,6 +23,7 @@
 #include "report/report.h"
 #include "trainers/dpo_trainer.h"
 #include "trainers/ppo_trainer.h"
+#include "model/reward_model.h"
 #include "trainers/reward_trainer.h"
 #include "trainers/sft_trainer.h"
 #include "tokenizer/tokenizer.h"
@@ -71,8 +72,7 @@ void add_generate(CLI::App& app) {
     auto lm = load_model(args->model, {args->device, args->dtype, args->tokenizer});
     check(lm.tokenizer != nullptr, args->model + ": no tokenizer found with the model; pass --tokenizer");
     const Tokenizer& tok = *lm.tokenizer;
-    EncodeOptions enc;
-    enc.add_bos = !args->no_bos && (tok.add_bos_default() || args->prompt.empty()) && tok.bos_id() >= 0;
+    bool raw_ids = args->no_bos;  // else the prompt-encoding rule (encode_prompt) adds BOS
     std::string prompt_text = args->prompt;
     if (!args->chat.empty()) {
       std::vector<ChatMessage> messages;
@@ -80,12 +80,13 @@ void add_generate(CLI::App& app) {
       messages.push_back({"user", args->prompt});
       prompt_text = apply_chat_template(args->chat, messages, /*add_generation_prompt=*/true, &tok);
       // The template writes BOS itself where the model wants one (as apply_chat_template does).
-      enc.add_bos = false;
+      raw_ids = true;
       // Chat models end their turn with EOS (</s>, <|im_end|>); the plain HH format has none,
       // so the next "Human:" turn ends the reply.
       if (args->chat == "hh") args->gen.stop_strings.push_back("\n\nHuman:");
     }
-    auto prompt_ids = tok.encode(prompt_text, enc);
+    auto prompt_ids = raw_ids ? tok.encode(prompt_text, {.add_bos = false, .parse_special = true})
+                              : encode_prompt(tok, prompt_text);
     check(!prompt_ids.empty(), "the prompt is empty and the tokenizer has no BOS token to start from");
     std::vector<std::vector<int32_t>> prompts(args->n, prompt_ids);
 
@@ -280,14 +281,9 @@ void add_pipeline(CLI::App& app) {
   auto config_path = std::make_shared<std::string>();
   auto force = std::make_shared<bool>(false);
   auto* cmd = app.add_subcommand("pipeline", "The whole loop: sample -> label -> reward model -> PPO -> evaluation");
-  // The positional CONFIG is read when parsed, so flags that follow override it.
-  cmd->add_option_function<std::string>(
-         "config", [cfg, config_path](const std::string& p) { *config_path = p; load_toml(*cfg, p); },
-         "TOML file with any of the fields below")
-      ->trigger_on_parse();
-  cfg->visit([&](const std::string& name, auto& field, const char* help) {
-    cmd->add_option("--" + rlhf::detail::dashed(name), field, help)->capture_default_str();
-  });
+  // The positional CONFIG is read when parsed, so flags that follow override it; the stages'
+  // settings are flags such as --ppo.kl-coef and TOML tables [rm], [ppo].
+  add_config_options(*cmd, *cfg, *config_path, "config");
   cmd->add_flag("--force", *force, "Redo every stage, even those whose outputs exist");
   cmd->callback([cfg, force] { run_pipeline(*cfg, *force); });
 }
@@ -383,7 +379,7 @@ std::string first_line(const std::string& s) { return s.substr(0, s.find('\n'));
 }  // namespace
 
 int main(int argc, char** argv) {
-  rlhf::flush_denormals_on_cpu_threads();  // model/cpu_kernels.h: 1.5x on a training step
+  rlhf::flush_denormals_on_cpu_threads();  // kernels/cpu_kernels.h: 1.5x on a training step
   CLI::App app{"rlhf: align language models with human feedback (rlhf.cpp)"};
   app.require_subcommand(1);
   add_generate(app);

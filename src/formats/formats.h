@@ -19,14 +19,14 @@ struct ModelFiles {
   std::unique_ptr<Tokenizer> tokenizer;   // null when the source has none
 };
 
-// GGUF v2/v3 (F32, F16, BF16, Q8_0 tensors; tokenizer from the metadata). model/gguf.cpp
+// GGUF v2/v3 (F32, F16, BF16, Q8_0 tensors; tokenizer from the metadata). formats/gguf.cpp
 ModelFiles read_gguf(const std::filesystem::path& path);
 // llama2.c checkpoint (.bin, legacy v0 header). Tokenizer: `tokenizer_path` when given, else
-// a sibling tokenizer.bin / tok<N>.bin whose size matches the vocabulary. model/llama2c.cpp
+// a sibling tokenizer.bin / tok<N>.bin whose size matches the vocabulary. formats/llama2c.cpp
 ModelFiles read_llama2c(const std::filesystem::path& path,
                         const std::filesystem::path& tokenizer_path = {});
 // Hugging Face folder: config.json, model.safetensors or sharded *.safetensors with
-// model.safetensors.index.json, tokenizer.json (+ tokenizer_config.json). model/hf.cpp
+// model.safetensors.index.json, tokenizer.json (+ tokenizer_config.json). formats/hf.cpp
 ModelFiles read_hf_dir(const std::filesystem::path& dir);
 // Writes the Hugging Face layout (config.json, model.safetensors, tokenizer.json,
 // tokenizer_config.json, generation_config.json) into `dir`, each file atomically.

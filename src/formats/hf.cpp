@@ -5,9 +5,9 @@
 
 #include "core/error.h"
 #include "core/io.h"
-#include "model/formats.h"
-#include "model/layouts.h"
-#include "model/safetensors.h"
+#include "formats/formats.h"
+#include "formats/layouts.h"
+#include "formats/safetensors.h"
 
 namespace rlhf {
 namespace {

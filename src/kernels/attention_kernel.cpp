@@ -1,4 +1,4 @@
-#include "model/attention_kernel.h"
+#include "kernels/attention_kernel.h"
 
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "core/error.h"
-#include "model/avx512_math.h"
+#include "kernels/avx512_math.h"
 
 // GCC 12 warns inside its own AVX-512 reduce intrinsics (their _mm512_undefined_ps): a known
 // false positive, not our code.

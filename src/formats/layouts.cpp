@@ -1,5 +1,5 @@
 // Rotary row permutations and the GPT-2 <-> canonical name/layout mapping.
-#include "model/layouts.h"
+#include "formats/layouts.h"
 
 #include <regex>
 

@@ -4,9 +4,9 @@
 #include <cstring>
 
 #include "core/error.h"
-#include "model/binary_file.h"
-#include "model/formats.h"
-#include "model/layouts.h"
+#include "formats/binary_file.h"
+#include "formats/formats.h"
+#include "formats/layouts.h"
 
 namespace rlhf {
 namespace {

@@ -1,8 +1,8 @@
 // Choosing a reader by what a path is, and checking a set of weights against a config.
-#include "model/formats.h"
+#include "formats/formats.h"
 
 #include "core/error.h"
-#include "model/binary_file.h"
+#include "formats/binary_file.h"
 
 namespace rlhf {
 namespace {

@@ -1,4 +1,4 @@
-#include "model/cpu_kernels.h"
+#include "kernels/cpu_kernels.h"
 
 #include <ATen/Parallel.h>
 
@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "core/error.h"
-#include "model/avx512_math.h"
+#include "kernels/avx512_math.h"
 
 // GCC 12 warns inside its own AVX-512 reduce intrinsics (their _mm512_undefined_ps): a known
 // false positive, not our code.

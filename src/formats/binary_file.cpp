@@ -1,5 +1,5 @@
 // MappedFile: mmap of a whole model file, so multi-gigabyte checkpoints are not read twice.
-#include "model/binary_file.h"
+#include "formats/binary_file.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>

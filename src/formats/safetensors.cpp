@@ -1,13 +1,13 @@
 // safetensors reader and writer. The header is checked against the file before any tensor is
 // copied, so a truncated or corrupt file is an Error naming the file and the tensor.
-#include "model/safetensors.h"
+#include "formats/safetensors.h"
 
 #include <cstring>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "core/io.h"
-#include "model/binary_file.h"
+#include "formats/binary_file.h"
 
 namespace rlhf {
 namespace {
