@@ -2,7 +2,6 @@
 
 #include <chrono>
 #include <cmath>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
 
@@ -13,7 +12,6 @@
 #include "losses/ppo.h"
 #include "formats/formats.h"
 #include "model/model.h"
-#include "formats/safetensors.h"
 #include "train/config_fields.h"
 #include "train/profile.h"
 #include "train/side_by_side.h"
@@ -93,6 +91,30 @@ Transformer make_value_model(const PpoConfig& cfg, const LoadOptions& lo) {
 
 }  // namespace
 
+void validate(const PpoConfig& c) {
+  validate(c.train);
+  auto finite = [](double v) { return std::isfinite(v); };
+  check_range(c.rollout_batch > 0, "rollout_batch", c.rollout_batch, "> 0");
+  check_range(c.minibatches > 0, "minibatches", c.minibatches, "> 0");
+  check_range(c.ppo_epochs > 0, "ppo_epochs", c.ppo_epochs, "> 0");
+  check_range(c.max_new_tokens > 0, "max_new_tokens", c.max_new_tokens, "> 0");
+  check_range(c.max_prompt_length > 0, "max_prompt_length", c.max_prompt_length, "> 0");
+  check_range(finite(c.temperature) && c.temperature > 0, "temperature", c.temperature, "a finite number > 0 (sampling)");
+  check_range(finite(c.kl_coef) && c.kl_coef >= 0, "kl_coef", c.kl_coef, "a finite number >= 0");
+  check_range(finite(c.kl_target) && c.kl_target > 0, "kl_target", c.kl_target, "a finite number > 0");
+  check_range(finite(c.kl_horizon) && c.kl_horizon > 0, "kl_horizon", c.kl_horizon, "a finite number > 0");
+  check_range(c.gamma >= 0 && c.gamma <= 1, "gamma", c.gamma, "in [0, 1]");
+  check_range(c.lam >= 0 && c.lam <= 1, "lam", c.lam, "in [0, 1]");
+  check_range(finite(c.clip_range) && c.clip_range > 0, "clip_range", c.clip_range, "a finite number > 0");
+  check_range(finite(c.clip_range_value) && c.clip_range_value > 0, "clip_range_value", c.clip_range_value,
+              "a finite number > 0");
+  check_range(finite(c.vf_coef) && c.vf_coef >= 0, "vf_coef", c.vf_coef, "a finite number >= 0");
+  check_range(finite(c.ent_coef), "ent_coef", c.ent_coef, "a finite number");
+  check_range(finite(c.missing_eos_penalty), "missing_eos_penalty", c.missing_eos_penalty, "a finite number");
+  check_range(finite(c.logprob_tolerance) && c.logprob_tolerance >= 0, "logprob_tolerance", c.logprob_tolerance,
+              "a finite number >= 0");
+}
+
 Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t stop_after,
                   const RolloutMetricsFn& rollout_metrics) {
   const TrainConfig& tc = cfg.train;
@@ -103,8 +125,8 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
         "ppo: rollout_batch must be a positive multiple of minibatches");
   const int64_t mb_size = cfg.rollout_batch / cfg.minibatches;
   check(mb_size % tc.grad_accum_steps == 0, "ppo: the minibatch size must be a multiple of grad_accum_steps");
-  check(cfg.temperature > 0, "ppo: temperature must be > 0 (sampling)");
   check(cfg.kl_estimator == "k1" || cfg.kl_estimator == "k3", "ppo: kl_estimator must be k1 or k3");
+  validate(cfg);
   const auto estimator = cfg.kl_estimator == "k3" ? KlEstimator::K3 : KlEstimator::K1;
   torch::manual_seed(tc.seed);
   const LoadOptions lo{tc.device, tc.dtype};
@@ -140,35 +162,22 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
   if (cfg.adaptive_kl) kl_ctl = std::make_unique<AdaptiveKlController>(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon);
   else kl_ctl = std::make_unique<FixedKlController>(cfg.kl_coef);
 
-  const fs::path run_dir = tc.run_dir;
-  fs::create_directories(run_dir);
-  write_file_atomic(run_dir / "config.toml", to_toml(cfg));
+  // The run directory: config, metrics, crash-safe checkpoints (train/run_dir.h). The
+  // checkpoint holds both models' weights, the optimizer and the KL controller's coefficient;
+  // rollouts are seeded per iteration, so a resumed run continues exactly.
   const int64_t iterations = tc.max_steps > 0 ? tc.max_steps : 1;
   const int64_t total_updates = iterations * cfg.ppo_epochs * cfg.minibatches;
+  RunDir run(tc.run_dir, to_toml(cfg));
   int64_t start = 0;
-  auto save_checkpoint = [&](int64_t it) {
-    const fs::path dir = run_dir / "checkpoint", tmp = run_dir / "checkpoint.tmp";
-    fs::remove_all(tmp);
-    fs::create_directories(tmp);
-    TensorMap w;
-    for (const auto& [n, p] : params) w[n] = p.detach();
-    write_safetensors(tmp / "model.safetensors", w);
-    write_safetensors(tmp / "optimizer.safetensors", opt.state());
-    write_file_atomic(tmp / "state.json", json{{"step", it}, {"kl_coef", kl_ctl->value()}}.dump());
-    fs::remove_all(dir);
-    fs::rename(tmp, dir);
-  };
-  if (resume && fs::exists(run_dir / "checkpoint" / "state.json")) {
-    auto st = json::parse(read_file(run_dir / "checkpoint" / "state.json"));
-    auto w = read_safetensors(run_dir / "checkpoint" / "model.safetensors");
-    torch::NoGradGuard ng;
-    for (auto& [n, p] : params) p.copy_(w.at(n));
-    opt.load_state(read_safetensors(run_dir / "checkpoint" / "optimizer.safetensors"), "ppo checkpoint");
-    kl_ctl->load_value(st.at("kl_coef").get<double>());
-    start = st.at("step").get<int64_t>();
-  } else {
-    fs::remove(run_dir / "metrics.jsonl");
+  if (auto ck = run.start(resume, iterations)) {
+    run.restore(*ck, params, opt);
+    check(ck->extra.contains("kl_coef") && ck->extra["kl_coef"].is_number(),
+          (run.path() / "checkpoint" / "state.json").string() + ": no kl_coef (not a PPO checkpoint)");
+    kl_ctl->load_value(ck->extra["kl_coef"].get<double>());
+    start = ck->step;
   }
+  auto save_checkpoint = [&](int64_t it) { run.save(it, params, opt, json{{"kl_coef", kl_ctl->value()}}); };
+  ProgressLine progress(tc.progress, iterations, start);
 
   Metrics last;
   for (int64_t it = start; it < iterations; ++it) {
@@ -338,20 +347,20 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
     m["time/training_s"] = seconds_since(t0);
     kl_ctl->update(kl, B);
 
-    std::ofstream(run_dir / "metrics.jsonl", std::ios::app) << json(m).dump() << "\n";
+    for (const char* k : {"loss/policy", "loss/value", "objective/kl"}) check_finite(m[k], k, it + 1, run);
+    run.log(m);
     last = m;
-    if (tc.progress && ::isatty(2))
-      std::fprintf(stderr, "\rppo %lld/%lld score %.3f kl %.3f len %.1f ", (long long)(it + 1), (long long)iterations,
-                   m["objective/scores"], kl, m["response_length"]);
+    char figures[96];
+    std::snprintf(figures, sizeof(figures), "score %.3f kl %.3f len %.1f", m["objective/scores"], kl, m["response_length"]);
+    progress.update(it + 1, figures);
     const bool at_end = it + 1 == iterations, stop = stop_after > 0 && it + 1 - start == stop_after;
     if (at_end || stop || (tc.save_every > 0 && (it + 1) % tc.save_every == 0)) save_checkpoint(it + 1);
     if (stop && !at_end) return last;
   }
-  if (tc.progress && ::isatty(2)) std::fprintf(stderr, "\n");
   // The reference must leave training bit-identical (PPO_DETAILS #4).
   check(weights_fingerprint(*ref.model) == ref_fingerprint, "ppo: the reference model's weights changed during training");
   last["ref/unchanged"] = 1.0;
-  write_trained_model(run_dir / "model", policy.model, policy.config, &tok);
+  write_trained_model(run.model_dir(), policy.model, policy.config, &tok);
   return last;
 }
 

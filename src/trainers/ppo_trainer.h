@@ -79,6 +79,9 @@ using RewardFn = std::function<std::vector<double>(const std::vector<std::string
 using RolloutMetricsFn = std::function<Metrics(const std::vector<std::string>& prompts,
                                                const std::vector<std::string>& responses)>;
 
+// Range checks of every field (an Error naming the field and the value).
+void validate(const PpoConfig& c);
+
 // Runs PPO; `reward` overrides cfg.reward_model when given. Writes RUN_DIR/model (the policy).
 Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward = {}, int64_t stop_after = 0,
                   const RolloutMetricsFn& rollout_metrics = {});

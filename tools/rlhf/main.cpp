@@ -207,7 +207,8 @@ void add_trainer(CLI::App& parent, const std::string& name, const std::string& h
   auto* cmd = parent.add_subcommand(name, help);
   add_config_options(*cmd, *cfg, *config_path);
   cmd->add_flag("--resume", *resume, "Continue the run in run_dir from its last checkpoint");
-  cmd->callback([cfg, resume, train] {
+  // The callback owns the config and the path the option callbacks write to.
+  cmd->callback([cfg, config_path, resume, train] {
     auto m = train(*cfg, *resume);
     json j = json::object();
     for (const auto& [k, v] : m) j[k] = v;
@@ -285,7 +286,7 @@ void add_pipeline(CLI::App& app) {
   // settings are flags such as --ppo.kl-coef and TOML tables [rm], [ppo].
   add_config_options(*cmd, *cfg, *config_path, "config");
   cmd->add_flag("--force", *force, "Redo every stage, even those whose outputs exist");
-  cmd->callback([cfg, force] { run_pipeline(*cfg, *force); });
+  cmd->callback([cfg, config_path, force] { run_pipeline(*cfg, *force); });
 }
 
 // ---- rlhf label serve | export ----------------------------------------------------------
