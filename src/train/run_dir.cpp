@@ -115,6 +115,7 @@ std::optional<RunDir::Checkpoint> RunDir::start(bool resume, int64_t max_step) {
     write_file_atomic(metrics, kept);
   }
   last_saved_ = ck.step;
+  std::cerr << "resume: continuing from step " << ck.step << " (" << current.string() << ")\n";
   return ck;
 }
 

@@ -2,7 +2,8 @@
 SFT and PPO runs killed with SIGKILL at random moments (checkpoint writes slowed down by the
 test hook RLHF_TEST_CHECKPOINT_DELAY_MS, so many kills land inside a save), each time resumed
 with --resume, end with the same model bytes and the same metrics.jsonl (timings aside) as an
-uninterrupted run."""
+uninterrupted run, and no resume ever starts before the newest complete checkpoint on disk
+(a run that silently started over would end the same, only later)."""
 import json, os, random, signal, subprocess, sys, tempfile, time
 
 BUILD = os.environ["RLHF_BUILD"]
@@ -33,24 +34,48 @@ def model_bytes(run_dir):
         return f.read()
 
 
+def newest_complete_checkpoint(run_dir):
+    """The largest step of a complete checkpoint folder (state.json present) a kill left, or 0."""
+    steps = [0]
+    for d in ("checkpoint", "checkpoint.tmp", "checkpoint.old"):
+        state = os.path.join(run_dir, d, "state.json")
+        if os.path.exists(state):
+            with open(state) as f:
+                steps.append(json.load(f)["step"])
+    return max(steps)
+
+
 def killed_and_resumed(args, run_dir, rng, env):
     """Runs `args` until it completes, SIGKILLing it at a random moment up to MAX_KILLS times;
-    every start after the first passes --resume. Returns how many kills landed."""
+    every start after the first passes --resume, and must continue from the newest complete
+    checkpoint on disk. Returns how many kills landed."""
     kills, first = 0, True
     while True:
         cmd = [RLHF, *args, "--run-dir", run_dir] + ([] if first else ["--resume"])
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-        first = False
-        if kills < MAX_KILLS:
-            try:
-                proc.wait(timeout=rng.uniform(0.3, 2.5))
-            except subprocess.TimeoutExpired:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                kills += 1
-                continue
-        err = proc.communicate()[1]
-        assert proc.returncode == 0, (cmd, proc.returncode, err)
+        on_disk = 0 if first else newest_complete_checkpoint(run_dir)
+        with tempfile.TemporaryFile("w+") as err:
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True, env=env)
+            first = False
+            killed = False
+            if kills < MAX_KILLS:
+                try:
+                    proc.wait(timeout=rng.uniform(0.3, 2.5))
+                except subprocess.TimeoutExpired:
+                    proc.send_signal(signal.SIGKILL)
+                    killed = True
+            proc.wait()
+            err.seek(0)
+            text = err.read()
+        resumed = [int(l.split("continuing from step ")[1].split()[0]) for l in text.splitlines()
+                   if "continuing from step " in l]
+        if resumed:
+            assert resumed[0] >= on_disk, f"resumed from step {resumed[0]} with a complete checkpoint of step {on_disk} on disk"
+        elif on_disk > 0 and not killed:
+            raise AssertionError(f"did not resume with a checkpoint of step {on_disk} on disk: {text}")
+        if killed:
+            kills += 1
+            continue
+        assert proc.returncode == 0, (cmd, proc.returncode, text)
         return kills
 
 
