@@ -158,7 +158,7 @@ json run_pipeline(const PipelineConfig& cfg, bool force) {
       LabelServeOptions o;
       o.db = (run / "labels.sqlite").string();
       o.host = cfg.web_host;
-      o.port = static_cast<int>(cfg.web_port);
+      o.port = cfg.web_port;  // checked by prepare_label_store: no narrowing to int first
       o.k = cfg.k;
       o.labelers_per_prompt = cfg.labelers_per_prompt;
       o.token = cfg.web_token;

@@ -312,7 +312,9 @@ void add_label(CLI::App& app) {
   serve->add_option("--host", a->opt.host, "Address to listen on")->capture_default_str();
   serve->add_option("--port", a->opt.port, "Port (0: any free one)")->capture_default_str();
   serve->add_option("--token", a->opt.token, "Access token any labeler may sign in with (default: made up and printed)");
-  serve->add_option("--labeler", a->opt.labelers, "NAME=TOKEN: a labeler with their own token (repeatable)");
+  serve->add_option("--labeler", a->opt.labelers,
+                    "NAME=TOKEN: a labeler with their own token (repeatable; when given, replaces the stored list)");
+  serve->add_option("--session-hours", a->opt.session_hours, "How long a sign-in lasts")->capture_default_str();
   serve->add_option("--max-new-tokens", a->max_new_tokens, "Completion length at most")->capture_default_str();
   serve->add_option("--temperature", a->temperature, "Sampling temperature")->capture_default_str();
   serve->add_option("--seed", a->seed, "Sampling seed")->capture_default_str();
