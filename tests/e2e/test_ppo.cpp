@@ -239,7 +239,8 @@ TEST(Ppo, ValueModelStartsInRewardUnitsAlignedWithTheStates) {
 
 TEST(Ppo, ScoresIncludePenaltiesAndEntropyIsPerSequence) {
   // A constant reward of 0.5; a response that never ends scores -1 (missing_eos_penalty),
-  // one that ends at EOS or at the stop string "." keeps 0.5; each pays 0.01 per token.
+  // one that ends at EOS or at the stop string "." keeps 0.5; each pays 0.01 per token. The
+  // score goes to the response's last generated token (kl_coef 0: the only nonzero reward).
   test::TempDir tmp;
   auto cfg = one_step(tmp, "penalties");
   cfg.rollout_batch = 8;
@@ -248,6 +249,7 @@ TEST(Ppo, ScoresIncludePenaltiesAndEntropyIsPerSequence) {
   cfg.missing_eos_penalty = -1.0;
   cfg.length_penalty = 0.01;
   cfg.stop_string = ".";
+  cfg.kl_coef = 0.0;
   std::vector<std::string> texts;
   std::vector<std::vector<int32_t>> tokens;
   RewardFn constant = [&](const auto&, const std::vector<std::string>& r, const std::vector<std::vector<int32_t>>& t) {
@@ -271,13 +273,19 @@ TEST(Ppo, ScoresIncludePenaltiesAndEntropyIsPerSequence) {
     unended += !ended;
     const double expected = (ended ? 0.5 : -1.0) - 0.01 * double(tokens[b].size());
     EXPECT_NEAR(seen.scores[b].item<double>(), expected, 1e-6) << text;
-    EXPECT_EQ(seen.response_mask[b].sum().item<double>(), double(tokens[b].size()));
+    const int64_t n = static_cast<int64_t>(tokens[b].size());
+    for (int64_t t = 0; t < seen.R; ++t) {
+      EXPECT_EQ(seen.response_mask[b][t].item<float>(), t < n ? 1.0f : 0.0f) << "row " << b << " token " << t;
+      EXPECT_FLOAT_EQ(seen.rewards[b][t].item<float>(), t == n - 1 ? seen.scores[b].item<float>() : 0.0f)
+          << "row " << b << " token " << t;
+    }
+    EXPECT_EQ(seen.ids[b][seen.P + n - 1].item<int64_t>(), tokens[b].back());
     mean += expected / double(texts.size());
   }
   EXPECT_GT(stopped, 0);  // the stop string ended some responses, so the test saw it work
   EXPECT_NEAR(m.at("objective/scores"), mean, 1e-6);
   EXPECT_NEAR(m.at("objective/scores_before_penalties"), 0.5, 1e-6);
-  EXPECT_NEAR(m.at("objective/rlhf_reward"), mean - cfg.kl_coef * m.at("objective/kl"), 1e-6);
+  EXPECT_NEAR(m.at("objective/rlhf_reward"), mean, 1e-6);
   // objective/entropy as TRL logs it: sum over each response of -log pi(token), mean over the batch.
   const double entropy =
       torch::where(seen.response_mask != 0, -seen.logprobs.to(torch::kCPU), 0.0).sum(1).mean().item<double>();
