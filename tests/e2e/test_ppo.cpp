@@ -322,3 +322,10 @@ TEST(Ppo, RatioGuardFiresWhenRolloutAndUpdateDisagree) {
   EXPECT_NE(run(0.01, "shifted").find("probability ratio on the first minibatch is not 1"), std::string::npos);
   EXPECT_EQ(run(1e-4, "within"), "");
 }
+
+TEST(Ppo, LengthPenaltyMustBeFinite) {
+  test::TempDir tmp;
+  auto cfg = one_step(tmp, "nan");
+  cfg.length_penalty = std::nan("");
+  EXPECT_NE(error_of([&] { train_ppo(cfg, false, count_reward(5)); }).find("length_penalty"), std::string::npos);
+}
