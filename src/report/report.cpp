@@ -23,11 +23,11 @@ struct Titled {
 };
 // The metrics a report leads with, in this order.
 constexpr Titled kHeadline[] = {
-    {"objective/scores", "Reward-model score"},
+    {"objective/scores", "Score (reward model, after the missing-EOS and length penalties)"},
     {"objective/gold", "Gold score (sentiment lexicon)"},
     {"objective/kl", "KL to the reference"},
     {"kl_coef", "KL coefficient \u03b2"},
-    {"objective/entropy", "Entropy"},
+    {"objective/entropy", "Entropy per response (nats)"},
     {"loss/policy", "Policy loss"},
     {"loss/value", "Value loss"},
     {"policy/clipfrac", "Policy clip fraction"},
@@ -40,6 +40,8 @@ constexpr Titled kHeadline[] = {
 // Titles of other metrics the trainers write; these plot in name order.
 constexpr Titled kOtherTitles[] = {
     {"objective/rlhf_reward", "Score \u2212 \u03b2\u00b7KL"},
+    {"objective/scores_before_penalties", "Reward-model score before penalties"},
+    {"policy/entropy_avg", "Entropy per token (nats)"},
     {"policy/approxkl", "Approximate KL of the update"},
     {"val/clipfrac", "Value clip fraction"},
     {"val/explained_variance", "Explained variance of the values"},
