@@ -9,13 +9,13 @@ functions PPO needs, 1.16 still ships only `entropy_from_logits` (trl/trainer/ut
 rest is re-expressed below from those removed files, operation for operation, in float32 torch as TRL ran it:
 
   masked_mean / masked_var / masked_whiten   trl/experimental/ppo/ppo_trainer.py (= trl/core.py of 0.x). TRL's
-      masked_whiten uses masked_var's default unbiased=True; the biased form (PPO_DETAILS #8, OpenAI's
+      masked_whiten uses masked_var's default unbiased=True; the biased form (OpenAI's
       tf.nn.moments) is the same code with unbiased=False.
   k1 / k3 KL estimators                      experimental PPOTrainer.train, "4. compute rewards"; k3 also checked
       against the inline formula of TRL 1.16's GRPOTrainer._compute_loss.
   per-token rewards                          TRL 0.x PPOTrainer.compute_rewards: score added at mask.nonzero()[-1],
       the last real token. (The experimental trainer adds it one token later, at sequence_length + 1 when that is
-      inside the response, because its mask there included the token after EOS; PPO_DETAILS #1 and OpenAI's code
+      inside the response, because its mask there included the token after EOS; OpenAI's code
       use the last token, so that is what is pinned.)
   GAE                                        TRL 0.x PPOTrainer.compute_advantages: values and rewards multiplied by
       the mask, then the backward loop (the experimental trainer's loop is the same; it zeroes padding by fills).

@@ -77,7 +77,7 @@ TEST(Optimizer, TensorFlowEpsilonIsAddedBeforeBiasCorrection) {
   tf.step(lr);
   const double expected = -lr * g * std::sqrt(1 - b2) / (g * std::sqrt(1 - b2) + eps);
   EXPECT_NEAR(w.item<double>(), expected, 1e-7);
-  // PyTorch-style with the same eps moves further on this first step (PPO_DETAILS #16).
+  // PyTorch-style with the same eps moves further on this first step (why lm-human-preferences' TensorFlow Adam is gentler early on).
   auto u = torch::zeros({1}).requires_grad_(true);
   AdamW pt({{"u", u}}, {.beta1 = 0.9, .beta2 = b2, .eps = eps});
   u.mutable_grad() = torch::full({1}, g);

@@ -1,6 +1,7 @@
 // PPO math as pure tensor functions. The formulas follow TRL's PPO trainer (the last versions
-// that had one) and OpenAI's lm-human-preferences where the two differ on a detail that
-// PPO_DETAILS.md fixes; tests/test_ppo_math.cpp pins each against scripts/gen_ppo_fixtures.py.
+// that had one) and OpenAI's lm-human-preferences where the two differ (biased variance in
+// whitening, the score at the last real token); tests/test_ppo_math.cpp pins each against
+// scripts/gen_ppo_fixtures.py.
 #include "losses/ppo.h"
 
 #include <algorithm>

@@ -1,8 +1,8 @@
 // The math of PPO for language models as pure functions of tensors: masked statistics, KL
 // estimators, per-token rewards, GAE, the clipped policy and value losses, entropy, and the
-// KL-coefficient controllers, which a PPO trainer calls in order. "PPO_DETAILS #n" is item n of
-// the project's list of PPO details (../shared/PPO_DETAILS.md), after OpenAI's lm-human-preferences
-// and "The N Implementation Details of RLHF with PPO".
+// KL-coefficient controllers, which a PPO trainer calls in order. Where the peers differ, the
+// detail chosen is named in the comment, after OpenAI's lm-human-preferences and "The N
+// Implementation Details of RLHF with PPO".
 //
 // B batch of responses, T response length, V vocabulary. `mask` is (B, T), 1 on real response
 // tokens and 0 on padding (responses are right-padded); it is read as "!= 0", so padding
@@ -25,12 +25,12 @@ namespace rlhf {
 torch::Tensor masked_mean(const torch::Tensor& x, const torch::Tensor& mask, std::optional<int64_t> dim = std::nullopt);
 
 // Variance of x over the masked entries, a scalar. Biased (divides by n) by default, as
-// OpenAI's lm-human-preferences (tf.nn.moments) and PPO_DETAILS #8; unbiased multiplies by
+// OpenAI's lm-human-preferences (tf.nn.moments), with eps 1e-8; unbiased multiplies by
 // n/(n-1), which is TRL's default.
 torch::Tensor masked_var(const torch::Tensor& x, const torch::Tensor& mask, bool unbiased = false);
 
 // (x - mean) / sqrt(var + 1e-8) with mean and var over the masked entries; shift_mean = false
-// adds the mean back (reward whitening rescales but keeps the mean, PPO_DETAILS #8). Returns (B, T)
+// adds the mean back (reward whitening rescales but keeps the mean, as lm-human-preferences does). Returns (B, T)
 // with padding set to 0, as TRL does right after each masked_whiten call. unbiased = true is
 // TRL's masked_whiten exactly; the default is the biased variance of the spec. Throws when the
 // mask has fewer entries than the variance needs (1, or 2 when unbiased).
@@ -53,7 +53,7 @@ struct PerTokenRewards {
   torch::Tensor kl;       // (B, T) the per-token KL estimate, 0 on padding; objective/kl = kl.sum(1).mean()
 };
 
-// Reward shaping of PPO_DETAILS #1 and #5: r_t = -kl_coef * kl_t on every response token, and the
+// Reward shaping (the score read at the last non-pad response token, a KL penalty per token): r_t = -kl_coef * kl_t on every response token, and the
 // reward model's score (B) added at the last real token of each row. logprobs and ref_logprobs
 // (B, T) are of the sampled response tokens, at the sampling temperature. Throws when a row of
 // the mask is empty (its score would have nowhere to go). Never differentiated: no gradients.
@@ -61,7 +61,7 @@ PerTokenRewards per_token_rewards(const torch::Tensor& logprobs, const torch::Te
                                   const torch::Tensor& scores, const torch::Tensor& mask, double kl_coef,
                                   KlEstimator estimator = KlEstimator::K1);
 
-// How a response that never emitted EOS (it ran into the length limit) is scored, PPO_DETAILS #12.
+// How a response that never emitted EOS (it ran into the length limit) is scored: a fixed penalty score (the missing-EOS penalty).
 enum class EosPenaltyMode {
   Replace,   // score := penalty (OpenAI lm-human-preferences: penalty_reward_value, e.g. -1)
   Subtract,  // score -= penalty (TRL's missing_eos_penalty)
@@ -78,7 +78,7 @@ struct GaeOutput {
   torch::Tensor returns;     // (B, T) advantages + values, the value head's regression target; 0 on padding
 };
 
-// Generalised advantage estimation (Schulman et al. 2016), PPO_DETAILS #7, backwards over t:
+// Generalised advantage estimation (Schulman et al. 2016), backwards over t with V = 0 after the last token:
 //   delta_t = r_t + gamma * V_{t+1} - V_t,   A_t = delta_t + gamma * lam * A_{t+1},
 // with V and A after each row's last real token taken as 0 (the episode ends there).
 // rewards, values (B, T). Whitening the advantages is the caller's next step (masked_whiten).
@@ -91,13 +91,13 @@ GaeOutput gae(const torch::Tensor& rewards, const torch::Tensor& values, const t
 struct PolicyLossOutput {
   torch::Tensor loss;        // () differentiable; the NEGATIVE clipped surrogate, to minimise
   torch::Tensor clipfrac;    // () fraction of real tokens where the clipped branch is taken (policy/clipfrac)
-  torch::Tensor approxkl;    // () 0.5 * masked mean of (logp - logp_old)^2 (policy/approxkl, PPO_DETAILS #15)
+  torch::Tensor approxkl;    // () 0.5 * masked mean of (logp - logp_old)^2 (policy/approxkl, as TRL logs it)
   torch::Tensor ratio_mean;  // () masked mean of rho; 1 up to float error on the first minibatch of an update
   torch::Tensor ratio_min;   // () over real tokens
   torch::Tensor ratio_max;   // () over real tokens
 };
 
-// PPO's clipped policy loss, PPO_DETAILS #9. With rho = exp(logp - logp_old):
+// PPO's clipped policy loss (clip epsilon 0.2 by default). With rho = exp(logp - logp_old):
 //   loss = masked_mean(max(-A * rho, -A * clip(rho, 1 - clip_range, 1 + clip_range)))
 // Sign convention: this is a loss to MINIMISE, the negative of PPO's surrogate
 // min(rho * A, clip(rho) * A), so it adds to the value loss and an optimizer step descends it;
@@ -111,7 +111,7 @@ struct ValueLossOutput {
   torch::Tensor clipfrac;  // () fraction of real tokens where the clipped error is the larger (val/clipfrac)
 };
 
-// Clipped value loss, PPO_DETAILS #9:
+// Clipped value loss (clipped around the rollout's values, coefficient vf_coef in the trainer):
 //   loss = 0.5 * masked_mean(max((V - R)^2, (clip(V, V_old - c, V_old + c) - R)^2)).
 // values (B, T) carry gradients; old_values (B, T) (from the rollout) and returns (B, T) are constants.
 // The caller scales it by the value coefficient (0.1 by default).
@@ -128,7 +128,7 @@ torch::Tensor explained_variance(const torch::Tensor& values, const torch::Tenso
 // temperature). Differentiable, so it can serve as an entropy bonus (subtracted from the loss).
 torch::Tensor entropy_from_logits(const torch::Tensor& logits, const torch::Tensor& mask);
 
-// ---- KL coefficient controllers (PPO_DETAILS #6) -----------------------------------------
+// ---- KL coefficient controllers (fixed, or Ziegler et al.'s adaptive one) -----------------
 
 // The KL coefficient beta the rewards use, updated once per PPO step from the measured KL.
 // The whole state is the current value: save value() in a checkpoint, restore with load_value().

@@ -167,7 +167,7 @@ TransformerImpl::TransformerImpl(const ModelConfig& cfg) : cfg_(cfg) {
   model = register_module("model", Body(cfg));
   if (cfg.num_labels > 0) {
     score = register_module("score", linear(cfg.hidden_size, cfg.num_labels, false));
-    // Reward head init N(0, 1/sqrt(C + 1)) (lm-human-preferences; PPO_DETAILS #10).
+    // Reward head init N(0, 1/sqrt(C + 1)) (as lm-human-preferences initialises its reward head).
     torch::NoGradGuard no_grad;
     score->weight.normal_(0.0, 1.0 / std::sqrt(double(cfg.hidden_size + 1)));
   } else if (!cfg.tie_word_embeddings) {

@@ -1,4 +1,4 @@
-// AdamW with decoupled weight decay, in two epsilon conventions (PPO_DETAILS #16):
+// AdamW with decoupled weight decay, in two epsilon conventions (lm-human-preferences trained with TensorFlow's Adam):
 //   PyTorch: p -= lr * m_hat / (sqrt(v_hat) + eps)
 //   TensorFlow: p -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps), i.e. eps is
 //   added before the bias correction, so early steps (small v) move less than PyTorch's.

@@ -57,7 +57,7 @@ RowView view_rows(const Rollout& r, const torch::Tensor& rows) {
 }
 
 // Log-probs (B, R) of the response tokens and the logits (B, R, V) that scored them, at the
-// sampling temperature (PPO_DETAILS #3).
+// sampling temperature (the generator sampled from logits / T, so every log-prob divides too).
 std::pair<torch::Tensor, torch::Tensor> response_logprobs(Transformer& m, const Rollout& r, const torch::Tensor& rows,
                                                           double temperature) {
   const auto [ids, mask, P] = view_rows(r, rows);
@@ -95,7 +95,7 @@ ValueModel make_value_model(const PpoConfig& cfg, const LoadOptions& lo) {
   if (from_policy) {
     c.num_labels = 1;
     files.weights.erase("lm_head.weight");
-    files.weights["score.weight"] = torch::zeros({1, c.hidden_size});  // zero-initialised (PPO_DETAILS #10)
+    files.weights["score.weight"] = torch::zeros({1, c.hidden_size});  // zero-initialised
   } else {
     check(c.num_labels == 1 && files.weights.count("score.weight"),
           path + ": the value model must have a scalar head (a reward model), got num_labels = " +
@@ -157,7 +157,7 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
   torch::manual_seed(tc.seed);
   const LoadOptions lo{tc.device, tc.dtype};
 
-  // 1. Policy, frozen reference (PPO_DETAILS #4), value model, reward.
+  // 1. Policy, frozen reference (eval mode, no gradients), value model, reward.
   auto policy = load_model(tc.model, lo);
   check(policy.tokenizer != nullptr, tc.model + ": no tokenizer found with the model");
   const Tokenizer& tok = *policy.tokenizer;
@@ -273,7 +273,7 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
 
     // 4. Score: the reward on the texts (on this thread, side by side with the value model's
     // forward, train/side_by_side.h); the policy's old and the reference's log-probs side by
-    // side; responses that never ended get the penalty (#12), and each pays length_penalty per token.
+    // side; responses that never ended get the missing-EOS penalty, and each pays length_penalty per token.
     t0 = Clock::now();
     torch::Tensor old_logp, ref_logp, old_values;
     std::vector<double> raw_scores;
@@ -310,7 +310,7 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
               " (tolerance " + std::to_string(cfg.logprob_tolerance) + "): the two forward passes disagree");
     m["time/scoring_s"] = seconds_since(t0);
 
-    // 6. Rewards with the KL penalty (#5), GAE (#7), whitened advantages (#8).
+    // 6. Rewards with the per-token KL penalty, GAE, whitened advantages (mean shifted).
     auto shaped = per_token_rewards(old_logp, ref_logp, scores, r.response_mask, kl_ctl->value(), estimator);
     auto rewards = cfg.whiten_rewards ? masked_whiten(shaped.rewards, r.response_mask, /*shift_mean=*/false) : shaped.rewards;
     auto adv = gae(rewards, old_values, r.response_mask, cfg.gamma, cfg.lam);
@@ -327,7 +327,7 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
                          adv.returns});
     if (probes.before_update) probes.before_update(old_logp);
 
-    // 7. PPO epochs over reshuffled minibatches (#13), gradient accumulation on top.
+    // 7. PPO epochs over minibatches reshuffled each epoch, gradient accumulation on top.
     t0 = Clock::now();
     policy.model->train();
     value.net->train();
@@ -381,7 +381,7 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
         }
         const double clip = clip_scale(grad_norm(params), tc.max_grad_norm);
         const int64_t update = (it * cfg.ppo_epochs + epoch) * cfg.minibatches + mb;
-        opt.step(lr_at(update, total_updates, tc.warmup_steps, tc.lr, tc.lr_schedule), clip);  // anneals to 0 (#17)
+        opt.step(lr_at(update, total_updates, tc.warmup_steps, tc.lr, tc.lr_schedule), clip);  // anneals linearly to 0 by default
       }
     }
     for (const auto& [k, v] : sums) m[k] = v / double(n_mb);
@@ -399,7 +399,7 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
     if (at_end || stop || (tc.save_every > 0 && (it + 1) % tc.save_every == 0)) save_checkpoint(it + 1);
     if (stop && !at_end) return last;
   }
-  // The reference must leave training bit-identical (PPO_DETAILS #4).
+  // The reference must leave training bit-identical (it is frozen, not just unused).
   check(weights_fingerprint(*ref.model) == ref_fingerprint, "ppo: the reference model's weights changed during training");
   last["ref/unchanged"] = 1.0;
   write_trained_model(run.model_dir(), policy.model, policy.config, &tok);

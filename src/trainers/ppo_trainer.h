@@ -1,4 +1,4 @@
-// PPO for language models (PPO_DETAILS.md): rollouts from the policy with the batched
+// PPO for language models, after lm-human-preferences and TRL: rollouts from the policy with the batched
 // generator, a reward per response, a per-token KL penalty against a frozen reference,
 // GAE over a value model's estimates, then several epochs of clipped policy and value
 // updates over reshuffled minibatches.
@@ -34,7 +34,7 @@ struct PpoConfig {
   bool penalize_missing_eos = true;
   double length_penalty = 0.0;        // subtracted from the score per response token
   std::string stop_string;            // empty: none; else responses end after its first occurrence
-  double logprob_tolerance = 1e-3;    // generator vs trainer logprob guard (PPO_DETAILS, failure modes)
+  double logprob_tolerance = 1e-3;    // generator vs trainer logprob guard (the two forward passes must agree)
 
   PpoConfig() {
     train.run_dir = "runs/ppo";

@@ -118,7 +118,7 @@ Metrics train_reward_model(RewardConfig cfg, bool resume, int64_t stop_after) {
     };
   hooks.save_model = [&](const std::filesystem::path& dir) {
     // 4. Normalization: gain and bias so that the reference policy's samples score mean 0,
-    // std 1 (lm-human-preferences; PPO_DETAILS #11), fitted on prompts of the training data.
+    // std 1 (as lm-human-preferences normalises its reward model), fitted on prompts of the training data.
     ModelConfig out_cfg = rm.config;
     out_cfg.pad_token_id = pad;  // transformers needs it to find the last token of a row
     if (cfg.norm_samples > 0) {
