@@ -6,7 +6,7 @@
 
 #include "core/error.h"
 #include "core/io.h"
-#include "tokenizer/utf8.h"
+#include "core/utf8.h"
 
 namespace rlhf {
 namespace {
@@ -366,21 +366,17 @@ json Tokenizer::hf_tokenizer_config(int64_t model_max_length) const {
 }
 
 namespace {
-// Takes the complete characters off the front of `pending`; invalid bytes become U+FFFD and,
-// when `final`, so does an incomplete tail.
+// Takes the text off the front of `pending`, invalid bytes as U+FFFD; an incomplete character
+// at the end (it can only be at the end) waits for more bytes unless `final`.
 std::string take_complete(std::string& pending, bool final) {
-  std::string out;
-  size_t i = 0;
-  while (i < pending.size()) {
-    const auto st = utf8::step(pending, i);
+  size_t end = 0;
+  while (end < pending.size()) {
+    const auto st = utf8::step(pending, end);
     if (st.step == utf8::Step::Incomplete && !final) break;
-    if (st.step == utf8::Step::Ok)
-      out.append(pending, i, st.len);
-    else
-      out += utf8::kReplacement;
-    i += st.len;
+    end += st.len;
   }
-  pending.erase(0, i);
+  std::string out = valid_utf8(std::string_view(pending).substr(0, end));
+  pending.erase(0, end);
   return out;
 }
 }  // namespace
