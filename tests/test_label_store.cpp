@@ -7,6 +7,8 @@
 #include <fstream>
 #include <set>
 
+#include <sqlite3.h>
+
 #include "data/datasets.h"
 #include "feedback/label_server.h"
 #include "feedback/label_store.h"
@@ -48,6 +50,16 @@ struct Fixture {
     }
   }
 };
+
+// Runs `statement` on the database file through a connection of its own, as another process would.
+void run_sql(const std::filesystem::path& db, const std::string& statement) {
+  sqlite3* con = nullptr;
+  ASSERT_EQ(sqlite3_open(db.c_str(), &con), SQLITE_OK);
+  char* err = nullptr;
+  EXPECT_EQ(sqlite3_exec(con, statement.c_str(), nullptr, nullptr, &err), SQLITE_OK) << (err ? err : "");
+  sqlite3_free(err);
+  sqlite3_close(con);
+}
 
 LabelSubmission ranking_of(const LabelTask& t, const std::string& who) {
   LabelSubmission s;
@@ -265,6 +277,74 @@ TEST(LabelStore, RefusesFilesThatAreNotLabelingDatabases) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("junk.sqlite"), std::string::npos) << e.what();
   }
+}
+
+TEST(LabelStore, SessionsExpireAfterTheirLifetime) {
+  Fixture f;
+  const auto session = f.store->sign_in("ann", "shared-secret");
+  EXPECT_EQ(f.store->session_labeler(session), "ann");
+  EXPECT_DOUBLE_EQ(f.store->session_seconds(), 12 * 3600);  // the default
+  run_sql(f.dir / "labels.sqlite", "UPDATE sessions SET created = created - 13 * 3600");  // signed in 13 h ago
+  try {
+    f.store->session_labeler(session);
+    ADD_FAILURE() << "a 13 h old session was accepted";
+  } catch (const LabelError& e) {
+    EXPECT_EQ(e.status, 401);
+    EXPECT_NE(std::string(e.what()).find("expired"), std::string::npos) << e.what();
+  }
+  f.store->set_meta("session_seconds", std::to_string(24 * 3600));  // a longer lifetime covers it again
+  EXPECT_EQ(f.store->session_labeler(session), "ann");
+}
+
+TEST(LabelStore, SessionsEndWhenTheirTokenChangesOrTheLabelerIsRemoved) {
+  Fixture f;
+  const auto ann = f.store->sign_in("ann", "shared-secret"), carol = f.store->sign_in("carol", "carols-token");
+  f.store->set_meta("shared_token", "new-shared-secret");
+  expect_status(401, [&] { f.store->session_labeler(ann); });
+  EXPECT_EQ(f.store->session_labeler(carol), "carol");  // her own token is unchanged
+  f.store->set_labelers({{"dave", "daves-token"}});      // carol is no named labeler any more
+  expect_status(401, [&] { f.store->session_labeler(carol); });
+  expect_status(401, [&] { f.store->sign_in("carol", "carols-token"); });
+  expect_status(401, [&] { f.store->sign_in("ann", "shared-secret"); });
+  EXPECT_EQ(f.store->session_labeler(f.store->sign_in("ann", "new-shared-secret")), "ann");
+  EXPECT_EQ(f.store->session_labeler(f.store->sign_in("dave", "daves-token")), "dave");
+}
+
+TEST(LabelStore, SessionsFromBeforeTokensWereRecordedAreDropped) {
+  TempDir dir;
+  const auto path = dir / "old.sqlite";
+  // The first release's sessions table: no token to check a session against.
+  run_sql(path,
+          "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+          "INSERT INTO meta VALUES('schema_version', '1'), ('shared_token', 'shared-secret');"
+          "CREATE TABLE sessions(id TEXT PRIMARY KEY, labeler TEXT NOT NULL, created REAL NOT NULL);"
+          "INSERT INTO sessions VALUES('old-session', 'ann', 1e12);");
+  LabelStore store(path);
+  expect_status(401, [&] { store.session_labeler("old-session"); });
+  EXPECT_EQ(store.session_labeler(store.sign_in("ann", "shared-secret")), "ann");
+}
+
+TEST(LabelServe, PortsOutsideZeroTo65535AreRefused) {
+  TempDir dir;
+  LabelStore store(dir / "labels.sqlite");
+  LabelServeOptions opt;
+  opt.token = "shared-secret";
+  for (int64_t port : {int64_t{99999}, int64_t{-1}, int64_t{65536}, (int64_t{1} << 32) + 8080}) {
+    opt.port = port;
+    try {
+      prepare_label_store(store, opt, {});
+      ADD_FAILURE() << "port " << port << " accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(std::to_string(port)), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("65535"), std::string::npos) << e.what();
+    }
+  }
+  for (int64_t port : {0, 8080, 65535}) {
+    opt.port = port;
+    EXPECT_NO_THROW(prepare_label_store(store, opt, {}));
+  }
+  opt.session_hours = 0;
+  EXPECT_THROW(prepare_label_store(store, opt, {}), Error);
 }
 
 // {"prompt_id": 1.5} used to be read as prompt 1 and stored; an id must be an integer as sent.

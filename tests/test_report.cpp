@@ -115,13 +115,47 @@ TEST(Report, ReadMetricLogKeepsNullsAsNanAndUsesStepOrRecordNumber) {
   // A series without any finite value is not plotted.
   EXPECT_EQ(metrics_to_plot(log), std::vector<std::string>{"a"});
 
-  write_file_atomic(tmp / "bad.jsonl", "{\"step\": 1, \"loss\": 2}\n{\"step\": 2, \"loss\": \n");
-  try {
-    read_metric_log(tmp / "bad.jsonl");
-    FAIL() << "a malformed line was accepted";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("bad.jsonl:2:"), std::string::npos) << e.what();
+}
+
+TEST(Report, ReadMetricLogSkipsAndCountsLinesItCannotReadAndTakesPythonsNaN) {
+  TempDir tmp;
+  // Line 2 is cut off (a crash mid-write), line 4 is Python's json.dumps of non-finite floats,
+  // line 5 is not an object.
+  write_file_atomic(tmp / "m.jsonl",
+                    "{\"step\": 1, \"loss\": 2}\n{\"step\": 2, \"loss\": \n{\"step\": 3, \"loss\": 1}\n"
+                    "{\"step\": 4, \"loss\": NaN, \"kl\": -Infinity, \"note\": \"NaN stays text\"}\n[1, 2]\n");
+  std::vector<size_t> skipped;
+  const auto log = read_metric_log(tmp / "m.jsonl", &skipped);
+  EXPECT_EQ(skipped, (std::vector<size_t>{2, 5}));
+  EXPECT_EQ(log.at("loss").steps, (std::vector<double>{1, 3, 4}));
+  EXPECT_TRUE(std::isnan(log.at("loss").values[2]));
+  EXPECT_TRUE(std::isnan(log.at("kl").values[0]));
+  EXPECT_EQ(log.count("note"), 0u);  // a string, not a metric
+
+  // The report is written and says what it skipped.
+  write_file_atomic(tmp / "metrics.jsonl", read_file(tmp / "m.jsonl"));
+  const std::string html = render_report(tmp.path);
+  EXPECT_EQ(plots_of(html).size(), 1u);  // loss (kl has no finite value)
+  EXPECT_NE(html.find("2 lines of this file could not be read"), std::string::npos);
+  EXPECT_NE(html.find("line 2, 5."), std::string::npos);
+}
+
+TEST(Report, ThousandsOfMetricNamesAreCappedAndTheRestCounted) {
+  TempDir tmp;
+  constexpr int kNames = 100000;
+  std::string lines;
+  for (int step = 1; step <= 2; ++step) {
+    std::string line = "{\"step\": " + std::to_string(step);
+    for (int i = 0; i < kNames; ++i) line += ", \"metric_" + std::to_string(i) + "\": " + std::to_string(i + step);
+    lines += line + "}\n";
   }
+  write_file_atomic(tmp / "metrics.jsonl", lines);
+  const std::string html = render_report(tmp.path);
+  EXPECT_EQ(plots_of(html).size(), kMaxPlots);
+  EXPECT_LT(html.size(), size_t{1} << 20) << "a page of " << html.size() << " bytes";
+  const std::string more = " and " + std::to_string(kNames - kMaxPlots - kMaxNamesListed) + " more";
+  EXPECT_NE(html.find(more), std::string::npos);
+  EXPECT_NE(html.find("Not plotted (" + std::to_string(kNames - kMaxPlots) + " metrics; a report shows at most"), std::string::npos);
 }
 
 TEST(Report, PlotsSkipNonFiniteValuesAndHandleSinglePointsAndConstants) {

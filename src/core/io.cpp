@@ -1,9 +1,12 @@
 #include "core/io.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 #include <zlib.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 
@@ -32,7 +35,9 @@ void write_file_atomic(const std::filesystem::path& path,
       out.flush();
       check(out.good(), tmp.string() + ": write failed (disk full?)");
     }
+    sync_path(tmp);
     std::filesystem::rename(tmp, path);
+    sync_path(path.has_parent_path() ? path.parent_path() : std::filesystem::path("."));
   } catch (...) {
     std::error_code ec;
     std::filesystem::remove(tmp, ec);
@@ -42,6 +47,15 @@ void write_file_atomic(const std::filesystem::path& path,
 
 void write_file_atomic(const std::filesystem::path& path, const std::string& contents) {
   write_file_atomic(path, [&](std::ostream& out) { out.write(contents.data(), contents.size()); });
+}
+
+void sync_path(const std::filesystem::path& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  check(fd >= 0, path.string() + ": cannot open to sync: " + std::strerror(errno));
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  check(rc == 0, path.string() + ": fsync failed: " + std::strerror(err));
 }
 
 std::string read_maybe_gzip(const std::filesystem::path& path) {

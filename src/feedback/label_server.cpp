@@ -1,17 +1,17 @@
 #include "feedback/label_server.h"
 
-#include <httplib.h>
-
 #include <chrono>
 #include <cmath>
 #include <iostream>
 #include <random>
 #include <sstream>
 #include <type_traits>
+#include <unordered_map>
 #include <nlohmann/json.hpp>
 
 #include "core/io.h"
 #include "core/utf8.h"
+#include "feedback/guarded_http.h"
 #include "feedback/web_assets.h"
 #include "generate/generator.h"
 #include "model/model.h"
@@ -37,6 +37,46 @@ void reply(httplib::Response& res, int status, const json& body) {
   res.status = status;
   res.set_content(dump_json(body), "application/json; charset=utf-8");  // model text may not be UTF-8
 }
+
+// Failed sign-ins per client address: a burst of kBurst, then one a second; a try beyond that
+// is answered 429 without a look at its token, so guessing tokens goes at a try a second.
+class SignInLimiter {
+ public:
+  // Seconds `address` must wait before its next try (0: it may try now).
+  double wait(const std::string& address) {
+    std::lock_guard lk(mu_);
+    auto it = buckets_.find(address);
+    if (it == buckets_.end()) return 0;
+    refill(it->second);
+    return it->second.tries >= 1 ? 0 : (1 - it->second.tries) / kPerSecond;
+  }
+  void failed(const std::string& address) {
+    std::lock_guard lk(mu_);
+    if (buckets_.size() > 10000)  // forget the addresses that have waited their time out
+      for (auto it = buckets_.begin(); it != buckets_.end();) {
+        refill(it->second);
+        it = it->second.tries >= kBurst ? buckets_.erase(it) : std::next(it);
+      }
+    Bucket& b = buckets_.try_emplace(address, Bucket{kBurst, Clock::now()}).first->second;
+    refill(b);
+    b.tries = std::max(0.0, b.tries - 1);
+  }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  static constexpr double kBurst = 5, kPerSecond = 1;
+  struct Bucket {
+    double tries;  // failed sign-ins the address may still make now
+    Clock::time_point at;
+  };
+  static void refill(Bucket& b) {
+    const auto now = Clock::now();
+    b.tries = std::min(kBurst, b.tries + std::chrono::duration<double>(now - b.at).count() * kPerSecond);
+    b.at = now;
+  }
+  std::mutex mu_;
+  std::unordered_map<std::string, Bucket> buckets_;
+};
 
 json nan_to_null(double v) { return std::isnan(v) ? json(nullptr) : json(v); }
 
@@ -112,18 +152,15 @@ std::map<int64_t, std::vector<std::string>> parse_flags(const json& j) {
 
 }  // namespace
 
-LabelServer::LabelServer(LabelStore& store) : store_(store), http_(std::make_unique<httplib::Server>()) {
+LabelServer::LabelServer(LabelStore& store)
+    : store_(store), http_(std::make_unique<GuardedHttpServer>(HttpLimits{}, kSecurityHeaders)) {
   auto& svr = *http_;
-  // Every connection holds a worker while it is kept alive: enough of them for many labelers.
-  svr.new_task_queue = [] { return new httplib::ThreadPool(64); };
-  svr.set_payload_max_length(1 << 20);
   // SO_REUSEADDR only: httplib's default SO_REUSEPORT would let a second server bind the same
   // port and silently take half the labelers.
   svr.set_socket_options([](socket_t sock) {
     int yes = 1;
     ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
   });
-  svr.set_default_headers(kSecurityHeaders);
 
   // RLHF_WEB_DIR=web serves the page from the source tree instead (edit, reload, no rebuild).
   const char* dev_dir = std::getenv("RLHF_WEB_DIR");
@@ -159,10 +196,21 @@ LabelServer::LabelServer(LabelStore& store) : store_(store), http_(std::make_uni
     return store_.session_labeler(h.substr(prefix.size()));
   };
 
-  svr.Post("/api/signin", guarded([this](const httplib::Request& req, httplib::Response& res) {
+  svr.Post("/api/signin", guarded([this, limiter = std::make_shared<SignInLimiter>()](const httplib::Request& req,
+                                                                                       httplib::Response& res) {
+             if (const double wait = limiter->wait(req.remote_addr); wait > 0) {
+               const auto seconds = std::to_string(static_cast<int64_t>(std::ceil(wait)));
+               res.set_header("Retry-After", seconds);
+               throw LabelError(429, "too many failed sign-ins from your address; try again in " + seconds + " s");
+             }
              const json b = body_of(req);
              const auto name = field<std::string>(b, "name");
-             reply(res, 200, {{"session", store_.sign_in(name, field<std::string>(b, "token"))}, {"labeler", name}});
+             try {
+               reply(res, 200, {{"session", store_.sign_in(name, field<std::string>(b, "token"))}, {"labeler", name}});
+             } catch (const LabelError& e) {
+               if (e.status == 401) limiter->failed(req.remote_addr);
+               throw;
+             }
            }));
   svr.Get("/api/task", guarded([this, labeler_of](const httplib::Request& req, httplib::Response& res) {
             const auto who = labeler_of(req);
@@ -212,10 +260,11 @@ LabelServer::LabelServer(LabelStore& store) : store_(store), http_(std::make_uni
 
 LabelServer::~LabelServer() { stop(); }
 
-int LabelServer::start(const std::string& host, int port) {
+int LabelServer::start(const std::string& host, int64_t port) {
+  check_port(port);
   auto& svr = *http_;
   if (port == 0) port_ = svr.bind_to_any_port(host);
-  else port_ = svr.bind_to_port(host, port) ? port : -1;
+  else port_ = svr.bind_to_port(host, static_cast<int>(port)) ? static_cast<int>(port) : -1;
   check(port_ > 0, "label server: cannot listen on " + host + ":" + std::to_string(port) + " (in use, or not an address here)");
   thread_ = std::thread([this] { http_->listen_after_bind(); });
   return port_;
@@ -224,6 +273,7 @@ int LabelServer::start(const std::string& host, int port) {
 void LabelServer::stop() {
   if (http_) http_->stop();
   if (thread_.joinable()) thread_.join();
+  if (http_) http_->close();
 }
 
 CompletionWorker::CompletionWorker(LabelStore& store, CompleteFn complete, int64_t batch, std::atomic<int64_t>* remaining) {
@@ -263,6 +313,11 @@ std::string CompletionWorker::error() const {
   return error_;
 }
 
+void check_port(int64_t port) {
+  check(port >= 0 && port <= 65535,
+        "label: port " + std::to_string(port) + " is not a TCP port (0 to 65535; 0: any free one)");
+}
+
 std::vector<LabelPrompt> read_label_prompts(const std::filesystem::path& path) {
   std::istringstream lines(read_maybe_gzip(path));
   std::vector<LabelPrompt> out;
@@ -292,12 +347,17 @@ std::vector<LabelPrompt> read_label_prompts(const std::filesystem::path& path) {
 void prepare_label_store(LabelStore& store, const LabelServeOptions& opt, const std::vector<LabelPrompt>& prompts) {
   check(opt.k >= 2, "label: k must be at least 2 (a ranking needs two completions)");
   check(opt.labelers_per_prompt >= 1, "label: labelers_per_prompt must be at least 1");
+  check_port(opt.port);
+  check(opt.session_hours > 0 && std::isfinite(opt.session_hours), "label: session_hours must be a positive number of hours");
   store.set_meta("labelers_per_prompt", std::to_string(opt.labelers_per_prompt));
+  store.set_meta("session_seconds", std::to_string(opt.session_hours * 3600));
+  std::vector<std::pair<std::string, std::string>> labelers;
   for (const auto& nt : opt.labelers) {
     const auto eq = nt.find('=');
     check(eq != std::string::npos && eq > 0, "label: --labeler takes NAME=TOKEN, got '" + nt + "'");
-    store.set_labeler(nt.substr(0, eq), nt.substr(eq + 1));
+    labelers.emplace_back(nt.substr(0, eq), nt.substr(eq + 1));
   }
+  if (!labelers.empty()) store.set_labelers(labelers);
   if (!opt.token.empty()) {
     check(opt.token.size() >= 4, "label: the access token is too short (4 characters at least)");
     store.set_meta("shared_token", opt.token);

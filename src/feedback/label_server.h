@@ -9,9 +9,11 @@
 //   POST /api/submit  {"prompt_id", "ranking": [[ids] | id, ...] best first, "flags": {id: [..]},
 //                      "note"}                              -> {"status": "stored"|"duplicate", "progress"}
 //   GET  /api/progress, GET /api/stats
-// Errors: {"error": message} with 400 (bad request), 401 (sign-in), 404 (unknown prompt),
-// 409 (not shown to you / a different ranking already stored). A 200 from /api/submit means
-// the ranking is committed to disk.
+// Errors: {"error": message} with 400 (bad request), 401 (sign-in, or a session expired or made
+// with a token that changed since), 404 (unknown prompt), 409 (not shown to you / a different
+// ranking already stored), 408/413/431 (a request too slow or too large: guarded_http.h), 429
+// (too many failed sign-ins from one address; Retry-After says when to try again). A 200 from
+// /api/submit means the ranking is committed to disk.
 #pragma once
 #include <atomic>
 #include <filesystem>
@@ -23,19 +25,17 @@
 
 #include "feedback/label_store.h"
 
-namespace httplib {
-class Server;
-}
-
 namespace rlhf {
+
+class GuardedHttpServer;
 
 class LabelServer {
  public:
   explicit LabelServer(LabelStore& store);
   ~LabelServer();
   // Binds host:port (port 0: any free port) and serves on a background thread; returns the
-  // port. Error when the address cannot be bound.
-  int start(const std::string& host, int port);
+  // port. Error when the port is not in 0..65535 or the address cannot be bound.
+  int start(const std::string& host, int64_t port);
   void stop();
   int port() const { return port_; }
   // Prompts still waiting for completions, shown on the page while the worker runs.
@@ -43,7 +43,7 @@ class LabelServer {
 
  private:
   LabelStore& store_;
-  std::unique_ptr<httplib::Server> http_;
+  std::unique_ptr<GuardedHttpServer> http_;
   std::thread thread_;
   int port_ = 0;
 };
@@ -73,11 +73,13 @@ class CompletionWorker {
 struct LabelServeOptions {
   std::string db;
   std::string host = "127.0.0.1";
-  int port = 8080;                      // 0: any free port
+  int64_t port = 8080;                  // 0: any free port; at most 65535
   int64_t k = 4;                        // completions per prompt
   int64_t labelers_per_prompt = 1;      // rankings wanted per prompt
   std::string token;                    // shared access token (any name); empty: keep the stored one
-  std::vector<std::string> labelers;    // "NAME=TOKEN": a labeler with their own token
+  std::vector<std::string> labelers;    // "NAME=TOKEN": a labeler with their own token; when any is
+                                        // given, these replace the stored ones
+  double session_hours = 12;            // a sign-in lasts this long
 };
 
 // A prompt to label, with its completions when they come from elsewhere (else generated).
@@ -85,12 +87,15 @@ struct LabelPrompt {
   std::string prompt;
   std::vector<std::string> completions;
 };
+// Error unless 0 <= port <= 65535 (the --port of `rlhf label serve`, the pipeline's web_port).
+void check_port(int64_t port);
+
 // JSONL: {"prompt": ..., "completions": [...] (optional, at least 2)} per line; Error naming
 // file and line for a bad one.
 std::vector<LabelPrompt> read_label_prompts(const std::filesystem::path& path);
 
-// Stores settings, access and prompts (with their completions when given). When no token is
-// set at all, makes a shared one and prints it.
+// Checks the options (Error naming the option), stores settings, access and prompts (with
+// their completions when given). When no token is set at all, makes a shared one and prints it.
 void prepare_label_store(LabelStore& store, const LabelServeOptions& opt, const std::vector<LabelPrompt>& prompts);
 
 // Serves the page until `finished()` (asked twice a second) is true; prompts without

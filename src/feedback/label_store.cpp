@@ -19,6 +19,7 @@ namespace {
 constexpr int kSchemaVersion = 1;
 constexpr double kLeaseSeconds = 30 * 60;  // a task shown and not submitted holds its slot this long
 constexpr size_t kMaxNote = 4000;
+constexpr double kDefaultSessionSeconds = 12 * 3600;
 
 const char* kSchema = R"SQL(
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -27,7 +28,9 @@ CREATE TABLE IF NOT EXISTS completions(
   id INTEGER PRIMARY KEY, prompt_id INTEGER NOT NULL REFERENCES prompts(id), idx INTEGER NOT NULL,
   text TEXT NOT NULL, UNIQUE(prompt_id, idx));
 CREATE TABLE IF NOT EXISTS labelers(name TEXT PRIMARY KEY, token TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS sessions(id TEXT PRIMARY KEY, labeler TEXT NOT NULL, created REAL NOT NULL);
+-- token: the one signed in with; the session ends when it is no longer the labeler's.
+CREATE TABLE IF NOT EXISTS sessions(id TEXT PRIMARY KEY, labeler TEXT NOT NULL, token TEXT NOT NULL DEFAULT '',
+                                    created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS assignments(
   prompt_id INTEGER NOT NULL REFERENCES prompts(id), labeler TEXT NOT NULL, shown TEXT NOT NULL,
   created REAL NOT NULL, submitted INTEGER NOT NULL DEFAULT 0, PRIMARY KEY(prompt_id, labeler));
@@ -63,6 +66,7 @@ class Stmt {
   }
   int64_t i64(int col) { return sqlite3_column_int64(s_, col); }
   double f64(int col) { return sqlite3_column_double(s_, col); }
+  bool null(int col) { return sqlite3_column_type(s_, col) == SQLITE_NULL; }
   std::string text(int col) {
     const auto* p = reinterpret_cast<const char*>(sqlite3_column_text(s_, col));
     return p ? std::string(p, static_cast<size_t>(sqlite3_column_bytes(s_, col))) : std::string();
@@ -221,6 +225,16 @@ LabelStore::LabelStore(const fs::path& path) : path_(path) {
       foreign = any && !has_meta;
     }
     check(!foreign, "it holds other tables");
+    // Sessions from before they recorded their token cannot be checked against it: they go
+    // (everyone signs in again), the table is made anew below.
+    bool untokened_sessions = false;
+    {
+      Stmt s(db_, R"SQL(SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type='table' AND name='sessions')
+                        AND NOT EXISTS (SELECT 1 FROM pragma_table_info('sessions') WHERE name='token'))SQL");
+      s.step();
+      untokened_sessions = s.i64(0) == 1;
+    }
+    if (untokened_sessions) exec(db_, "DROP TABLE sessions");
     exec(db_, kSchema);
     auto v = meta("schema_version");
     if (!v) set_meta("schema_version", std::to_string(kSchemaVersion));
@@ -300,15 +314,36 @@ std::vector<std::pair<int64_t, std::string>> LabelStore::prompts_without_complet
   return r;
 }
 
-void LabelStore::set_labeler(const std::string& name, const std::string& token) {
+namespace {
+
+void check_labeler(const std::string& name, const std::string& token) {
   check(!name.empty() && name.size() <= 64, "a labeler name has 1 to 64 characters");
   check(token.size() >= 4, "labeler '" + name + "': the access token is too short (4 characters at least)");
   for (unsigned char c : name) check(c >= 0x20 && c != 0x7f, "a labeler name has no control characters");
-  std::lock_guard lk(mu_);
-  Stmt(db_, "INSERT INTO labelers(name, token) VALUES(?, ?) ON CONFLICT(name) DO UPDATE SET token=excluded.token")
+}
+
+void upsert_labeler(sqlite3* db, const std::string& name, const std::string& token) {
+  Stmt(db, "INSERT INTO labelers(name, token) VALUES(?, ?) ON CONFLICT(name) DO UPDATE SET token=excluded.token")
       .bind(1, name)
       .bind(2, token)
       .step();
+}
+
+}  // namespace
+
+void LabelStore::set_labeler(const std::string& name, const std::string& token) {
+  check_labeler(name, token);
+  std::lock_guard lk(mu_);
+  upsert_labeler(db_, name, token);
+}
+
+void LabelStore::set_labelers(const std::vector<std::pair<std::string, std::string>>& labelers) {
+  for (const auto& [name, token] : labelers) check_labeler(name, token);
+  std::lock_guard lk(mu_);
+  Transaction tx(db_);
+  exec(db_, "DELETE FROM labelers");
+  for (const auto& [name, token] : labelers) upsert_labeler(db_, name, token);
+  tx.commit();
 }
 
 std::string LabelStore::sign_in(const std::string& name, const std::string& token) {
@@ -316,6 +351,7 @@ std::string LabelStore::sign_in(const std::string& name, const std::string& toke
   for (unsigned char c : name)
     if (c < 0x20 || c == 0x7f) throw LabelError(400, "a labeler name has no control characters");
   const auto shared = meta("shared_token");
+  const double lifetime = session_seconds();
   std::lock_guard lk(mu_);
   bool ok = false;
   {
@@ -326,15 +362,34 @@ std::string LabelStore::sign_in(const std::string& name, const std::string& toke
   }
   if (!ok) throw LabelError(401, "wrong name or access token");
   const std::string id = random_hex(16);
-  Stmt(db_, "INSERT INTO sessions(id, labeler, created) VALUES(?, ?, ?)").bind(1, id).bind(2, name).bind(3, now_seconds()).step();
+  const double now = now_seconds();
+  Stmt(db_, "DELETE FROM sessions WHERE created < ?").bind(1, now - lifetime).step();
+  Stmt(db_, "INSERT INTO sessions(id, labeler, token, created) VALUES(?, ?, ?, ?)")
+      .bind(1, id)
+      .bind(2, name)
+      .bind(3, token)
+      .bind(4, now)
+      .step();
   return id;
 }
 
+double LabelStore::session_seconds() {
+  const auto v = meta("session_seconds");
+  return v ? std::stod(*v) : kDefaultSessionSeconds;
+}
+
 std::string LabelStore::session_labeler(const std::string& session) {
+  const auto shared = meta("shared_token");
+  const double lifetime = session_seconds();
   std::lock_guard lk(mu_);
-  Stmt s(db_, "SELECT labeler FROM sessions WHERE id=?");
+  Stmt s(db_, "SELECT s.labeler, s.token, s.created, l.token FROM sessions s LEFT JOIN labelers l ON l.name = s.labeler WHERE s.id=?");
   s.bind(1, session);
   if (!s.step()) throw LabelError(401, "not signed in (unknown or missing session)");
+  if (now_seconds() - s.f64(2) > lifetime) throw LabelError(401, "the sign-in has expired; sign in again");
+  // The labeler's token now: their own, else the shared one.
+  const std::optional<std::string> current = s.null(3) ? shared : std::optional<std::string>(s.text(3));
+  if (!current || current->empty() || !equal_tokens(*current, s.text(1)))
+    throw LabelError(401, "the access token has changed since this sign-in; sign in again");
   return s.text(0);
 }
 

@@ -103,10 +103,16 @@ class LabelStore {
 
   // Access: a per-labeler token, or the shared token (meta "shared_token") for any name.
   void set_labeler(const std::string& name, const std::string& token);
+  // Replaces every per-labeler token with these (name, token) pairs, in one transaction.
+  void set_labelers(const std::vector<std::pair<std::string, std::string>>& labelers);
   // Signs in; returns a session id. LabelError(401) for a wrong name/token.
   std::string sign_in(const std::string& name, const std::string& token);
-  // The labeler a session belongs to; LabelError(401) when unknown.
+  // The labeler a session belongs to. LabelError(401) when unknown, older than meta
+  // "session_seconds" (default 12 h), or made with a token that is no longer the labeler's
+  // (changed, or the named labeler removed).
   std::string session_labeler(const std::string& session);
+  // Seconds a sign-in lasts (meta "session_seconds"; 12 h when unset).
+  double session_seconds();
 
   // The labeler's pending task (the one shown and not yet submitted), else the next prompt
   // that still needs rankings and that this labeler has not seen; nullopt when none is left.

@@ -131,6 +131,15 @@ json run_pipeline(const PipelineConfig& cfg, bool force) {
   fs::create_directories(run);
   PipelineConfig saved = cfg;
   write_file_atomic(run / "config.toml", to_toml(saved));
+  // Every stage's settings are checked before the first stage runs.
+  check_range(cfg.k >= 2, "k", cfg.k, ">= 2 (completions to rank)");
+  check_range(cfg.label_prompts > 0, "label_prompts", cfg.label_prompts, "> 0");
+  check_range(cfg.labeler_temperature >= 0, "labeler_temperature", cfg.labeler_temperature, ">= 0");
+  check_range(cfg.labelers_per_prompt > 0, "labelers_per_prompt", cfg.labelers_per_prompt, "> 0");
+  check_range(cfg.eval_prompts > 0, "eval_prompts", cfg.eval_prompts, "> 0");
+  check_range(cfg.eval_samples > 0, "eval_samples", cfg.eval_samples, "> 0");
+  validate(cfg.rm.train);
+  validate(cfg.ppo);
   const auto split = split_prompts(cfg);
   const LoadOptions lo{cfg.device, cfg.dtype};
   auto stage = [&](const char* name, const fs::path& output) {
@@ -150,7 +159,7 @@ json run_pipeline(const PipelineConfig& cfg, bool force) {
       LabelServeOptions o;
       o.db = (run / "labels.sqlite").string();
       o.host = cfg.web_host;
-      o.port = static_cast<int>(cfg.web_port);
+      o.port = cfg.web_port;  // checked by prepare_label_store: no narrowing to int first
       o.k = cfg.k;
       o.labelers_per_prompt = cfg.labelers_per_prompt;
       o.token = cfg.web_token;

@@ -24,11 +24,11 @@ struct Titled {
 };
 // The metrics a report leads with, in this order.
 constexpr Titled kHeadline[] = {
-    {"objective/scores", "Reward-model score"},
+    {"objective/scores", "Score (reward model, after the missing-EOS and length penalties)"},
     {"objective/gold", "Gold score (sentiment lexicon)"},
     {"objective/kl", "KL to the reference"},
     {"kl_coef", "KL coefficient \u03b2"},
-    {"objective/entropy", "Entropy"},
+    {"objective/entropy", "Entropy per response (nats)"},
     {"loss/policy", "Policy loss"},
     {"loss/value", "Value loss"},
     {"policy/clipfrac", "Policy clip fraction"},
@@ -41,6 +41,8 @@ constexpr Titled kHeadline[] = {
 // Titles of other metrics the trainers write; these plot in name order.
 constexpr Titled kOtherTitles[] = {
     {"objective/rlhf_reward", "Score \u2212 \u03b2\u00b7KL"},
+    {"objective/scores_before_penalties", "Reward-model score before penalties"},
+    {"policy/entropy_avg", "Entropy per token (nats)"},
     {"policy/approxkl", "Approximate KL of the update"},
     {"val/clipfrac", "Value clip fraction"},
     {"val/explained_variance", "Explained variance of the values"},
@@ -78,6 +80,15 @@ std::string fmt_value(const json& j) {
   if (j.is_string()) return j.get<std::string>();
   if (j.is_null()) return "n/a";
   return j.dump();
+}
+
+// A metric name as the page shows it: very long ones cut (the page stays readable and small).
+std::string shown_name(const std::string& metric) {
+  constexpr size_t kMax = 120;
+  if (metric.size() <= kMax) return metric;
+  size_t cut = kMax;
+  while (cut > 0 && (static_cast<unsigned char>(metric[cut]) & 0xC0) == 0x80) --cut;  // not inside a UTF-8 character
+  return metric.substr(0, cut) + "\u2026";
 }
 
 bool has_finite(const MetricSeries& s) {
@@ -160,20 +171,33 @@ table.samples col.p{width:22%}
 details pre{background:#fff;border:1px solid #d8dce1;padding:8px 12px;overflow:auto}
 )";
 
-// The training curves of one metrics file, as a grid of plots, and a line on what was left out.
-std::string curves_html(const MetricLog& log, const fs::path& source) {
+// The training curves of one metrics file, as a grid of plots, and lines on what was left
+// out: metrics not plotted (named up to kMaxNamesListed) and lines that could not be read.
+std::string curves_html(const MetricLog& log, const fs::path& source, const std::vector<size_t>& skipped) {
   const auto plotted = metrics_to_plot(log);
-  std::string o = "<p class=\"note\">From <code>" + html_escape(source.string()) + "</code>.</p>\n<div class=\"plots\">\n";
+  std::string o = "<p class=\"note\">From <code>" + html_escape(source.string()) + "</code>.</p>\n";
+  if (!skipped.empty()) {
+    std::string lines;
+    for (size_t i = 0; i < std::min<size_t>(skipped.size(), 10); ++i) lines += (i ? ", " : "") + std::to_string(skipped[i]);
+    o += "<p class=\"note skipped\">" + std::to_string(skipped.size()) + (skipped.size() == 1 ? " line" : " lines") +
+         " of this file could not be read (not a JSON object) and " + (skipped.size() == 1 ? "was" : "were") +
+         " skipped: line " + lines + (skipped.size() > 10 ? ", \u2026" : "") + ".</p>\n";
+  }
+  o += "<div class=\"plots\">\n";
   for (const auto& m : plotted) o += "<figure>" + svg_plot(m, log.at(m)) + "</figure>\n";
   o += "</div>\n";
-  std::vector<std::string> left;
-  for (const auto& [m, s] : log)
-    if (std::find(plotted.begin(), plotted.end(), m) == plotted.end()) left.push_back(m + (has_finite(s) ? "" : " (no finite value)"));
-  if (!left.empty()) {
-    std::string names;
-    for (const auto& m : left) names += (names.empty() ? "" : ", ") + html_escape(m);
-    o += "<p class=\"note\">Not plotted: " + names + ".</p>\n";
+  std::string names;
+  size_t left = 0;
+  for (const auto& [m, s] : log) {
+    if (std::find(plotted.begin(), plotted.end(), m) != plotted.end()) continue;
+    if (++left <= kMaxNamesListed)
+      names += (names.empty() ? "" : ", ") + html_escape(shown_name(m)) + (has_finite(s) ? "" : " (no finite value)");
   }
+  if (left > kMaxNamesListed) names += " and " + std::to_string(left - kMaxNamesListed) + " more";
+  if (left > 0)
+    o += "<p class=\"note\">Not plotted (" + std::to_string(left) + (left == 1 ? " metric" : " metrics") +
+         (plotted.size() == kMaxPlots ? "; a report shows at most " + std::to_string(kMaxPlots) + " plots per file" : "") +
+         "): " + names + ".</p>\n";
   return o;
 }
 
@@ -264,21 +288,23 @@ std::string pipeline_body(const fs::path& run) {
     o += "<h2>Evaluation on held-out prompts</h2>\n" + summary_html(summary);
   }
   if (fs::exists(run / "ppo" / "metrics.jsonl")) {
-    const auto log = read_metric_log(run / "ppo" / "metrics.jsonl");
-    if (!log.empty()) o += "<h2>PPO</h2>\n" + curves_html(log, run / "ppo" / "metrics.jsonl");
+    std::vector<size_t> skipped;
+    const auto log = read_metric_log(run / "ppo" / "metrics.jsonl", &skipped);
+    if (!log.empty()) o += "<h2>PPO</h2>\n" + curves_html(log, run / "ppo" / "metrics.jsonl", skipped);
   }
   std::string rm;
   json result;
   if (fs::exists(run / "rm" / "result.json")) result = json::parse(read_file(run / "rm" / "result.json"), nullptr, false);
   MetricLog rm_log;
-  if (fs::exists(run / "rm" / "metrics.jsonl")) rm_log = read_metric_log(run / "rm" / "metrics.jsonl");
+  std::vector<size_t> rm_skipped;
+  if (fs::exists(run / "rm" / "metrics.jsonl")) rm_log = read_metric_log(run / "rm" / "metrics.jsonl", &rm_skipped);
   if (result.is_object() && result.contains("eval/accuracy") && result["eval/accuracy"].is_number())
     rm += accuracy_line(result["eval/accuracy"].get<double>(), "rm/result.json");
   else if (summary.is_object() && summary.contains("rm_accuracy") && summary["rm_accuracy"].is_number())
     rm += accuracy_line(summary["rm_accuracy"].get<double>(), "summary.json");
   else if (auto last = last_finite(rm_log, "eval/accuracy"))
     rm += accuracy_line(last->second, "rm/metrics.jsonl, step " + fmt_value(last->first));
-  if (!rm_log.empty()) rm += curves_html(rm_log, run / "rm" / "metrics.jsonl");
+  if (!rm_log.empty()) rm += curves_html(rm_log, run / "rm" / "metrics.jsonl", rm_skipped);
   if (!rm.empty()) o += "<h2>Reward model</h2>\n" + rm;
   if (summary.is_object() && summary.contains("samples") && summary["samples"].is_array() && !summary["samples"].empty())
     o += "<h2>Samples before and after training</h2>\n" + samples_html(summary["samples"]);
@@ -287,25 +313,62 @@ std::string pipeline_body(const fs::path& run) {
 
 // Any trainer's run directory (SFT, reward model, DPO, PPO): its metrics.jsonl.
 std::string trainer_body(const fs::path& run, std::string& kind) {
-  const auto log = read_metric_log(run / "metrics.jsonl");
+  std::vector<size_t> skipped;
+  const auto log = read_metric_log(run / "metrics.jsonl", &skipped);
   if (log.empty()) return "";
   kind = log.count("objective/kl") ? "PPO run" : log.count("rewards/margins") ? "DPO run" : log.count("margin") ? "reward-model run" : "training run";
   std::string o = "<h2>Training curves</h2>\n";
   if (auto last = last_finite(log, "eval/accuracy")) o += accuracy_line(last->second, "step " + fmt_value(last->first));
-  return o + curves_html(log, run / "metrics.jsonl");
+  return o + curves_html(log, run / "metrics.jsonl", skipped);
 }
 
 }  // namespace
 
-MetricLog read_metric_log(const fs::path& path) {
+namespace {
+
+// `line` with the bare NaN, Infinity and -Infinity outside strings (Python's json.dumps of
+// non-finite floats; not JSON) written as null.
+std::string nonfinite_to_null(const std::string& line) {
+  std::string o;
+  o.reserve(line.size());
+  bool in_string = false;
+  for (size_t i = 0; i < line.size(); ++i) {
+    const char c = line[i];
+    if (in_string) {
+      o += c;
+      if (c == '\\' && i + 1 < line.size()) o += line[++i];
+      else if (c == '"') in_string = false;
+      continue;
+    }
+    if (c == '"') in_string = true;
+    bool replaced = false;
+    for (const std::string word : {"NaN", "Infinity", "-Infinity"})
+      if (line.compare(i, word.size(), word) == 0) {
+        o += "null";
+        i += word.size() - 1;
+        replaced = true;
+        break;
+      }
+    if (!replaced) o += c;
+  }
+  return o;
+}
+
+}  // namespace
+
+MetricLog read_metric_log(const fs::path& path, std::vector<size_t>* skipped) {
   std::istringstream in(read_file(path));
   MetricLog log;
   size_t line_no = 0, records = 0;
   for (std::string line; std::getline(in, line);) {
     ++line_no;
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const json j = json::parse(line, nullptr, false);
-    check(j.is_object(), path.string() + ":" + std::to_string(line_no) + ": not a JSON object");
+    json j = json::parse(line, nullptr, false);
+    if (j.is_discarded()) j = json::parse(nonfinite_to_null(line), nullptr, false);
+    if (!j.is_object()) {
+      if (skipped) skipped->push_back(line_no);
+      continue;
+    }
     ++records;
     const double step = j.contains("step") && j["step"].is_number() ? j["step"].get<double>() : double(records);
     for (const auto& [k, v] : j.items()) {
@@ -324,11 +387,12 @@ std::vector<std::string> metrics_to_plot(const MetricLog& log) {
   std::vector<std::string> out;
   for (const auto& t : kHeadline)
     if (plottable(t.metric)) out.push_back(t.metric);
-  for (const auto& [m, s] : log)
-    if (!is_time(m) && plottable(m) && std::find(out.begin(), out.end(), m) == out.end()) out.push_back(m);
+  for (auto it = log.begin(); it != log.end() && out.size() < kMaxPlots; ++it)
+    if (!is_time(it->first) && plottable(it->first) && std::find(out.begin(), out.end(), it->first) == out.end())
+      out.push_back(it->first);
   if (out.empty())
-    for (const auto& [m, s] : log)
-      if (plottable(m)) out.push_back(m);
+    for (auto it = log.begin(); it != log.end() && out.size() < kMaxPlots; ++it)
+      if (plottable(it->first)) out.push_back(it->first);
   return out;
 }
 
@@ -354,7 +418,7 @@ std::string svg_plot(const std::string& metric, const MetricSeries& series) {
   std::vector<std::pair<double, double>> pts;  // the finite (step, value) points, in order
   for (size_t i = 0; i < series.values.size(); ++i)
     if (std::isfinite(series.steps[i]) && std::isfinite(series.values[i])) pts.emplace_back(series.steps[i], series.values[i]);
-  const std::string name = html_escape(metric), title = html_escape(title_of(metric));
+  const std::string name = html_escape(shown_name(metric)), title = html_escape(shown_name(title_of(metric)));
   std::string o = "<svg class=\"plot\" data-metric=\"" + name + "\" viewBox=\"0 0 " + fmt_value(W) + " " + fmt_value(H) +
                   "\" role=\"img\" aria-label=\"" + title + "\">\n<text class=\"title\" x=\"12\" y=\"21\">" + title +
                   "</text>\n<text class=\"key\" x=\"12\" y=\"37\">" + name + "</text>\n";

@@ -17,12 +17,18 @@ struct MetricSeries {
 using MetricLog = std::map<std::string, MetricSeries>;  // metric name -> series
 
 // Every numeric field but `step` of a metrics.jsonl (one JSON object per line), against
-// the line's `step` (else its record number, from 1). Throws Error("<path>:<line>: ...").
-MetricLog read_metric_log(const std::filesystem::path& path);
+// the line's `step` (else its record number, from 1). Bare NaN / Infinity / -Infinity (as
+// Python's json writes them) read as non-finite values. A line that is still not a JSON
+// object (cut off by a crash, say) is skipped; its number goes to `skipped` when given.
+MetricLog read_metric_log(const std::filesystem::path& path, std::vector<size_t>* skipped = nullptr);
+
+// At most this many plots per metrics file; the rest are named below the plots (at most
+// kMaxNamesListed of them) with a count of the others.
+constexpr size_t kMaxPlots = 60, kMaxNamesListed = 100;
 
 // The metrics a report plots, in order: the headline ones (PPO's score, gold, KL, ...,
 // then loss and accuracy) when present, then the rest by name; time/* only when there is
-// nothing else, and never a series without a finite value.
+// nothing else, and never a series without a finite value. At most kMaxPlots.
 std::vector<std::string> metrics_to_plot(const MetricLog& log);
 
 // Escapes & < > " ' : the result is safe as HTML text and as a quoted attribute value; bytes

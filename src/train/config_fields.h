@@ -6,6 +6,7 @@
 #pragma once
 #include <CLI/CLI.hpp>
 
+#include <charconv>
 #include <cstdint>
 #include <filesystem>
 #include <memory>
@@ -66,10 +67,8 @@ std::string toml_value(const T& v) {
   if constexpr (std::is_same_v<T, std::string>) return toml_quote(v);
   else if constexpr (std::is_same_v<T, bool>) return v ? "true" : "false";
   else if constexpr (std::is_floating_point_v<T>) {
-    std::ostringstream ss;
-    ss.precision(17);
-    ss << v;
-    auto s = ss.str();
+    char buf[64];  // the shortest text that reads back as the same double
+    auto s = std::string(buf, std::to_chars(buf, buf + sizeof(buf), v).ptr);
     if (s.find_first_of(".eEn") == std::string::npos) s += ".0";  // keep TOML's float type
     return s;
   } else return std::to_string(v);

@@ -1,61 +1,56 @@
 #include "train/train_loop.h"
 
-#include <unistd.h>
-
 #include <chrono>
+#include <cmath>
 #include <cstdio>
-#include <fstream>
-#include <nlohmann/json.hpp>
 #include <numeric>
 #include <optional>
 #include <random>
 #include <sstream>
 
 #include "core/error.h"
-#include "core/io.h"
-#include "formats/safetensors.h"
 #include "train/profile.h"
-
-namespace fs = std::filesystem;
-using json = nlohmann::json;
 
 namespace rlhf {
 
-namespace {
-
-std::string format_eta(double seconds) {
-  const int s = static_cast<int>(seconds + 0.5);
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), "%d:%02d:%02d", s / 3600, (s / 60) % 60, s % 60);
-  return buf;
+void check_range(bool ok, const std::string& name, double value, const std::string& rule) {
+  if (ok) return;
+  std::ostringstream ss;
+  ss << name << " must be " << rule << ", got " << value;
+  throw Error(ss.str());
 }
 
-// One progress line on a terminal, redrawn in place.
-void draw_progress(int64_t done, int64_t total, const Metrics& m, double elapsed) {
-  const int width = 24;
-  const int filled = static_cast<int>(width * done / std::max<int64_t>(total, 1));
-  std::string bar(filled, '=');
-  if (filled < width) bar += '>' + std::string(width - filled - 1, ' ');
-  const double eta = done > 0 ? elapsed / done * (total - done) : 0.0;
-  std::fprintf(stderr, "\r[%s] %lld/%lld loss %.4f lr %.2e ETA %s ", bar.c_str(), (long long)done,
-               (long long)total, m.count("loss") ? m.at("loss") : 0.0, m.count("lr") ? m.at("lr") : 0.0,
-               format_eta(eta).c_str());
-  if (done == total) std::fprintf(stderr, "\n");
-  std::fflush(stderr);
+void validate(const TrainConfig& c) {
+  auto finite = [](double v) { return std::isfinite(v); };
+  check_range(finite(c.lr) && c.lr >= 0, "lr", c.lr, "a finite number >= 0");
+  check_range(c.batch_size > 0, "batch_size", c.batch_size, "> 0");
+  check_range(c.grad_accum_steps > 0, "grad_accum_steps", c.grad_accum_steps, "> 0");
+  check_range(c.epochs > 0, "epochs", c.epochs, "> 0");
+  check_range(c.max_steps >= 0, "max_steps", c.max_steps, ">= 0 (0: as many as epochs give)");
+  check_range(c.max_length > 0, "max_length", c.max_length, "> 0");
+  check_range(c.warmup_steps >= 0, "warmup_steps", c.warmup_steps, ">= 0");
+  check_range(finite(c.eval_fraction) && c.eval_fraction >= 0 && c.eval_fraction < 1, "eval_fraction", c.eval_fraction,
+          "in [0, 1)");
+  check_range(finite(c.weight_decay) && c.weight_decay >= 0, "weight_decay", c.weight_decay, "a finite number >= 0");
+  check_range(finite(c.adam_beta1) && c.adam_beta1 >= 0 && c.adam_beta1 < 1, "adam_beta1", c.adam_beta1, "in [0, 1)");
+  check_range(finite(c.adam_beta2) && c.adam_beta2 >= 0 && c.adam_beta2 < 1, "adam_beta2", c.adam_beta2, "in [0, 1)");
+  check_range(finite(c.adam_eps) && c.adam_eps > 0, "adam_eps", c.adam_eps, "a finite number > 0");
+  check_range(finite(c.max_grad_norm) && c.max_grad_norm >= 0, "max_grad_norm", c.max_grad_norm, ">= 0 (0: off)");
+  check_range(c.eval_every >= 0, "eval_every", c.eval_every, ">= 0");
+  check_range(c.save_every >= 0, "save_every", c.save_every, ">= 0");
+  check(c.lr_schedule == "linear" || c.lr_schedule == "cosine" || c.lr_schedule == "constant",
+        "lr_schedule must be linear, cosine or constant, got '" + c.lr_schedule + "'");
 }
-
-}  // namespace
 
 TrainLoop::TrainLoop(const TrainConfig& cfg, AdamW::NamedParams params, std::string config_toml, size_t num_examples)
     : cfg_(cfg),
       params_(params),
       optimizer_(std::move(params), AdamWOptions{cfg.adam_beta1, cfg.adam_beta2, cfg.adam_eps, cfg.weight_decay,
                                                  cfg.adam_tf_epsilon}),
-      config_toml_(std::move(config_toml)),
       num_examples_(num_examples),
-      run_dir_(cfg.run_dir) {
+      run_(cfg.run_dir, std::move(config_toml)) {
+  validate(cfg);
   check(num_examples > 0, "no training examples");
-  check(cfg.batch_size > 0 && cfg.grad_accum_steps > 0, "batch_size and grad_accum_steps must be positive");
   check(cfg.batch_size % cfg.grad_accum_steps == 0,
         "batch_size (" + std::to_string(cfg.batch_size) + ") must be a multiple of grad_accum_steps (" +
             std::to_string(cfg.grad_accum_steps) + ")");
@@ -74,75 +69,15 @@ std::vector<size_t> TrainLoop::step_examples(int64_t step) const {
   return {order.begin() + begin, order.begin() + end};
 }
 
-void TrainLoop::log(const Metrics& m) const {
-  std::ofstream out(run_dir_ / "metrics.jsonl", std::ios::app);
-  json j = json::object();
-  for (const auto& [k, v] : m) j[k] = v;
-  out << j.dump() << "\n";
-}
-
-void TrainLoop::save_checkpoint(int64_t step) const {
-  const fs::path dir = run_dir_ / "checkpoint", tmp = run_dir_ / "checkpoint.tmp", old = run_dir_ / "checkpoint.old";
-  fs::remove_all(tmp);
-  fs::create_directories(tmp);
-  TensorMap model;
-  for (const auto& [name, p] : params_) model[name] = p.detach();
-  write_safetensors(tmp / "model.safetensors", model);
-  write_safetensors(tmp / "optimizer.safetensors", optimizer_.state());
-  write_file_atomic(tmp / "state.json", json{{"step", step}, {"config", config_toml_}}.dump(1));
-  // Swap directories so a crash at any point leaves one complete checkpoint.
-  fs::remove_all(old);
-  if (fs::exists(dir)) fs::rename(dir, old);
-  fs::rename(tmp, dir);
-  fs::remove_all(old);
-}
-
-int64_t TrainLoop::load_checkpoint() {
-  fs::path dir = run_dir_ / "checkpoint";
-  if (!fs::exists(dir / "state.json") && fs::exists(run_dir_ / "checkpoint.old" / "state.json"))
-    dir = run_dir_ / "checkpoint.old";
-  if (!fs::exists(dir / "state.json")) return 0;
-  auto state = json::parse(read_file(dir / "state.json"));
-  auto model = read_safetensors(dir / "model.safetensors");
-  {
-    torch::NoGradGuard no_grad;
-    for (auto& [name, p] : params_) {
-      auto it = model.find(name);
-      check(it != model.end() && it->second.sizes() == p.sizes(),
-            (dir / "model.safetensors").string() + ": checkpoint does not match the model (tensor " + name + ")");
-      p.copy_(it->second);
-    }
-  }
-  optimizer_.load_state(read_safetensors(dir / "optimizer.safetensors"), (dir / "optimizer.safetensors").string());
-  const int64_t step = state.at("step").get<int64_t>();
-  // Metrics past the checkpoint belong to the interrupted run: drop them.
-  const fs::path metrics = run_dir_ / "metrics.jsonl";
-  if (fs::exists(metrics)) {
-    std::istringstream in(read_file(metrics));
-    std::string kept;
-    for (std::string line; std::getline(in, line);) {
-      if (line.empty()) continue;
-      auto j = json::parse(line, nullptr, false);
-      if (!j.is_discarded() && j.value("step", 0.0) <= double(step)) kept += line + "\n";
-    }
-    write_file_atomic(metrics, kept);
-  }
-  return step;
-}
-
 Metrics TrainLoop::run(const TrainHooks& hooks, bool resume, int64_t stop_after) {
   torch::AutoGradMode grad_on(true);  // whatever the caller's mode, training needs gradients
-  fs::create_directories(run_dir_);
-  write_file_atomic(run_dir_ / "config.toml", config_toml_);
   int64_t start = 0;
-  if (resume) {
-    start = load_checkpoint();
-  } else {
-    fs::remove(run_dir_ / "metrics.jsonl");
+  if (auto ck = run_.start(resume, total_steps_)) {
+    run_.restore(*ck, params_, optimizer_);
+    start = ck->step;
   }
-  const bool show = cfg_.progress && ::isatty(2);
+  ProgressLine progress(cfg_.progress, total_steps_, start);
   const int64_t micro = cfg_.batch_size / cfg_.grad_accum_steps;
-  const auto t0 = std::chrono::steady_clock::now();
   Metrics last;
   for (int64_t step = start; step < total_steps_; ++step) {
     const auto ts = std::chrono::steady_clock::now();
@@ -161,7 +96,9 @@ Metrics TrainLoop::run(const TrainHooks& hooks, bool resume, int64_t stop_after)
       loss_sum += r.loss_sum.item<double>();
       for (const auto& [k, v] : r.sums) sums[k] += v;
     }
+    check_finite(loss_sum, "the loss", step + 1, run_);
     const double norm = grad_norm(params_);
+    check_finite(norm, "the gradient norm", step + 1, run_);
     const double lr = lr_at(step, total_steps_, cfg_.warmup_steps, cfg_.lr, cfg_.lr_schedule);
     optimizer_.step(lr, clip_scale(norm, cfg_.max_grad_norm));
     profile.reset();
@@ -173,15 +110,16 @@ Metrics TrainLoop::run(const TrainHooks& hooks, bool resume, int64_t stop_after)
     const bool at_end = step + 1 == total_steps_;
     if (hooks.evaluate && (at_end || (cfg_.eval_every > 0 && (step + 1) % cfg_.eval_every == 0)))
       for (const auto& [k, v] : hooks.evaluate()) m["eval/" + k] = v;
-    log(m);
+    run_.log(m);
     last = m;
-    if (show)
-      draw_progress(step + 1, total_steps_, m, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    char figures[64];
+    std::snprintf(figures, sizeof(figures), "loss %.4f lr %.2e", m["loss"], lr);
+    progress.update(step + 1, figures);
     const bool stop = stop_after > 0 && step + 1 - start == stop_after && !at_end;
-    if (at_end || stop || (cfg_.save_every > 0 && (step + 1) % cfg_.save_every == 0)) save_checkpoint(step + 1);
+    if (at_end || stop || (cfg_.save_every > 0 && (step + 1) % cfg_.save_every == 0)) run_.save(step + 1, params_, optimizer_);
     if (stop) return last;
   }
-  if (hooks.save_model) hooks.save_model(run_dir_ / "model");
+  if (hooks.save_model) hooks.save_model(run_.model_dir());
   return last;
 }
 

@@ -1,7 +1,7 @@
-// The loop every trainer shares: batches in a seeded order, gradient accumulation with an
-// exact normalizer, clipping, AdamW with a schedule, evaluation, metrics (one JSON line per
-// step in RUN_DIR/metrics.jsonl), a progress line, and checkpoints that resume bit-exactly.
-// A trainer supplies the per-micro-batch loss; the loop owns everything else.
+// The loop the SFT, reward-model and DPO trainers share: batches in a seeded order, gradient
+// accumulation with an exact normalizer, clipping, AdamW with a schedule, evaluation, and the
+// run directory's metrics, progress line and crash-safe checkpoints (train/run_dir.h, which
+// PPO uses too). A trainer supplies the per-micro-batch loss; the loop owns everything else.
 #pragma once
 #include <torch/torch.h>
 
@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "train/optimizer.h"
+#include "train/run_dir.h"
 
 namespace rlhf {
 
@@ -74,7 +75,11 @@ void visit_train_fields(TrainConfig& c, V&& v) {
   v("progress", c.progress, "Show a progress bar on a terminal");
 }
 
-using Metrics = std::map<std::string, double>;
+// Range checks of the shared fields (an Error naming the field and the value): a NaN or
+// negative lr, zero epochs or an eval_fraction of 1.5 stop before anything is loaded.
+void validate(const TrainConfig& c);
+// The one shape of a range error: "NAME must be RULE, got VALUE" (an Error unless `ok`).
+void check_range(bool ok, const std::string& name, double value, const std::string& rule);
 
 struct MicroStep {
   torch::Tensor loss_sum;   // scalar: the micro-batch's loss SUMMED over its items
@@ -109,17 +114,12 @@ class TrainLoop {
   std::vector<size_t> step_examples(int64_t step) const;
 
  private:
-  void save_checkpoint(int64_t step) const;
-  int64_t load_checkpoint();  // returns the step to continue from
-  void log(const Metrics& m) const;
-
   TrainConfig cfg_;
   AdamW::NamedParams params_;
   AdamW optimizer_;
-  std::string config_toml_;
   size_t num_examples_;
   int64_t steps_per_epoch_, total_steps_;
-  std::filesystem::path run_dir_;
+  RunDir run_;
 };
 
 }  // namespace rlhf

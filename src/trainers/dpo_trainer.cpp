@@ -1,5 +1,6 @@
 #include "trainers/dpo_trainer.h"
 
+#include <cmath>
 #include <numeric>
 
 #include "core/error.h"
@@ -25,7 +26,10 @@ Metrics train_dpo(DpoConfig cfg, bool resume, int64_t stop_after) {
   const TrainConfig& tc = cfg.train;
   check(!tc.model.empty(), "dpo: `model` is required");
   check(!tc.train_data.empty(), "dpo: `train_data` is required");
-  check(cfg.beta > 0, "dpo: beta must be positive");
+  validate(tc);
+  check_range(std::isfinite(cfg.beta) && cfg.beta > 0, "beta", cfg.beta, "a finite number > 0");
+  check_range(cfg.label_smoothing >= 0 && cfg.label_smoothing < 0.5, "label_smoothing", cfg.label_smoothing,
+              "in [0, 0.5)");
   check(cfg.loss_type == "sigmoid" || cfg.loss_type == "ipo", "dpo: loss_type must be sigmoid or ipo, got '" + cfg.loss_type + "'");
   const auto type = cfg.loss_type == "ipo" ? DpoLossType::IPO : DpoLossType::Sigmoid;
   torch::manual_seed(tc.seed);

@@ -2,9 +2,9 @@
 
 #include <chrono>
 #include <cmath>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <numeric>
 
 #include "core/error.h"
 #include "core/io.h"
@@ -13,7 +13,6 @@
 #include "losses/ppo.h"
 #include "formats/formats.h"
 #include "model/model.h"
-#include "formats/safetensors.h"
 #include "train/config_fields.h"
 #include "train/profile.h"
 #include "train/side_by_side.h"
@@ -69,32 +68,81 @@ std::pair<torch::Tensor, torch::Tensor> response_logprobs(Transformer& m, const 
   return {logp, logits};
 }
 
+// The value model: a transformer with a scalar head, and the head's bias (the Transformer's
+// score head has none, like transformers' sequence classifiers).
+struct ValueModel {
+  Transformer net;
+  torch::Tensor bias;  // (1) float32, trainable
+};
+
 // Values V(s_t) (B, R): the value head at the position before each response token.
-torch::Tensor response_values(Transformer& v, const Rollout& r, const torch::Tensor& rows) {
+torch::Tensor response_values(ValueModel& v, const Rollout& r, const torch::Tensor& rows) {
   const auto [ids, mask, P] = view_rows(r, rows);
-  return v->score_head(v->hidden_states(ids, positions_from_mask(mask), mask).narrow(1, P - 1, r.R)).select(2, 0);
+  auto hidden = v.net->hidden_states(ids, positions_from_mask(mask), mask).narrow(1, P - 1, r.R);
+  return v.net->score_head(hidden).select(2, 0) + v.bias;
 }
 
 // A value model: the reward model (head and all), or the policy's backbone with a zero head.
-Transformer make_value_model(const PpoConfig& cfg, const LoadOptions& lo) {
+// A reward model's head is read as gain * raw + bias (its normalisation, config.json), and
+// PPO's scores are in those units: the fold gain * (w . h) + bias = (gain * w) . h + bias
+// makes the first values predict normalised scores, not raw ones.
+ValueModel make_value_model(const PpoConfig& cfg, const LoadOptions& lo) {
   const bool from_policy = cfg.value_model == "policy" || cfg.reward_model.empty();
-  auto files = read_model_files(from_policy ? cfg.train.model : (cfg.value_model.empty() ? cfg.reward_model : cfg.value_model));
+  const std::string path = from_policy ? cfg.train.model : (cfg.value_model.empty() ? cfg.reward_model : cfg.value_model);
+  auto files = read_model_files(path);
   ModelConfig c = files.config;
+  double bias = 0.0;
   if (from_policy) {
     c.num_labels = 1;
     files.weights.erase("lm_head.weight");
     files.weights["score.weight"] = torch::zeros({1, c.hidden_size});  // zero-initialised (PPO_DETAILS #10)
+  } else {
+    check(c.num_labels == 1 && files.weights.count("score.weight"),
+          path + ": the value model must have a scalar head (a reward model), got num_labels = " +
+              std::to_string(c.num_labels));
+    auto& w = files.weights.at("score.weight");  // (1, C)
+    w = (w.to(torch::kFloat32) * c.reward_gain).to(w.scalar_type());
+    bias = c.reward_bias;
+    c.reward_gain = 1.0;
+    c.reward_bias = 0.0;
   }
-  Transformer v(c);
-  v->load_weights(files.weights, "value model");
-  v->to(parse_device(lo.device), parse_dtype(lo.dtype));
+  ValueModel v{Transformer(c), {}};
+  v.net->load_weights(files.weights, "value model");
+  v.net->to(parse_device(lo.device), parse_dtype(lo.dtype));
+  v.bias = torch::full({1}, bias, torch::TensorOptions().dtype(torch::kFloat32).device(v.net->device()));
+  v.bias.set_requires_grad(true);
   return v;
 }
 
 }  // namespace
 
+void validate(const PpoConfig& c) {
+  validate(c.train);
+  auto finite = [](double v) { return std::isfinite(v); };
+  check_range(c.rollout_batch > 0, "rollout_batch", c.rollout_batch, "> 0");
+  check_range(c.minibatches > 0, "minibatches", c.minibatches, "> 0");
+  check_range(c.ppo_epochs > 0, "ppo_epochs", c.ppo_epochs, "> 0");
+  check_range(c.max_new_tokens > 0, "max_new_tokens", c.max_new_tokens, "> 0");
+  check_range(c.max_prompt_length > 0, "max_prompt_length", c.max_prompt_length, "> 0");
+  check_range(finite(c.temperature) && c.temperature > 0, "temperature", c.temperature, "a finite number > 0 (sampling)");
+  check_range(finite(c.kl_coef) && c.kl_coef >= 0, "kl_coef", c.kl_coef, "a finite number >= 0");
+  check_range(finite(c.kl_target) && c.kl_target > 0, "kl_target", c.kl_target, "a finite number > 0");
+  check_range(finite(c.kl_horizon) && c.kl_horizon > 0, "kl_horizon", c.kl_horizon, "a finite number > 0");
+  check_range(c.gamma >= 0 && c.gamma <= 1, "gamma", c.gamma, "in [0, 1]");
+  check_range(c.lam >= 0 && c.lam <= 1, "lam", c.lam, "in [0, 1]");
+  check_range(finite(c.clip_range) && c.clip_range > 0, "clip_range", c.clip_range, "a finite number > 0");
+  check_range(finite(c.clip_range_value) && c.clip_range_value > 0, "clip_range_value", c.clip_range_value,
+              "a finite number > 0");
+  check_range(finite(c.vf_coef) && c.vf_coef >= 0, "vf_coef", c.vf_coef, "a finite number >= 0");
+  check_range(finite(c.ent_coef), "ent_coef", c.ent_coef, "a finite number");
+  check_range(finite(c.missing_eos_penalty), "missing_eos_penalty", c.missing_eos_penalty, "a finite number");
+  check_range(finite(c.length_penalty), "length_penalty", c.length_penalty, "a finite number");
+  check_range(finite(c.logprob_tolerance) && c.logprob_tolerance >= 0, "logprob_tolerance", c.logprob_tolerance,
+              "a finite number >= 0");
+}
+
 Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t stop_after,
-                  const RolloutMetricsFn& rollout_metrics) {
+                  const RolloutMetricsFn& rollout_metrics, const PpoProbes& probes) {
   const TrainConfig& tc = cfg.train;
   check(!tc.model.empty(), "ppo: `model` (the policy) is required");
   check(!tc.train_data.empty(), "ppo: `train_data` (prompts JSONL) is required");
@@ -103,8 +151,8 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
         "ppo: rollout_batch must be a positive multiple of minibatches");
   const int64_t mb_size = cfg.rollout_batch / cfg.minibatches;
   check(mb_size % tc.grad_accum_steps == 0, "ppo: the minibatch size must be a multiple of grad_accum_steps");
-  check(cfg.temperature > 0, "ppo: temperature must be > 0 (sampling)");
   check(cfg.kl_estimator == "k1" || cfg.kl_estimator == "k3", "ppo: kl_estimator must be k1 or k3");
+  validate(cfg);
   const auto estimator = cfg.kl_estimator == "k3" ? KlEstimator::K3 : KlEstimator::K1;
   torch::manual_seed(tc.seed);
   const LoadOptions lo{tc.device, tc.dtype};
@@ -117,7 +165,7 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
   ref.model->eval();
   for (auto& p : ref.model->parameters()) p.set_requires_grad(false);
   const uint64_t ref_fingerprint = weights_fingerprint(*ref.model);
-  Transformer value = make_value_model(cfg, lo);
+  ValueModel value = make_value_model(cfg, lo);
   const auto dev = policy.model->device();
   RewardFn reward = reward_in;
   std::shared_ptr<LoadedModel> rm;
@@ -134,41 +182,29 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
   // 2. One optimizer over policy and value parameters; the KL controller.
   AdamW::NamedParams params;
   for (auto& [n, p] : named_trainable(*policy.model)) params.emplace_back("policy." + n, p);
-  for (auto& [n, p] : named_trainable(*value)) params.emplace_back("value." + n, p);
+  for (auto& [n, p] : named_trainable(*value.net)) params.emplace_back("value." + n, p);
+  params.emplace_back("value.score.bias", value.bias);
   AdamW opt(params, {tc.adam_beta1, tc.adam_beta2, tc.adam_eps, tc.weight_decay, tc.adam_tf_epsilon});
   std::unique_ptr<KlController> kl_ctl;
   if (cfg.adaptive_kl) kl_ctl = std::make_unique<AdaptiveKlController>(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon);
   else kl_ctl = std::make_unique<FixedKlController>(cfg.kl_coef);
 
-  const fs::path run_dir = tc.run_dir;
-  fs::create_directories(run_dir);
-  write_file_atomic(run_dir / "config.toml", to_toml(cfg));
+  // The run directory: config, metrics, crash-safe checkpoints (train/run_dir.h). The
+  // checkpoint holds both models' weights, the optimizer and the KL controller's coefficient;
+  // rollouts are seeded per iteration, so a resumed run continues exactly.
   const int64_t iterations = tc.max_steps > 0 ? tc.max_steps : 1;
   const int64_t total_updates = iterations * cfg.ppo_epochs * cfg.minibatches;
+  RunDir run(tc.run_dir, to_toml(cfg));
   int64_t start = 0;
-  auto save_checkpoint = [&](int64_t it) {
-    const fs::path dir = run_dir / "checkpoint", tmp = run_dir / "checkpoint.tmp";
-    fs::remove_all(tmp);
-    fs::create_directories(tmp);
-    TensorMap w;
-    for (const auto& [n, p] : params) w[n] = p.detach();
-    write_safetensors(tmp / "model.safetensors", w);
-    write_safetensors(tmp / "optimizer.safetensors", opt.state());
-    write_file_atomic(tmp / "state.json", json{{"step", it}, {"kl_coef", kl_ctl->value()}}.dump());
-    fs::remove_all(dir);
-    fs::rename(tmp, dir);
-  };
-  if (resume && fs::exists(run_dir / "checkpoint" / "state.json")) {
-    auto st = json::parse(read_file(run_dir / "checkpoint" / "state.json"));
-    auto w = read_safetensors(run_dir / "checkpoint" / "model.safetensors");
-    torch::NoGradGuard ng;
-    for (auto& [n, p] : params) p.copy_(w.at(n));
-    opt.load_state(read_safetensors(run_dir / "checkpoint" / "optimizer.safetensors"), "ppo checkpoint");
-    kl_ctl->load_value(st.at("kl_coef").get<double>());
-    start = st.at("step").get<int64_t>();
-  } else {
-    fs::remove(run_dir / "metrics.jsonl");
+  if (auto ck = run.start(resume, iterations)) {
+    run.restore(*ck, params, opt);
+    check(ck->extra.contains("kl_coef") && ck->extra["kl_coef"].is_number(),
+          (run.path() / "checkpoint" / "state.json").string() + ": no kl_coef (not a PPO checkpoint)");
+    kl_ctl->load_value(ck->extra["kl_coef"].get<double>());
+    start = ck->step;
   }
+  auto save_checkpoint = [&](int64_t it) { run.save(it, params, opt, json{{"kl_coef", kl_ctl->value()}}); };
+  ProgressLine progress(tc.progress, iterations, start);
 
   Metrics last;
   for (int64_t it = start; it < iterations; ++it) {
@@ -192,6 +228,7 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
     g.max_new_tokens = cfg.max_new_tokens;
     g.sampling.temperature = static_cast<float>(cfg.temperature);
     g.seed = static_cast<uint64_t>(tc.seed) + 7919ull * static_cast<uint64_t>(it);
+    if (!cfg.stop_string.empty()) g.stop_strings = {cfg.stop_string};
     auto gens = generate(policy.model, tok, prompt_ids, g);
     m["time/generation_s"] = seconds_since(t0);
 
@@ -208,8 +245,8 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
     r.gen_logprobs = torch::zeros({B, r.R});
     std::vector<std::string> responses;
     std::vector<std::vector<int32_t>> response_tokens;
-    std::vector<uint8_t> has_eos;
-    double length_sum = 0;
+    std::vector<uint8_t> ended;   // EOS or the stop string: no missing-EOS penalty
+    std::vector<double> lengths;  // response tokens, EOS included
     for (int64_t b = 0; b < B; ++b) {
       const auto& p = prompt_ids[b];
       const auto& gn = gens[b];
@@ -222,19 +259,21 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
         r.response_mask[b][i] = 1;
         r.gen_logprobs[b][i] = gn.logprobs[i];
       }
-      responses.push_back(gn.text);
+      // The generator's text stops before the stop string; the response, as its tokens, ends after it.
+      responses.push_back(gn.finish_reason == "stop" ? gn.text + cfg.stop_string : gn.text);
       response_tokens.push_back(gn.tokens);
-      has_eos.push_back(gn.finish_reason == "eos");
-      length_sum += gn.tokens.size();
+      ended.push_back(gn.finish_reason == "eos" || gn.finish_reason == "stop");
+      lengths.push_back(double(gn.tokens.size()));
     }
+    if (probes.after_generation) probes.after_generation(r.gen_logprobs);
     r.ids = r.ids.to(dev);
     r.mask = r.mask.to(dev);
     r.response_mask = r.response_mask.to(dev);
-    m["response_length"] = length_sum / B;
+    m["response_length"] = std::accumulate(lengths.begin(), lengths.end(), 0.0) / B;
 
     // 4. Score: the reward on the texts (on this thread, side by side with the value model's
     // forward, train/side_by_side.h); the policy's old and the reference's log-probs side by
-    // side; responses that never ended get the penalty (#12).
+    // side; responses that never ended get the penalty (#12), and each pays length_penalty per token.
     t0 = Clock::now();
     torch::Tensor old_logp, ref_logp, old_values;
     std::vector<double> raw_scores;
@@ -252,13 +291,17 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
         reward_part(), logprobs_part(), ref_part(), values_part();
       }
     }
-    auto scores = torch::tensor(std::vector<double>(raw_scores.begin(), raw_scores.end()), torch::kFloat64).to(torch::kFloat32);
-    m["objective/scores"] = scores.mean().item<double>();
+    auto scores = torch::tensor(raw_scores, torch::kFloat64).to(torch::kFloat32);  // (B)
+    m["objective/scores_before_penalties"] = scores.mean().item<double>();
     if (rollout_metrics)
       for (const auto& [k, v] : rollout_metrics(prompt_texts, responses)) m[k] = v;
     if (cfg.penalize_missing_eos)
-      scores = missing_eos_penalty(scores, torch::tensor(std::vector<int64_t>(has_eos.begin(), has_eos.end())).to(torch::kBool),
+      scores = missing_eos_penalty(scores, torch::tensor(std::vector<int64_t>(ended.begin(), ended.end())).to(torch::kBool),
                                    cfg.missing_eos_penalty);
+    if (cfg.length_penalty != 0.0)
+      scores = scores - cfg.length_penalty * torch::tensor(lengths, torch::kFloat64).to(torch::kFloat32);
+    // The scores PPO trains on, as TRL logs them (after its missing_eos_penalty).
+    m["objective/scores"] = scores.mean().item<double>();
     scores = scores.to(dev);
 
     const double gap = ((old_logp.to(torch::kCPU) - r.gen_logprobs) * r.response_mask.to(torch::kCPU)).abs().max().item<double>();
@@ -275,11 +318,19 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
     const double kl = shaped.kl.sum(1).mean().item<double>();
     m["objective/kl"] = kl;
     m["objective/rlhf_reward"] = m["objective/scores"] - kl_ctl->value() * kl;
+    // TRL's objective/entropy: the rollout's estimate of each response's entropy, the sum of
+    // -log pi over its sampled tokens, averaged over the batch (nats per response; the mean
+    // per-token entropy of the full distributions is policy/entropy_avg, as TRL names it).
+    m["objective/entropy"] = torch::where(r.response_mask != 0, -old_logp, 0.0).sum(1).mean().item<double>();
+    if (probes.on_rollout)
+      probes.on_rollout({r.ids, r.mask, r.response_mask, r.P, r.R, scores, old_logp, ref_logp, old_values, shaped.rewards,
+                         adv.returns});
+    if (probes.before_update) probes.before_update(old_logp);
 
     // 7. PPO epochs over reshuffled minibatches (#13), gradient accumulation on top.
     t0 = Clock::now();
     policy.model->train();
-    value->train();
+    value.net->train();
     Metrics sums;
     int64_t n_mb = 0;
     for (int64_t epoch = 0; epoch < cfg.ppo_epochs; ++epoch) {
@@ -325,7 +376,7 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
           sums["policy/clipfrac"] += pl.clipfrac.item<double>();
           sums["policy/approxkl"] += pl.approxkl.item<double>();
           sums["val/clipfrac"] += vl.clipfrac.item<double>();
-          sums["objective/entropy"] += entropy.item<double>();
+          sums["policy/entropy_avg"] += entropy.item<double>();
           ++n_mb;
         }
         const double clip = clip_scale(grad_norm(params), tc.max_grad_norm);
@@ -338,20 +389,20 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
     m["time/training_s"] = seconds_since(t0);
     kl_ctl->update(kl, B);
 
-    std::ofstream(run_dir / "metrics.jsonl", std::ios::app) << json(m).dump() << "\n";
+    for (const char* k : {"loss/policy", "loss/value", "objective/kl"}) check_finite(m[k], k, it + 1, run);
+    run.log(m);
     last = m;
-    if (tc.progress && ::isatty(2))
-      std::fprintf(stderr, "\rppo %lld/%lld score %.3f kl %.3f len %.1f ", (long long)(it + 1), (long long)iterations,
-                   m["objective/scores"], kl, m["response_length"]);
+    char figures[96];
+    std::snprintf(figures, sizeof(figures), "score %.3f kl %.3f len %.1f", m["objective/scores"], kl, m["response_length"]);
+    progress.update(it + 1, figures);
     const bool at_end = it + 1 == iterations, stop = stop_after > 0 && it + 1 - start == stop_after;
     if (at_end || stop || (tc.save_every > 0 && (it + 1) % tc.save_every == 0)) save_checkpoint(it + 1);
     if (stop && !at_end) return last;
   }
-  if (tc.progress && ::isatty(2)) std::fprintf(stderr, "\n");
   // The reference must leave training bit-identical (PPO_DETAILS #4).
   check(weights_fingerprint(*ref.model) == ref_fingerprint, "ppo: the reference model's weights changed during training");
   last["ref/unchanged"] = 1.0;
-  write_trained_model(run_dir / "model", policy.model, policy.config, &tok);
+  write_trained_model(run.model_dir(), policy.model, policy.config, &tok);
   return last;
 }
 

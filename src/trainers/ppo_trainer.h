@@ -14,7 +14,7 @@ namespace rlhf {
 struct PpoConfig {
   TrainConfig train;               // model = the policy; train_data = prompts JSONL; max_steps = PPO iterations
   std::string reward_model;        // reward model folder (rlhf rm train); required on the CLI
-  std::string value_model;         // empty: the reward model (head included), else the policy with a zero head
+  std::string value_model;         // empty: the reward model (head included, its normalisation folded in), else the policy with a zero head
   int64_t rollout_batch = 16;      // prompts (= responses) per PPO iteration
   int64_t minibatches = 4;         // per PPO epoch; rollout_batch must divide evenly
   int64_t ppo_epochs = 4;
@@ -32,6 +32,8 @@ struct PpoConfig {
   bool whiten_rewards = false;
   double missing_eos_penalty = -1.0;  // score of a response with no EOS (penalize_missing_eos)
   bool penalize_missing_eos = true;
+  double length_penalty = 0.0;        // subtracted from the score per response token
+  std::string stop_string;            // empty: none; else responses end after its first occurrence
   double logprob_tolerance = 1e-3;    // generator vs trainer logprob guard (PPO_DETAILS, failure modes)
 
   PpoConfig() {
@@ -64,6 +66,8 @@ struct PpoConfig {
     v("whiten_rewards", whiten_rewards, "Whiten per-token rewards (without shifting the mean) before GAE");
     v("missing_eos_penalty", missing_eos_penalty, "Score given to responses that never emit EOS");
     v("penalize_missing_eos", penalize_missing_eos, "Apply missing_eos_penalty (off: truncated responses keep their score)");
+    v("length_penalty", length_penalty, "Subtracted from the score per response token (EOS included): score - length_penalty * length; 0: off");
+    v("stop_string", stop_string, "Responses end after the first occurrence of this text, which counts as ended like EOS (no missing-EOS penalty); empty: none");
     v("logprob_tolerance", logprob_tolerance, "Largest allowed |generator - trainer| logprob difference");
   }
 };
@@ -79,8 +83,33 @@ using RewardFn = std::function<std::vector<double>(const std::vector<std::string
 using RolloutMetricsFn = std::function<Metrics(const std::vector<std::string>& prompts,
                                                const std::vector<std::string>& responses)>;
 
+// Range checks of every field (an Error naming the field and the value).
+void validate(const PpoConfig& c);
+
+// One iteration's rollout as the update sees it, laid out as [left-padded prompt | right-padded
+// response]: P prompt columns, R response columns.
+struct PpoRolloutView {
+  torch::Tensor ids, mask;        // (B, P + R) int64; mask 1 = real token
+  torch::Tensor response_mask;    // (B, R) float, 1 = generated token
+  int64_t P = 0, R = 0;
+  torch::Tensor scores;           // (B) as trained on: the reward's, then the missing-EOS and length penalties
+  torch::Tensor logprobs;         // (B, R) the policy's at the rollout (old log-probs), at the temperature
+  torch::Tensor ref_logprobs;     // (B, R) the reference's, at the temperature
+  torch::Tensor values;           // (B, R) the value model's V(s_t) at the rollout
+  torch::Tensor rewards;          // (B, R) per-token rewards (-kl_coef * kl, score at the last token), before whitening
+  torch::Tensor returns;          // (B, R) GAE's returns, the value head's targets
+};
+
+// Test seams (tests/e2e/test_ppo.cpp): a test watches what a real run computes, or injects the
+// faults the run's guards exist for, without production code having a way to cause them.
+struct PpoProbes {
+  std::function<void(const PpoRolloutView&)> on_rollout;         // each iteration, before its update
+  std::function<void(torch::Tensor& logprobs)> after_generation;  // (B, R) the generator's, before the guard reads them
+  std::function<void(torch::Tensor& logprobs)> before_update;     // (B, R) the old log-probs, before the first epoch
+};
+
 // Runs PPO; `reward` overrides cfg.reward_model when given. Writes RUN_DIR/model (the policy).
 Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward = {}, int64_t stop_after = 0,
-                  const RolloutMetricsFn& rollout_metrics = {});
+                  const RolloutMetricsFn& rollout_metrics = {}, const PpoProbes& probes = {});
 
 }  // namespace rlhf

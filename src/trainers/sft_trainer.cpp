@@ -17,6 +17,7 @@ Metrics train_sft(SftConfig cfg, bool resume, int64_t stop_after) {
   const TrainConfig& tc = cfg.train;
   check(!tc.model.empty(), "sft: `model` is required");
   check(!tc.train_data.empty(), "sft: `train_data` is required");
+  validate(tc);
   torch::manual_seed(tc.seed);
 
   // 1. Model, tokenizer and data.

@@ -1,5 +1,8 @@
 // PPO on the real stories260K policy with a toy reward: the reward goes up while the KL to
-// the reference stays finite, and an interrupted run resumes to the same numbers.
+// the reference stays finite, and an interrupted run resumes to the same numbers. Then what a
+// run computes, read through its test seams (PpoProbes) and checked against the models
+// directly: temperature, value scale and alignment, the score's token, penalties, metrics,
+// and the guards firing on injected faults.
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
@@ -7,9 +10,11 @@
 
 #include "../test_util.h"
 #include "core/io.h"
+#include "formats/formats.h"
 #include "model/model.h"
 #include "feedback/labeler.h"
 #include "trainers/ppo_trainer.h"
+#include "trainers/trainer_util.h"
 
 using namespace rlhf;
 using json = nlohmann::json;
@@ -83,7 +88,7 @@ TEST(Ppo, ToyRewardGoesUpWithFiniteKl) {
   EXPECT_GT(last, first + 0.5) << "first " << first << " last " << last;
   for (const auto& row : m) {
     EXPECT_TRUE(std::isfinite(row["objective/kl"].get<double>()));
-    for (const char* k : {"objective/entropy", "objective/rlhf_reward", "policy/approxkl", "policy/clipfrac", "loss/policy",
+    for (const char* k : {"objective/entropy", "policy/entropy_avg", "objective/scores_before_penalties", "objective/rlhf_reward", "policy/approxkl", "policy/clipfrac", "loss/policy",
                           "loss/value", "val/clipfrac", "val/explained_variance", "kl_coef", "response_length",
                           "time/generation_s", "time/scoring_s", "time/training_s"})
       EXPECT_TRUE(row.contains(k)) << k;
@@ -114,17 +119,213 @@ TEST(Ppo, ResumeEqualsAnUninterruptedRun) {
       EXPECT_DOUBLE_EQ(ma[i][k].get<double>(), mb[i][k].get<double>()) << k << " at step " << i + 1;
 }
 
-TEST(Ppo, GeneratorTrainerDisagreementFailsLoudly) {
-  // A tolerance no real pair of forward passes can meet makes the guard fire: it must stop
-  // the run with the measured difference rather than train on mismatched log-probs.
-  test::TempDir tmp;
-  auto cfg = toy_config(tmp, "guard");
-  cfg.logprob_tolerance = -1.0;
-  cfg.train.max_steps = 1;
+namespace {
+
+// A reward model for tests: stories260K's backbone with a random scalar head, normalised by
+// the given gain and bias (the reward is gain * raw + bias).
+void write_reward_model(const std::filesystem::path& dir, double gain, double bias) {
+  auto files = read_model_files(stories());
+  ModelConfig c = files.config;
+  c.num_labels = 1;
+  c.reward_gain = gain;
+  c.reward_bias = bias;
+  c.pad_token_id = training_pad_id(*files.tokenizer);
+  files.weights.erase("lm_head.weight");
+  torch::manual_seed(1);
+  files.weights["score.weight"] = torch::randn({1, c.hidden_size});
+  Transformer rm(c);
+  rm->load_weights(files.weights, "test reward model");
+  write_trained_model(dir, rm, c, files.tokenizer.get());
+}
+
+// A short run for the seams: one iteration, one epoch of one minibatch (so loss/value is the
+// value loss before any update).
+PpoConfig one_step(const test::TempDir& tmp, const std::string& run) {
+  auto c = toy_config(tmp, run);
+  c.train.max_steps = 1;
+  c.rollout_batch = 6;
+  c.minibatches = 1;
+  c.ppo_epochs = 1;
+  c.max_new_tokens = 12;
+  return c;
+}
+
+// Masked comparisons of (B, R) tensors.
+double max_gap(const torch::Tensor& a, const torch::Tensor& b, const torch::Tensor& mask) {
+  return torch::where(mask.to(torch::kCPU) != 0, (a.to(torch::kCPU) - b.to(torch::kCPU)).abs(), 0.0).max().item<double>();
+}
+
+// log pi(response token | context) (B, R) of `model` at `temperature`, computed here from the
+// rollout's ids, independently of the trainer.
+torch::Tensor token_logprobs(Transformer& model, const PpoRolloutView& v, double temperature) {
+  torch::NoGradGuard ng;
+  auto logits = model->forward(v.ids, positions_from_mask(v.mask), v.mask).narrow(1, v.P - 1, v.R) / temperature;
+  return torch::log_softmax(logits, -1).gather(2, v.ids.narrow(1, v.P, v.R).unsqueeze(-1)).squeeze(-1);
+}
+
+std::string error_of(const std::function<void()>& f) {
   try {
-    train_ppo(cfg, false, count_reward(5));
-    FAIL() << "expected the logprob guard to stop the run";
+    f();
   } catch (const std::exception& e) {
-    EXPECT_NE(std::string(e.what()).find("log-probabilities differ by"), std::string::npos) << e.what();
+    return e.what();
   }
+  return "";
+}
+
+}  // namespace
+
+TEST(Ppo, TemperatureReachesPolicyAndReference) {
+  // At temperature 0.7 the generator's log-probs, the trainer's and the reference's must all
+  // be of softmax(logits / 0.7): the run passes its generator/trainer guard at the default
+  // tolerance, and both log-probs it trains on equal the ones computed here from the model.
+  test::TempDir tmp;
+  auto cfg = one_step(tmp, "temp");
+  cfg.temperature = 0.7;
+  PpoRolloutView seen;
+  PpoProbes probes;
+  probes.on_rollout = [&](const PpoRolloutView& v) { seen = v; };
+  auto m = train_ppo(cfg, false, count_reward(5), 0, {}, probes);
+  auto lm = load_model(stories());
+  const auto expected = token_logprobs(lm.model, seen, 0.7);
+  EXPECT_LT(max_gap(seen.logprobs, expected, seen.response_mask), 1e-4);
+  EXPECT_LT(max_gap(seen.ref_logprobs, expected, seen.response_mask), 1e-4);
+  // The test can tell the temperatures apart: at 1 the log-probs are far from these.
+  EXPECT_GT(max_gap(token_logprobs(lm.model, seen, 1.0), expected, seen.response_mask), 0.05);
+  EXPECT_LT(std::abs(m.at("objective/kl")), 1e-4);  // policy = reference at the first rollout
+}
+
+TEST(Ppo, ValueModelStartsInRewardUnitsAlignedWithTheStates) {
+  // The value model comes from a reward model whose rewards are 3 * raw - 20. Its first values
+  // must be V(s_t) = 3 * raw(prompt + response[:t]) - 20: the normalisation folded in, read at
+  // the position before response token t. With kl_coef 0 and gamma = lam = 1 every return is
+  // the row's score, and the first value loss is 0.5 * mean((V - score)^2) in reward units.
+  test::TempDir tmp;
+  const double gain = 3.0, bias = -20.0;
+  write_reward_model(tmp / "rm", gain, bias);
+  auto cfg = one_step(tmp, "value");
+  cfg.reward_model = (tmp / "rm").string();
+  cfg.kl_coef = 0.0;
+  cfg.gamma = 1.0;
+  cfg.lam = 1.0;
+  PpoRolloutView seen;
+  PpoProbes probes;
+  probes.on_rollout = [&](const PpoRolloutView& v) { seen = v; };
+  auto m = train_ppo(cfg, false, {}, 0, {}, probes);
+
+  auto rm = load_model(tmp / "rm");
+  torch::Tensor raw;
+  {
+    torch::NoGradGuard ng;
+    raw = rm.model->token_scores(seen.ids, seen.mask).select(2, 0).narrow(1, seen.P - 1, seen.R);  // (B, R)
+  }
+  const auto values = gain * raw + bias;
+  const auto& mask = seen.response_mask;
+  EXPECT_LT(max_gap(seen.values, values, mask), 1e-3);
+
+  // The score goes to each row's last response token (EOS when it ended there), nowhere else.
+  const auto last = (mask.sum(1) - 1).to(torch::kLong);  // (B)
+  for (int64_t b = 0; b < mask.size(0); ++b) {
+    for (int64_t t = 0; t < seen.R; ++t) {
+      const double expected = t == last[b].item<int64_t>() ? seen.scores[b].item<double>() : 0.0;
+      EXPECT_FLOAT_EQ(seen.rewards[b][t].item<float>(), float(expected)) << "row " << b << " token " << t;
+    }
+  }
+  const auto score_per_token = seen.scores.to(torch::kCPU).unsqueeze(1).expand_as(mask);
+  EXPECT_LT(max_gap(seen.returns, score_per_token, mask), 1e-4);  // float32 GAE on values near -20
+  const double expected_loss =
+      0.5 * (torch::where(mask != 0, (values - score_per_token).pow(2), 0.0).sum() / mask.sum()).item<double>();
+  EXPECT_NEAR(m.at("loss/value"), expected_loss, 1e-3 * std::max(1.0, expected_loss));
+}
+
+TEST(Ppo, ScoresIncludePenaltiesAndEntropyIsPerSequence) {
+  // A constant reward of 0.5; a response that never ends scores -1 (missing_eos_penalty),
+  // one that ends at EOS or at the stop string "." keeps 0.5; each pays 0.01 per token. The
+  // score goes to the response's last generated token (kl_coef 0: the only nonzero reward).
+  test::TempDir tmp;
+  auto cfg = one_step(tmp, "penalties");
+  cfg.rollout_batch = 8;
+  cfg.max_new_tokens = 24;
+  cfg.penalize_missing_eos = true;
+  cfg.missing_eos_penalty = -1.0;
+  cfg.length_penalty = 0.01;
+  cfg.stop_string = ".";
+  cfg.kl_coef = 0.0;
+  std::vector<std::string> texts;
+  std::vector<std::vector<int32_t>> tokens;
+  RewardFn constant = [&](const auto&, const std::vector<std::string>& r, const std::vector<std::vector<int32_t>>& t) {
+    texts = r, tokens = t;
+    return std::vector<double>(r.size(), 0.5);
+  };
+  PpoRolloutView seen;
+  PpoProbes probes;
+  probes.on_rollout = [&](const PpoRolloutView& v) { seen = v; };
+  auto m = train_ppo(cfg, false, constant, 0, {}, probes);
+  const int32_t eos = load_model(stories()).tokenizer->eos_id();
+  int stopped = 0, unended = 0;
+  double mean = 0;
+  for (size_t b = 0; b < texts.size(); ++b) {
+    const auto& text = texts[b];
+    const size_t dot = text.find('.');
+    // Cut after the first ".": it is the last character, or there is none.
+    EXPECT_TRUE(dot == std::string::npos || dot + 1 == text.size()) << text;
+    const bool ended = dot != std::string::npos || (!tokens[b].empty() && tokens[b].back() == eos);
+    stopped += dot != std::string::npos;
+    unended += !ended;
+    const double expected = (ended ? 0.5 : -1.0) - 0.01 * double(tokens[b].size());
+    EXPECT_NEAR(seen.scores[b].item<double>(), expected, 1e-6) << text;
+    const int64_t n = static_cast<int64_t>(tokens[b].size());
+    for (int64_t t = 0; t < seen.R; ++t) {
+      EXPECT_EQ(seen.response_mask[b][t].item<float>(), t < n ? 1.0f : 0.0f) << "row " << b << " token " << t;
+      EXPECT_FLOAT_EQ(seen.rewards[b][t].item<float>(), t == n - 1 ? seen.scores[b].item<float>() : 0.0f)
+          << "row " << b << " token " << t;
+    }
+    EXPECT_EQ(seen.ids[b][seen.P + n - 1].item<int64_t>(), tokens[b].back());
+    mean += expected / double(texts.size());
+  }
+  EXPECT_GT(stopped, 0);  // the stop string ended some responses, so the test saw it work
+  EXPECT_NEAR(m.at("objective/scores"), mean, 1e-6);
+  EXPECT_NEAR(m.at("objective/scores_before_penalties"), 0.5, 1e-6);
+  EXPECT_NEAR(m.at("objective/rlhf_reward"), mean, 1e-6);
+  // objective/entropy as TRL logs it: sum over each response of -log pi(token), mean over the batch.
+  const double entropy =
+      torch::where(seen.response_mask != 0, -seen.logprobs.to(torch::kCPU), 0.0).sum(1).mean().item<double>();
+  EXPECT_NEAR(m.at("objective/entropy"), entropy, 1e-5);
+}
+
+TEST(Ppo, GeneratorTrainerGuardMeasuresARealGap) {
+  // 0.01 added to one of the generator's log-probs: a tolerance of 1e-3 stops the run and
+  // reports the gap; a tolerance of 0.05 lets the same run through.
+  test::TempDir tmp;
+  PpoProbes probes;
+  probes.after_generation = [](torch::Tensor& logprobs) { logprobs[0][0] += 0.01; };
+  auto cfg = one_step(tmp, "guard");
+  cfg.logprob_tolerance = 1e-3;
+  const auto message = error_of([&] { train_ppo(cfg, false, count_reward(5), 0, {}, probes); });
+  const auto at = message.find("log-probabilities differ by ");
+  ASSERT_NE(at, std::string::npos) << message;
+  EXPECT_NEAR(std::stod(message.substr(at + 28)), 0.01, 1e-3) << message;
+  cfg.logprob_tolerance = 0.05;
+  cfg.train.run_dir = (tmp / "guard_wide").string();
+  EXPECT_EQ(error_of([&] { train_ppo(cfg, false, count_reward(5), 0, {}, probes); }), "");
+}
+
+TEST(Ppo, RatioGuardFiresWhenRolloutAndUpdateDisagree) {
+  // Old log-probs shifted by 0.01 make the first minibatch's ratio exp(-0.01) != 1: the guard
+  // must stop the run. A shift of 1e-4, within the tolerance, must not.
+  test::TempDir tmp;
+  auto run = [&](double shift, const std::string& name) {
+    auto cfg = one_step(tmp, name);
+    PpoProbes probes;
+    probes.before_update = [shift](torch::Tensor& logprobs) { logprobs += shift; };
+    return error_of([&] { train_ppo(cfg, false, count_reward(5), 0, {}, probes); });
+  };
+  EXPECT_NE(run(0.01, "shifted").find("probability ratio on the first minibatch is not 1"), std::string::npos);
+  EXPECT_EQ(run(1e-4, "within"), "");
+}
+
+TEST(Ppo, LengthPenaltyMustBeFinite) {
+  test::TempDir tmp;
+  auto cfg = one_step(tmp, "nan");
+  cfg.length_penalty = std::nan("");
+  EXPECT_NE(error_of([&] { train_ppo(cfg, false, count_reward(5)); }).find("length_penalty"), std::string::npos);
 }

@@ -4,6 +4,7 @@
 
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <numeric>
 #include <random>
 #include <sstream>
 
@@ -11,6 +12,7 @@
 #include "data/collate.h"
 #include "losses/losses.h"
 #include "formats/safetensors.h"
+#include "generate/generator.h"
 #include "model/model.h"
 #include "../test_util.h"
 #include "trainers/dpo_trainer.h"
@@ -167,14 +169,33 @@ TEST(Trainers, RewardModelLearnsASyntheticPreference) {
   c.train.epochs = 2;
   c.norm_samples = 16;
   c.norm_max_new_tokens = 24;
+  c.norm_temperature = 0.7;
   auto m = train_reward_model(c, false);
   EXPECT_GT(m.at("eval/accuracy"), 0.9);
-  // The exported reward model scores a happy story above a sad one, and is normalized.
+  // The exported reward model scores a happy story above a sad one.
   auto rm = load_reward_model((tmp / "rm" / "model").string());
-  EXPECT_NE(rm.config.reward_gain, 1.0);
   auto s = score_texts(rm, {{"Once upon a time", " the dog ran happy to the park."},
                             {"Once upon a time", " the dog ran sad to the park."}}, 64);
   EXPECT_GT(s[0], s[1]);
+  // It is normalised on the starting policy's samples drawn as PPO draws them (temperature
+  // and length): the same samples, drawn again here (every pair has this one prompt, and the
+  // trainer seeds its sampling with the run's seed), score mean 0 and std 1 exactly.
+  auto policy = load_model(stories());
+  const std::string prompt = "Once upon a time";
+  GenerateOptions g;
+  g.max_new_tokens = c.norm_max_new_tokens;
+  g.sampling.temperature = static_cast<float>(c.norm_temperature);
+  g.seed = static_cast<uint64_t>(c.train.seed);
+  std::vector<std::pair<std::string, std::string>> samples;
+  for (const auto& gen : generate(policy.model, *policy.tokenizer,
+                                  std::vector<std::vector<int32_t>>(size_t(c.norm_samples), encode_prompt(*policy.tokenizer, prompt)), g))
+    samples.emplace_back(prompt, gen.text);
+  const auto r = score_texts(rm, samples, c.train.max_length);
+  const double mean = std::accumulate(r.begin(), r.end(), 0.0) / double(r.size());
+  double var = 0;
+  for (double x : r) var += (x - mean) * (x - mean) / double(r.size());
+  EXPECT_NEAR(mean, 0.0, 1e-5);
+  EXPECT_NEAR(std::sqrt(var), 1.0, 1e-5);
 }
 
 TEST(Trainers, DpoRaisesTheChosenMargin) {

@@ -1,5 +1,6 @@
-"""Shared by the labeling tests: start `rlhf label serve` on a free port, call its JSON API."""
-import http.client, json, os, subprocess, threading, time
+"""Shared by the labeling tests: start `rlhf label serve` on a free port, call its JSON API,
+send it raw bytes."""
+import http.client, json, os, socket, subprocess, threading, time
 
 BUILD = os.environ["RLHF_BUILD"]
 DATA = os.environ["RLHF_DATA"]
@@ -73,3 +74,34 @@ def ranking_best_first(task):
     """The ranking that orders completions by their text (a labeler with a taste for 'a' < 'b')."""
     cs = sorted(task["completions"], key=lambda c: c["text"])
     return [c["id"] for c in cs]
+
+
+def rss_kb(pid):
+    """Resident memory of a process, KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+
+
+def send_raw(port, head, pieces=(), timeout=20):
+    """Sends `head` then each of `pieces` (bytes) on a new connection, stopping when the server
+    closes or resets it. Returns (bytes sent, the reply's status or None, its body)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sent = 0
+    try:
+        for piece in (head, *pieces):
+            s.sendall(piece)
+            sent += len(piece)
+    except (BrokenPipeError, ConnectionResetError, socket.timeout):
+        pass
+    raw = b""
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            raw += chunk
+    except (ConnectionResetError, socket.timeout):
+        pass
+    s.close()
+    status = int(raw.split(b" ", 2)[1]) if raw.startswith(b"HTTP/1.1 ") else None
+    return sent, status, raw.partition(b"\r\n\r\n")[2]

@@ -2,11 +2,13 @@
 tasks (completions generated in the background by a real model, or given), submissions and
 their validation errors (wrong token, not a permutation, unknown prompt, not shown, duplicate),
 agreement statistics, and `rlhf label export` of rankings and pairs. Bad command lines fail
-with a clear message."""
-import itertools, json, os, sqlite3, subprocess, sys, tempfile, time
+with a clear message. Then what one client can do to the server (hardening()): slow and huge
+requests, many ranges, chunked bodies over the limit, sign-ins that expire, outlive their
+token or are guessed."""
+import http.client, itertools, json, os, socket, sqlite3, subprocess, sys, tempfile, threading, time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from label_util import DATA, RLHF, Client, Server, ranking_best_first  # noqa: E402
+from label_util import DATA, RLHF, Client, Server, ranking_best_first, rss_kb, send_raw  # noqa: E402
 
 TOKEN = "shared-token-1"
 MODEL = os.path.join(DATA, "stories260K", "stories260K.gguf")
@@ -200,5 +202,173 @@ def main():
         print("label API: sign-in, tasks, validation, idempotence, stats and export ok")
 
 
+def serve_given(tmp, name, *extra):
+    """A server over prompts that come with their completions (no model)."""
+    prompts = os.path.join(tmp, f"{name}.jsonl")
+    with open(prompts, "w") as f:
+        for i in range(3):
+            f.write(json.dumps({"prompt": f"prompt {i}", "completions": [f"a{i}", f"b{i}", f"c{i}"]}) + "\n")
+    return Server(["--db", os.path.join(tmp, f"{name}.sqlite"), "--prompts", prompts, *extra]), os.path.join(tmp, f"{name}.sqlite")
+
+
+def slow_clients_do_not_stop_the_server(port):
+    """300 connections trickling a request head a byte a second (more than the old 64 workers, and
+    than the 256 the server keeps waiting): another client is still answered at once."""
+    lorises = []
+    for _ in range(300):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(b"GET /api/progress HTTP/1.1\r\nHost: x\r\n")
+        lorises.append(s)
+    stop = threading.Event()
+
+    def trickle():
+        while not stop.wait(1.0):
+            for s in lorises:
+                try:
+                    s.send(b"X")
+                except OSError:
+                    pass
+
+    t = threading.Thread(target=trickle, daemon=True)
+    t.start()
+    try:
+        time.sleep(2.5)  # every slow connection has been accepted and is trickling
+        c = Client(port)
+        c.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)  # the old server never answered
+        st, body = c.call("GET", "/api/progress")
+        assert st == 401 and "not signed in" in body["error"], (st, body)  # answered (by the handler)
+    finally:
+        stop.set()
+        t.join()
+        for s in lorises:
+            s.close()
+
+
+def many_ranges_get_the_content_once(port):
+    """2000 ranges in a 6 KB request gave 18.4 MB; ranges are not served now."""
+    page = Client(port)
+    page.call("GET", "/api/progress")
+    page.conn.request("GET", "/")
+    res = page.conn.getresponse()
+    html = res.read()
+    assert res.status == 200
+
+    page.conn.request("GET", "/", headers={"Range": "bytes=" + ",".join(["0-"] * 2000)})
+    res = page.conn.getresponse()
+    body = res.read()
+    assert res.status == 200 and body == html, (res.status, len(body), len(html))
+
+
+def huge_heads_are_refused(port, pid):
+    """64 MB of headers: refused after 16 KB, without the server holding them (they took 222 MB)."""
+    rss = rss_kb(pid)
+    line = b"X-Pad: " + b"a" * 1000 + b"\r\n"
+    sent, status, body = send_raw(port, b"GET / HTTP/1.1\r\nHost: x\r\n", [line * 1024] * 64)
+    assert sent < 24 << 20 and status in (None, 431), (sent, status, body)
+    assert rss_kb(pid) - rss < 50 << 10, (rss, rss_kb(pid))
+
+
+def chunked_bodies_are_cut_at_the_limit(port):
+    """At 1 MB (413), however long the client goes on (30 MB were read)."""
+    head = (b"POST /api/signin HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n")
+    chunk = b"10000\r\n" + b" " * 0x10000 + b"\r\n"
+    sent, status, body = send_raw(port, head, [chunk] * 24)  # 1.5 MB, then the client stops
+    assert status == 413 and b"larger than 1048576 bytes" in body, (sent, status, body)
+    sent, status, body = send_raw(port, head, [chunk] * 480)  # 30 MB
+    assert sent < 24 << 20 and status in (None, 413), (sent, status, body)
+    sent, status, body = send_raw(port, b"POST /api/signin HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n")
+    assert status == 413, (sent, status, body)
+
+
+def sign_ins_expire_and_end_with_their_token(tmp):
+    server, db = serve_given(tmp, "sessions", "--token", TOKEN)
+    try:
+        # expire after 12 h (the default)
+        ann = Client(server.port)
+        ann.sign_in("ann", TOKEN)
+        expect(ann.call("GET", "/api/progress"), 200)
+        con = sqlite3.connect(db)
+        con.execute("UPDATE sessions SET created = created - 13 * 3600")
+        con.commit()
+        con.close()
+        expect(ann.call("GET", "/api/progress"), 401, "expired")
+        ann.sign_in("ann", TOKEN)
+        bob = Client(server.port)
+        bob.sign_in("bob", TOKEN)
+    finally:
+        server.kill()
+
+    # a changed token, a removed labeler: their sign-ins end with the restart
+    server, _ = serve_given(tmp, "sessions", "--token", "another-token", "--labeler", "carol=carols-token")
+    try:
+        for c in (ann, bob):
+            c.port, c.conn = server.port, None
+            expect(c.call("GET", "/api/progress"), 401, "token has changed")
+        ann.sign_in("ann", "another-token")
+        carol = Client(server.port)
+        carol.sign_in("carol", "carols-token")
+        expect(carol.call("GET", "/api/progress"), 200)
+    finally:
+        server.kill()
+    server, _ = serve_given(tmp, "sessions", "--labeler", "dave=daves-token")
+    try:
+        carol.port, carol.conn = server.port, None
+        expect(carol.call("GET", "/api/progress"), 401, "token has changed")
+        ann.port, ann.conn = server.port, None
+        expect(ann.call("GET", "/api/progress"), 200)  # the shared token was kept
+    finally:
+        server.kill()
+
+
+def failed_sign_ins_are_limited(port):
+    """Per address: 429 with Retry-After, even for the right token, until the wait is over."""
+    anon = Client(port)
+    statuses = []
+    while 429 not in statuses and len(statuses) < 12:
+        statuses.append(anon.call("POST", "/api/signin", {"name": "eve", "token": f"guess-{len(statuses)}"})[0])
+    assert statuses[:5] == [401] * 5 and statuses[-1] == 429, statuses
+    anon.conn.request("POST", "/api/signin", body=json.dumps({"name": "ann", "token": TOKEN}),
+                      headers={"Content-Type": "application/json"})
+    res = anon.conn.getresponse()
+    body = json.loads(res.read())
+    assert res.status == 429 and "too many failed sign-ins" in body["error"], (res.status, body)
+    wait = int(res.getheader("Retry-After"))
+    assert 1 <= wait <= 5, wait
+    time.sleep(wait + 0.5)
+    anon.sign_in("ann", TOKEN)
+
+
+def ports_outside_0_to_65535_are_refused(tmp):
+    """Not wrapped: --port 99999 listened on 34463."""
+    prompts = os.path.join(tmp, "ports.jsonl")
+    with open(prompts, "w") as f:
+        f.write(json.dumps({"prompt": "p", "completions": ["a", "b"]}) + "\n")
+    try:
+        r = subprocess.run([RLHF, "label", "serve", "--db", os.path.join(tmp, "ports.sqlite"), "--prompts", prompts,
+                            "--token", TOKEN, "--port", "99999"], capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(f"--port 99999 served: {e.stdout}")
+    assert r.returncode != 0 and "99999" in r.stderr and "65535" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def hardening():
+    with tempfile.TemporaryDirectory() as tmp:
+        server, _ = serve_given(tmp, "hard", "--token", TOKEN)
+        try:
+            many_ranges_get_the_content_once(server.port)
+            huge_heads_are_refused(server.port, server.proc.pid)
+            chunked_bodies_are_cut_at_the_limit(server.port)
+            slow_clients_do_not_stop_the_server(server.port)
+            failed_sign_ins_are_limited(server.port)
+        finally:
+            server.kill()
+        sign_ins_expire_and_end_with_their_token(tmp)
+        ports_outside_0_to_65535_are_refused(tmp)
+        print("label API hardening: ranges, huge heads, chunked bodies, slow clients, rate limit, sessions, ports ok")
+
+
 if __name__ == "__main__":
     main()
+    hardening()

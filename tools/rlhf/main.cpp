@@ -213,7 +213,8 @@ void add_trainer(CLI::App& parent, const std::string& name, const std::string& h
   auto* cmd = parent.add_subcommand(name, help);
   add_config_options(*cmd, *cfg, *config_path);
   cmd->add_flag("--resume", *resume, "Continue the run in run_dir from its last checkpoint");
-  cmd->callback([cfg, resume, train] {
+  // The callback owns the config and the path the option callbacks write to.
+  cmd->callback([cfg, config_path, resume, train] {
     auto m = train(*cfg, *resume);
     json j = json::object();
     for (const auto& [k, v] : m) j[k] = v;
@@ -291,7 +292,7 @@ void add_pipeline(CLI::App& app) {
   // settings are flags such as --ppo.kl-coef and TOML tables [rm], [ppo].
   add_config_options(*cmd, *cfg, *config_path, "config");
   cmd->add_flag("--force", *force, "Redo every stage, even those whose outputs exist");
-  cmd->callback([cfg, force] { run_pipeline(*cfg, *force); });
+  cmd->callback([cfg, config_path, force] { run_pipeline(*cfg, *force); });
 }
 
 // ---- rlhf label serve | export ----------------------------------------------------------
@@ -317,7 +318,9 @@ void add_label(CLI::App& app) {
   serve->add_option("--host", a->opt.host, "Address to listen on")->capture_default_str();
   serve->add_option("--port", a->opt.port, "Port (0: any free one)")->capture_default_str();
   serve->add_option("--token", a->opt.token, "Access token any labeler may sign in with (default: made up and printed)");
-  serve->add_option("--labeler", a->opt.labelers, "NAME=TOKEN: a labeler with their own token (repeatable)");
+  serve->add_option("--labeler", a->opt.labelers,
+                    "NAME=TOKEN: a labeler with their own token (repeatable; when given, replaces the stored list)");
+  serve->add_option("--session-hours", a->opt.session_hours, "How long a sign-in lasts")->capture_default_str();
   serve->add_option("--max-new-tokens", a->max_new_tokens, "Completion length at most")->capture_default_str();
   serve->add_option("--temperature", a->temperature, "Sampling temperature")->capture_default_str();
   serve->add_option("--seed", a->seed, "Sampling seed")->capture_default_str();
