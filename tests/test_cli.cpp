@@ -4,9 +4,14 @@
 
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 
 #include "core/io.h"
+#include "core/utf8.h"
+#include "data/datasets.h"
+#include "euro_model.h"
+#include "feedback/label_store.h"
 #include "formats/safetensors.h"
 #include "test_util.h"
 
@@ -169,4 +174,77 @@ TEST(Cli, ChatTemplateWrapsThePromptAndStopsAtTheNextTurn) {
     EXPECT_EQ(o["text"].get<std::string>().find("\n\nHuman:"), std::string::npos);
   }
   expect_clean_error(run_cli("generate --model " + stories("stories260K.gguf") + " --chat nope -p x"), {"nope", "chatml"});
+}
+
+// Model text that ends inside a character or holds byte tokens that are no character: every
+// CLI writer of it (generate --json, generate --n, label export) writes it, U+FFFD in the
+// text and the exact ids beside it, instead of failing with json type_error.316.
+TEST(Cli, GenerateWritesTextThatEndsInsideACharacter) {
+  TempDir tmp;
+  const auto m = test::write_euro_model(tmp / "euro");
+  const std::string model = (tmp / "euro").string(), euro = "\xE2\x82\xAC", fffd = "\xEF\xBF\xBD";
+  auto r = run_cli("generate --model " + model + " --prompt Once --temperature 0 --max-new-tokens 5 --json --n 2", "",
+                   false);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::istringstream lines(r.output);
+  int n = 0;
+  for (std::string line; std::getline(lines, line); ++n) {
+    const auto o = nlohmann::json::parse(line);
+    EXPECT_EQ(o["text"], euro + fffd);  // E2 82 AC E2 82: the second "€" is cut after two bytes
+    EXPECT_EQ(o["tokens"], nlohmann::json({m.e2, m.x82, m.xac, m.e2, m.x82}));
+  }
+  EXPECT_EQ(n, 2);
+  // Streamed and plain output show the same text.
+  auto streamed = run_cli("generate --model " + model + " --prompt Once --temperature 0 --max-new-tokens 4", "", false);
+  ASSERT_EQ(streamed.exit_code, 0) << streamed.output;
+  EXPECT_EQ(streamed.output, "Once" + euro + fffd + "\n");
+  auto plain = run_cli("generate --model " + model + " --prompt Once --temperature 0 --max-new-tokens 4 --n 2", "", false);
+  ASSERT_EQ(plain.exit_code, 0) << plain.output;
+  EXPECT_NE(plain.output.find("\nOnce" + euro + fffd + "\n"), std::string::npos) << plain.output;
+  EXPECT_EQ(valid_utf8(plain.output), plain.output);
+}
+
+TEST(Cli, LabelExportWritesCompletionsThatAreNotUtf8) {
+  TempDir tmp;
+  const std::string cut = "\xE2\x82\xAC\xE2\x82", bytes = "a\xE2" "b\xFF";
+  {
+    LabelStore store(tmp / "labels.sqlite");
+    const int64_t pid = store.add_prompt("Once");
+    store.add_completions(pid, {cut, bytes});
+    const auto t = store.next_task("ann");
+    ASSERT_TRUE(t);
+    store.submit({t->prompt_id, "ann", {{t->completion_ids[0]}, {t->completion_ids[1]}}, {}, ""});
+  }
+  const std::string db = (tmp / "labels.sqlite").string();
+  auto r = run_cli("label export --db " + db + " --out " + (tmp / "r.jsonl").string());
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto rankings = read_rankings(tmp / "r.jsonl");
+  ASSERT_EQ(rankings.size(), 1u);
+  EXPECT_EQ(rankings[0].completions, (std::vector<std::string>{valid_utf8(cut), valid_utf8(bytes)}));
+  auto p = run_cli("label export --pairs --db " + db + " --out " + (tmp / "p.jsonl").string());
+  ASSERT_EQ(p.exit_code, 0) << p.output;
+  const auto pairs = read_preferences(tmp / "p.jsonl");
+  ASSERT_EQ(pairs.size(), 1u);
+  EXPECT_EQ(std::set<std::string>({pairs[0].chosen, pairs[0].rejected}),
+            std::set<std::string>({valid_utf8(cut), valid_utf8(bytes)}));
+}
+
+// "" is in every text: as a stop string it would end generation after one token.
+TEST(Cli, EmptyStopStringIsRejected) {
+  auto r = run_cli("generate --model " + stories("stories260K.gguf") + " --max-new-tokens 8 --stop ''");
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("empty stop string"), std::string::npos) << r.output;
+  EXPECT_EQ(run_cli("generate --model " + stories("stories260K.gguf") + " --max-new-tokens 8 --stop x").exit_code, 0);
+}
+
+// A small config asking for a billion layers fails on the config, naming the file, before
+// anything is sized by it (it used to allocate gigabytes and end in std::bad_alloc).
+TEST(Cli, AbsurdLayerCountIsAOneLineErrorNamingTheConfig) {
+  TempDir tmp;
+  auto out = tmp / "hf";
+  ASSERT_EQ(run_cli("convert --in " + stories("stories260K.gguf") + " --out " + out.string()).exit_code, 0);
+  auto cfg = nlohmann::json::parse(read_file(out / "config.json"));
+  cfg["num_hidden_layers"] = 1000000000;
+  write_file_atomic(out / "config.json", cfg.dump());
+  expect_clean_error(run_cli("generate --model " + out.string()), {"config.json", "num_layers", "1000000000"});
 }

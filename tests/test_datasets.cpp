@@ -168,6 +168,9 @@ TEST(Datasets, MalformedRankingLinesNameFileLineAndField) {
       {"noprompt", R"({"completions": ["a", "b"], "ranking": [0, 1]})", "prompt", "missing field"},
       {"labeler", R"({"prompt": "p", "completions": ["a", "b"], "ranking": [0, 1], "labeler": 3})", "labeler",
        "string"},
+      // The labeling store's prompt id: 1.5 is no id (and must not become 1).
+      {"prompt_id", R"({"prompt": "p", "completions": ["a", "b"], "ranking": [0, 1], "prompt_id": 1.5})", "prompt_id",
+       "integer id, got 1.5"},
   };
   test::TempDir dir;
   for (const BadCase& c : cases) {
@@ -225,6 +228,36 @@ TEST(Datasets, GzipReadsLikePlain) {
   write_gzip(dir / "bad.jsonl.gz", prefs + "{\"prompt\": 1}\n");
   const std::string msg = error_of([&] { read_preferences(dir / "bad.jsonl.gz"); });
   EXPECT_NE(msg.find((dir / "bad.jsonl.gz").string() + ":4: "), std::string::npos) << msg;
+}
+
+// `cat a.gz b.gz` is one gzip file of two members: zcat reads both, and so must we (it used to
+// stop after the first: 64 records read as 8). Bytes after the last member that are not
+// another member are damage: an Error naming the file, not records silently dropped.
+TEST(Datasets, GzipReadsEveryMemberAndRefusesTrailingGarbage) {
+  test::TempDir dir;
+  std::string first, rest;
+  for (int i = 0; i < 64; ++i) (i < 8 ? first : rest) += "{\"prompt\": \"p" + std::to_string(i) + "\"}\n";
+  write_gzip(dir / "a.gz", first);
+  write_gzip(dir / "b.gz", rest);
+  const std::string a = read_file(dir / "a.gz"), b = read_file(dir / "b.gz");
+  write_text(dir / "both.jsonl.gz", a + b);
+  const auto prompts = read_prompts(dir / "both.jsonl.gz");
+  ASSERT_EQ(prompts.size(), 64u);
+  EXPECT_EQ(prompts[8], "p8");
+  EXPECT_EQ(prompts[63], "p63");
+  EXPECT_EQ(read_maybe_gzip(dir / "both.jsonl.gz"), first + rest);
+
+  for (const std::string& junk : {std::string("garbage"), std::string(16, '\0'), std::string("\x1f")}) {
+    write_text(dir / "junk.jsonl.gz", a + b + junk);
+    const std::string msg = error_of([&] { read_prompts(dir / "junk.jsonl.gz"); });
+    EXPECT_NE(msg.find((dir / "junk.jsonl.gz").string() + ": trailing garbage"), std::string::npos) << msg;
+  }
+  // A member cut short, first or last, is still an error.
+  for (const std::string& cut : {a.substr(0, a.size() - 5) + b, a + b.substr(0, b.size() / 2)}) {
+    write_text(dir / "cut.jsonl.gz", cut);
+    const std::string msg = error_of([&] { read_prompts(dir / "cut.jsonl.gz"); });
+    EXPECT_NE(msg.find((dir / "cut.jsonl.gz").string() + ": "), std::string::npos) << msg;
+  }
 }
 
 TEST(Datasets, SftPromptCompletionAndMessages) {

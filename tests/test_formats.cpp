@@ -4,7 +4,11 @@
 // test_model_tokenizer_io.cpp.
 #include <c10/util/Half.h>
 
+#include <sys/resource.h>
+
 #include <cstring>
+#include <fstream>
+#include <optional>
 #include <random>
 
 #include "core/error.h"
@@ -278,6 +282,58 @@ TEST(Safetensors, CorruptFilesNameFileAndTensor) {
 
   write_file_atomic(dir / "tiny.safetensors", std::string("abc"));
   expect_error([&] { read_safetensors(dir / "tiny.safetensors"); }, {"tiny.safetensors", "truncated"});
+
+  // Two entries on the same bytes (or partly the same): a small file must not expand.
+  for (const json& b_at : {json{0, 64}, json{32, 96}}) {
+    json alias = {{"a", {{"dtype", "F32"}, {"shape", {16}}, {"data_offsets", {0, 64}}}},
+                  {"b", {{"dtype", "F32"}, {"shape", {16}}, {"data_offsets", b_at}}}};
+    std::string as = alias.dump();
+    uint64_t an = as.size();
+    std::string aliased(8, '\0');
+    std::memcpy(aliased.data(), &an, 8);
+    aliased += as + std::string(96, '\0');
+    write_file_atomic(dir / "alias.safetensors", aliased);
+    expect_error([&] { read_safetensors(dir / "alias.safetensors"); }, {"alias.safetensors", "'b'", "overlaps", "'a'"});
+  }
+}
+
+// A file that passes every check but asks for more memory than there is: a 4 GiB tensor in a
+// sparse file (no disk used), read in a child process whose address space is capped below the
+// mapping plus the copy. The failure must name the file, not be a bare std::bad_alloc.
+TEST(Safetensors, OutOfMemoryNamesTheFile) {
+  test::TempDir dir;
+  const uint64_t n = uint64_t{1} << 30;  // float32 values: 4 GiB
+  json h = {{"w", {{"dtype", "F32"}, {"shape", {n}}, {"data_offsets", {0, 4 * n}}}}};
+  std::string hs = h.dump();
+  const fs::path file = dir / "big.safetensors";
+  {
+    std::ofstream out(file, std::ios::binary);
+    const uint64_t len = hs.size();
+    out.write(reinterpret_cast<const char*>(&len), 8);
+    out << hs;
+  }
+  fs::resize_file(file, 8 + hs.size() + 4 * n);
+  auto vm_bytes = [] {  // the process's address space now
+    std::ifstream status("/proc/self/status");
+    for (std::string line; std::getline(status, line);)
+      if (line.rfind("VmSize:", 0) == 0) return std::stoull(line.substr(7)) * 1024;
+    return 0ull;
+  };
+  auto read_capped = [&] {  // in the child: exit 0 with the Error's message on stderr
+    const rlim_t cap = vm_bytes() + 6 * n;  // room for the 4 GiB mapping, not for its copy too
+    const rlimit lim{cap, cap};
+    if (::setrlimit(RLIMIT_AS, &lim) != 0) std::_Exit(3);
+    try {
+      read_safetensors(file);
+    } catch (const Error& e) {
+      std::fprintf(stderr, "%s\n", e.what());
+      std::_Exit(0);
+    } catch (...) {
+      std::_Exit(1);
+    }
+    std::_Exit(2);
+  };
+  EXPECT_EXIT(read_capped(), ::testing::ExitedWithCode(0), "big\\.safetensors: .*(allocate|out of memory)");
 }
 
 // ---------------------------------------------------------------- GGUF: hand-built files
@@ -292,6 +348,7 @@ struct GgufBuilder {
     std::vector<uint64_t> ne;
     uint32_t type;
     std::string data;
+    std::optional<uint64_t> offset = {};  // default: after the previous tensor's data
   };
   std::vector<Tensor> tensors;
 
@@ -318,7 +375,7 @@ struct GgufBuilder {
       put<uint32_t>(b, t.ne.size());
       for (uint64_t n : t.ne) put(b, n);
       put(b, t.type);
-      put(b, offset);
+      put(b, t.offset.value_or(offset));
       offset += (t.data.size() + 31) / 32 * 32;
     }
     b.resize((b.size() + 31) / 32 * 32, '\0');
@@ -332,11 +389,11 @@ struct GgufBuilder {
 
 // A one-layer llama (C=32, H=2, H_kv=1, D=16, I=32, V=8) with token_embd in Q8_0, ffn_up in
 // F16 and ffn_gate in BF16, every other tensor F32. `raw` gets the values as stored.
-GgufBuilder tiny_llama_gguf(TensorMap& raw) {
+GgufBuilder tiny_llama_gguf(TensorMap& raw, uint32_t block_count = 1) {
   GgufBuilder g;
   g.str("general.architecture", "llama");
   g.u32("llama.embedding_length", 32);
-  g.u32("llama.block_count", 1);
+  g.u32("llama.block_count", block_count);
   g.u32("llama.feed_forward_length", 32);
   g.u32("llama.attention.head_count", 2);
   g.u32("llama.attention.head_count_kv", 1);
@@ -475,6 +532,29 @@ TEST(Gguf, TruncatedAtEveryPartNamesThePart) {
   expect_error([&] { read_gguf(dir / "array.gguf"); }, {"array.gguf", "tokenizer.ggml.scores", "elements"});
 }
 
+// A 1.5 KB file saying block_count = 1e9 used to size the tensor list by it (gigabytes, then
+// std::bad_alloc naming no file); the config's limits stop it first.
+TEST(Gguf, HugeBlockCountIsAnErrorBeforeAnyAllocation) {
+  test::TempDir dir;
+  TensorMap raw;
+  write_file_atomic(dir / "layers.gguf", tiny_llama_gguf(raw, 1000000000).build());
+  expect_error([&] { read_gguf(dir / "layers.gguf"); }, {"layers.gguf", "num_layers 1000000000", "at most 4096"});
+}
+
+// Tensor infos pointing at the same bytes would let a small file expand into gigabytes of
+// copies: every tensor must have bytes of its own.
+TEST(Gguf, TensorsSharingBytesAreAnError) {
+  test::TempDir dir;
+  TensorMap raw;
+  GgufBuilder g = tiny_llama_gguf(raw);
+  write_file_atomic(dir / "ok.gguf", g.build());
+  EXPECT_NO_THROW(read_gguf(dir / "ok.gguf"));
+  for (auto& t : g.tensors)
+    if (t.name == "blk.0.attn_k.weight" || t.name == "blk.0.attn_v.weight") t.offset = 0;  // both on token_embd's bytes
+  write_file_atomic(dir / "alias.gguf", g.build());
+  expect_error([&] { read_gguf(dir / "alias.gguf"); }, {"alias.gguf", "overlaps", "token_embd.weight"});
+}
+
 // Random damage to the header, metadata and tensor infos, and truncation anywhere: each read
 // either succeeds (the damage hit a value nobody checks) or is an rlhf::Error; never a crash,
 // another exception type, a hang or a giant allocation.
@@ -577,6 +657,22 @@ TEST(Config, ReadsTheVariantsFoundInTheWild) {
   c = ModelConfig::from_hf_json(qwen, "q/config.json");
   EXPECT_TRUE(c.attention_bias);
   EXPECT_FALSE(c.attention_out_bias);
+}
+
+// Sizes no real model has (num_hidden_layers 1e9 in a few bytes of config.json) are Errors
+// naming the file before anything is allocated from them.
+TEST(Config, AbsurdSizesAreErrors) {
+  const json ok = tiny_config("LlamaForCausalLM").to_hf_json();
+  for (const auto& [field, value] : std::vector<std::pair<std::string, int64_t>>{
+           {"num_hidden_layers", 1000000000}, {"vocab_size", int64_t{1} << 40}, {"hidden_size", int64_t{1} << 30},
+           {"intermediate_size", int64_t{1} << 40}, {"num_attention_heads", 1 << 20}}) {
+    SCOPED_TRACE(field);
+    json j = ok;
+    j[field] = value;
+    if (field == "num_attention_heads") j["num_key_value_heads"] = value;
+    expect_error([&] { ModelConfig::from_hf_json(j, "big/config.json"); },
+                 {"big/config.json", std::to_string(value), "beyond any real model"});
+  }
 }
 
 TEST(Config, UnknownArchitectureAndBadFields) {

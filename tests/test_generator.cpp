@@ -2,6 +2,7 @@
 // sequence the same tokens and logprobs as generating it alone, greedy and sampled.
 #include <gtest/gtest.h>
 
+#include "core/error.h"
 #include "generate/generator.h"
 
 using namespace rlhf;
@@ -107,6 +108,21 @@ TEST(Generator, StopsAtEosAndStopStrings) {
   EXPECT_EQ(s.finish_reason, "stop");
   EXPECT_EQ(s.text.find(opt.stop_strings[0]), std::string::npos);
   EXPECT_LE(s.tokens.size(), 3u);
+}
+
+// "" is in every text: as a stop string it would end every sequence after one token.
+TEST(Generator, RejectsAnEmptyStopString) {
+  auto m = random_model();
+  IdTokenizer tok;
+  GenerateOptions opt;
+  opt.max_new_tokens = 8;
+  opt.stop_strings = {"<7>", ""};
+  try {
+    generate(m, tok, {{1, 3}}, opt);
+    ADD_FAILURE() << "no Error for an empty stop string";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("stop string must not be empty"), std::string::npos) << e.what();
+  }
 }
 
 TEST(Generator, RejectsOutOfVocabularyPrompt) {

@@ -1,6 +1,7 @@
 // The labeling store: access, task allocation, validation of submissions, idempotence,
 // durability across reopening, export in the trainers' format, and the agreement statistics.
 #include <gtest/gtest.h>
+#include <httplib.h>
 
 #include <cmath>
 #include <fstream>
@@ -344,4 +345,32 @@ TEST(LabelServe, PortsOutsideZeroTo65535AreRefused) {
   }
   opt.session_hours = 0;
   EXPECT_THROW(prepare_label_store(store, opt, {}), Error);
+}
+
+// {"prompt_id": 1.5} used to be read as prompt 1 and stored; an id must be an integer as sent.
+TEST(LabelServer, SubmitRefusesAPromptIdThatIsNotAnInteger) {
+  Fixture f(1);
+  LabelServer server(*f.store);
+  httplib::Client http("127.0.0.1", server.start("127.0.0.1", 0));
+  auto signin = http.Post("/api/signin", R"({"name": "ann", "token": "shared-secret"})", "application/json");
+  ASSERT_TRUE(signin && signin->status == 200);
+  const httplib::Headers auth = {{"Authorization", "Bearer " + nlohmann::json::parse(signin->body)["session"].get<std::string>()}};
+  auto task = http.Get("/api/task", auth);
+  ASSERT_TRUE(task && task->status == 200);
+  const auto t = nlohmann::json::parse(task->body)["task"];
+  nlohmann::json ranking = nlohmann::json::array();
+  for (const auto& c : t["completions"]) ranking.push_back(c["id"]);
+  const int64_t pid = t["prompt_id"];
+  auto bad = http.Post("/api/submit", auth, nlohmann::json{{"prompt_id", pid + 0.5}, {"ranking", ranking}}.dump(),
+                       "application/json");
+  ASSERT_TRUE(bad);
+  EXPECT_EQ(bad->status, 400) << bad->body;
+  EXPECT_NE(bad->body.find("prompt_id"), std::string::npos) << bad->body;
+  EXPECT_EQ(f.store->submission_count(), 0);
+  auto good = http.Post("/api/submit", auth, nlohmann::json{{"prompt_id", pid}, {"ranking", ranking}}.dump(),
+                        "application/json");
+  ASSERT_TRUE(good);
+  EXPECT_EQ(good->status, 200) << good->body;
+  EXPECT_EQ(f.store->submission_count(), 1);
+  server.stop();
 }

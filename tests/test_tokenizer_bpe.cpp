@@ -219,5 +219,36 @@ TEST(ByteBpeTokenizer, ConfigTokensAndBadFiles) {
   }
 }
 
+// One token id of 67,108,863 in a small file used to size a 67-million-token table (3.2 GB)
+// and be accepted; ids may leave holes, but no more holes than there are tokens.
+TEST(ByteBpeTokenizer, HugeTokenIdIsAnErrorBeforeAnyAllocation) {
+  test::TempDir dir;
+  write_file_atomic(dir / "encoder.json", nlohmann::json{{"a", 0}, {"b", 1}, {"ab", 2}, {"c", 67108863}}.dump());
+  write_file_atomic(dir / "vocab.bpe", "#version: 0.2\na b\n");
+  try {
+    load_tokenizer(dir.path);
+    ADD_FAILURE() << "no Error";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find((dir / "encoder.json").string()), std::string::npos) << msg;
+    EXPECT_NE(msg.find("67108863"), std::string::npos) << msg;
+  }
+  const nlohmann::json tj = {
+      {"model", {{"type", "BPE"}, {"vocab", {{"a", 0}, {"b", 1}, {"ab", 2}}}, {"merges", {"a b"}}}},
+      {"added_tokens", {{{"id", 67108863}, {"content", "<big>"}, {"special", true}}}},
+      {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}}}};
+  try {
+    tokenizer_from_hf_json(tj, nullptr, "big/tokenizer.json");
+    ADD_FAILURE() << "no Error";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("big/tokenizer.json: added_tokens: bad token id 67108863"), std::string::npos) << msg;
+  }
+  // A few holes are fine (the id space is sized by the largest id).
+  auto holes = tj;
+  holes["added_tokens"][0]["id"] = 4;
+  EXPECT_EQ(tokenizer_from_hf_json(holes, nullptr, "t")->vocab_size(), 5);
+}
+
 }  // namespace
 }  // namespace rlhf

@@ -4,9 +4,9 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
-
 #include <fstream>
 #include <sstream>
 
@@ -59,29 +59,44 @@ void sync_path(const std::filesystem::path& path) {
 }
 
 std::string read_maybe_gzip(const std::filesystem::path& path) {
-  std::string raw = read_file(path);
-  if (raw.size() < 2 || static_cast<unsigned char>(raw[0]) != 0x1f ||
-      static_cast<unsigned char>(raw[1]) != 0x8b)
-    return raw;
+  const std::string raw = read_file(path);
+  auto gzip_at = [&](size_t i) {
+    return raw.size() >= i + 2 && static_cast<unsigned char>(raw[i]) == 0x1f &&
+           static_cast<unsigned char>(raw[i + 1]) == 0x8b;
+  };
+  if (!gzip_at(0)) return raw;
   z_stream zs{};
   check(inflateInit2(&zs, 16 + MAX_WBITS) == Z_OK, path.string() + ": zlib init failed");
-  zs.next_in = reinterpret_cast<Bytef*>(raw.data());
-  zs.avail_in = static_cast<uInt>(raw.size());
+  auto fail = [&](const std::string& what) {
+    inflateEnd(&zs);
+    throw Error(path.string() + ": " + what);
+  };
+  size_t fed = 0;  // bytes handed to zlib so far; its avail_in is 32-bit, so files > 4 GB go in parts
   std::string out;
   char buf[1 << 16];
-  int rc = Z_OK;
-  while (rc != Z_STREAM_END) {
+  for (;;) {
+    if (zs.avail_in == 0 && fed < raw.size()) {
+      zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(raw.data() + fed));
+      zs.avail_in = static_cast<uInt>(std::min<size_t>(raw.size() - fed, size_t{1} << 30));
+      fed += zs.avail_in;
+    }
     zs.next_out = reinterpret_cast<Bytef*>(buf);
     zs.avail_out = sizeof(buf);
-    rc = inflate(&zs, Z_NO_FLUSH);
-    if (rc != Z_OK && rc != Z_STREAM_END) {
-      inflateEnd(&zs);
-      throw Error(path.string() + ": corrupt gzip data");
-    }
+    const int rc = inflate(&zs, Z_NO_FLUSH);
+    const size_t at = fed - zs.avail_in;  // the next byte zlib has not read
+    if (rc == Z_BUF_ERROR && at == raw.size()) fail("truncated gzip file");
+    if (rc != Z_OK && rc != Z_STREAM_END) fail("corrupt gzip data");
     out.append(buf, sizeof(buf) - zs.avail_out);
-    if (rc == Z_OK && zs.avail_in == 0 && zs.avail_out != 0) {
-      inflateEnd(&zs);
-      throw Error(path.string() + ": truncated gzip file");
+    if (rc == Z_STREAM_END) {
+      // `cat a.gz b.gz` is one valid gzip file of two members: read them all, as zcat does.
+      // Anything else after a member is damage, not data to drop silently.
+      if (at == raw.size()) break;
+      if (!gzip_at(at))
+        fail("trailing garbage after the gzip data (" + std::to_string(raw.size() - at) + " bytes at offset " +
+             std::to_string(at) + ")");
+      inflateReset(&zs);
+    } else if (at == raw.size() && zs.avail_out != 0) {
+      fail("truncated gzip file");
     }
   }
   inflateEnd(&zs);

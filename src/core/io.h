@@ -25,7 +25,9 @@ void write_file_atomic(const std::filesystem::path& path, const std::string& con
 // naming the path when it fails.
 void sync_path(const std::filesystem::path& path);
 
-// Reads a gzip-compressed or plain file (detected by magic bytes) into memory.
+// Reads a gzip-compressed or plain file (detected by magic bytes) into memory. A gzip file is
+// read to its end, every member (as zcat does); bytes after the last member that are not
+// another member, and a cut-off member, are Errors naming the file.
 std::string read_maybe_gzip(const std::filesystem::path& path);
 
 }  // namespace rlhf

@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "core/io.h"
+#include "core/utf8.h"
 #include "tokenizer/chat_template.h"
 
 namespace rlhf {
@@ -225,6 +226,9 @@ std::vector<Ranking> read_rankings(const std::filesystem::path& path, const Read
                       "completions"};
     rk.tiers = parse_tiers(field_of(r, "ranking"), rk.completions.size());
     if (r.contains("labeler")) rk.labeler = string_field(r, "labeler");
+    // The labeling store's id of the prompt (kept as an extra field): an integer or nothing.
+    if (auto it = r.find("prompt_id"); it != r.end() && !it->is_null() && !it->is_number_integer())
+      throw BadRecord{"expected an integer id, got " + it->dump(), "prompt_id"};
     for (const auto& [key, value] : r.items())
       if (key != "prompt" && key != "completions" && key != "ranking" && key != "labeler") rk.extra[key] = value;
     return rk;
@@ -243,7 +247,7 @@ void write_rankings(const std::filesystem::path& path, const std::vector<Ranking
       if (!rk.labeler.empty()) r["labeler"] = rk.labeler;
       // Generations can hold invalid UTF-8 (decode is byte-exact); JSON cannot, so such
       // bytes become U+FFFD rather than losing the whole file of labels.
-      out << r.dump(-1, ' ', false, json::error_handler_t::replace) << '\n';
+      out << dump_json(r) << '\n';
     }
   });
 }

@@ -5,10 +5,12 @@
 #include <iostream>
 #include <random>
 #include <sstream>
+#include <type_traits>
 #include <unordered_map>
 #include <nlohmann/json.hpp>
 
 #include "core/io.h"
+#include "core/utf8.h"
 #include "feedback/guarded_http.h"
 #include "feedback/web_assets.h"
 #include "generate/generator.h"
@@ -33,7 +35,7 @@ const httplib::Headers kSecurityHeaders = {
 
 void reply(httplib::Response& res, int status, const json& body) {
   res.status = status;
-  res.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace), "application/json; charset=utf-8");
+  res.set_content(dump_json(body), "application/json; charset=utf-8");  // model text may not be UTF-8
 }
 
 // Failed sign-ins per client address: a burst of kBurst, then one a second; a try beyond that
@@ -97,6 +99,10 @@ template <class T>
 T field(const json& j, const char* name) {
   auto it = j.find(name);
   if (it == j.end()) throw LabelError(400, std::string("missing field '") + name + "'");
+  // get<int64_t>() would turn 1.5 into 1 and answer for another prompt than the one meant.
+  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>)
+    if (!it->is_number_integer())
+      throw LabelError(400, std::string("field '") + name + "' must be an integer, got " + dump_json(*it));
   try {
     return it->get<T>();
   } catch (const json::exception&) {

@@ -6,7 +6,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <tuple>
 
 namespace rlhf {
 
@@ -33,6 +35,21 @@ MappedFile::MappedFile(const std::filesystem::path& path) : name_(path.string())
 
 MappedFile::~MappedFile() {
   if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
+}
+
+void check_disjoint(std::vector<ByteRange> ranges, const std::string& file) {
+  std::erase_if(ranges, [](const ByteRange& r) { return r.begin == r.end; });  // empty tensors own no bytes
+  std::sort(ranges.begin(), ranges.end(), [](const ByteRange& a, const ByteRange& b) {
+    return std::tie(a.begin, a.end, a.tensor) < std::tie(b.begin, b.end, b.tensor);
+  });
+  const ByteRange* reach = nullptr;  // the range that ends furthest of those seen so far
+  for (const ByteRange& r : ranges) {
+    if (reach && r.begin < reach->end)
+      throw Error(file + ": corrupt file: the data of tensor '" + r.tensor + "' (bytes " + std::to_string(r.begin) +
+                  ".." + std::to_string(r.end) + ") overlaps that of tensor '" + reach->tensor + "' (bytes " +
+                  std::to_string(reach->begin) + ".." + std::to_string(reach->end) + ")");
+    if (!reach || r.end > reach->end) reach = &r;
+  }
 }
 
 }  // namespace rlhf

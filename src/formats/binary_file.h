@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "core/error.h"
 
@@ -74,5 +75,17 @@ class ByteReader {
   uint64_t pos_ = 0;
   std::string file_;
 };
+
+// Where one tensor's bytes lie in a file: [begin, end), from any origin shared by the file's
+// tensors.
+struct ByteRange {
+  std::string tensor;
+  uint64_t begin = 0, end = 0;
+};
+
+// Throws Error naming the file and both tensors when two ranges overlap. Every tensor must
+// have bytes of its own: entries that alias the same bytes would let a small file expand
+// into gigabytes of copies before any other check could notice.
+void check_disjoint(std::vector<ByteRange> ranges, const std::string& file);
 
 }  // namespace rlhf

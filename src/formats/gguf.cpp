@@ -1,7 +1,8 @@
 // GGUF reader (v2/v3, llama.cpp's format): metadata, tensor infos, F32/F16/BF16/Q8_0 data
 // dequantized to float32, llama/gpt2 tensor names mapped to canonical ones, the config and
 // the tokenizer rebuilt from the metadata. Every count and offset is checked against the
-// file size before use, so a corrupt file is an Error, never a crash or a huge allocation.
+// file size before use, and no two tensors may share bytes, so a corrupt file is an Error,
+// never a crash or a huge allocation.
 #include <c10/util/Half.h>
 
 #include <cctype>
@@ -211,8 +212,9 @@ GgufFile parse_gguf(ByteReader& r) {
   return g;
 }
 
-// The tensor's values as float32 in torch order (ggml's ne reversed).
-torch::Tensor load_tensor(const GgufTensorInfo& t, const MappedFile& file, uint64_t data_start) {
+// Bytes the tensor's data takes in the file, after checking its type and that the data lies
+// inside the file.
+uint64_t data_bytes(const GgufTensorInfo& t, const MappedFile& file, uint64_t data_start) {
   const std::string& name = file.name();
   if (t.type != kGgmlF32 && t.type != kGgmlF16 && t.type != kGgmlBF16 && t.type != kGgmlQ8_0)
     throw Error(name + ": tensor '" + t.name + "' has type " + ggml_type_name(t.type) +
@@ -238,7 +240,14 @@ torch::Tensor load_tensor(const GgufTensorInfo& t, const MappedFile& file, uint6
     throw Error(name + ": truncated file: the data of tensor '" + t.name + "' (" + std::to_string(nbytes) +
                 " bytes at offset " + std::to_string(data_start + t.offset) + ") runs past the end of the file (" +
                 std::to_string(file.size()) + " bytes)");
+  return nbytes;
+}
+
+// The tensor's values as float32 in torch order (ggml's ne reversed); `nbytes` from data_bytes().
+torch::Tensor load_tensor(const GgufTensorInfo& t, const MappedFile& file, uint64_t data_start, uint64_t nbytes) {
   const uint8_t* src = file.data() + data_start + t.offset;
+  uint64_t numel = 1;
+  for (int64_t n : t.ne) numel *= static_cast<uint64_t>(n);
 
   std::vector<int64_t> shape(t.ne.rbegin(), t.ne.rend());  // ne=[C, V] is a (V, C) matrix
   if (t.type == kGgmlQ8_0) {
@@ -453,7 +462,7 @@ std::unique_ptr<Tokenizer> tokenizer_from_metadata(const Meta& meta, int64_t voc
 
 }  // namespace
 
-ModelFiles read_gguf(const std::filesystem::path& path) {
+ModelFiles read_gguf(const std::filesystem::path& path) try {
   MappedFile file(path);
   const std::string& name = file.name();
   ByteReader r(file.data(), file.size(), name);
@@ -468,10 +477,20 @@ ModelFiles read_gguf(const std::filesystem::path& path) {
   const int64_t n_head = meta.integer(arch + ".attention.head_count");
   const int64_t n_head_kv = meta.integer(arch + ".attention.head_count_kv", n_head);
 
-  // 2. Tensors, dequantized and renamed; llama's q/k rows go back to HF's rotate_half layout.
-  ModelFiles out;
+  // 2. Every tensor's data inside the file and its own: checked for all before any is copied.
+  std::vector<uint64_t> nbytes;
+  std::vector<ByteRange> ranges;
   for (const GgufTensorInfo& t : g.tensors) {
-    torch::Tensor w = load_tensor(t, file, g.data_start);
+    nbytes.push_back(data_bytes(t, file, g.data_start));
+    ranges.push_back({t.name, t.offset, t.offset + nbytes.back()});
+  }
+  check_disjoint(ranges, name);
+
+  // 3. Tensors, dequantized and renamed; llama's q/k rows go back to HF's rotate_half layout.
+  ModelFiles out;
+  for (size_t k = 0; k < g.tensors.size(); ++k) {
+    const GgufTensorInfo& t = g.tensors[k];
+    torch::Tensor w = load_tensor(t, file, g.data_start, nbytes[k]);
     std::smatch m;
     static const std::regex qkv_re(R"(blk\.(\d+)\.attn_qkv\.(weight|bias))");
     if (arch == "gpt2" && std::regex_match(t.name, m, qkv_re)) {
@@ -508,11 +527,13 @@ ModelFiles read_gguf(const std::filesystem::path& path) {
       torch::equal(head->second, embed->second))
     out.weights.erase(head);
 
-  // 3. Config and tokenizer from the metadata.
+  // 4. Config and tokenizer from the metadata.
   out.config = config_from_metadata(meta, arch, out.weights);
   validate_weights(out.config, out.weights, name);
   out.tokenizer = tokenizer_from_metadata(meta, out.config.vocab_size);
   return out;
+} catch (...) {
+  rethrow_naming(path.string());  // std::bad_alloc and the like name the file too
 }
 
 }  // namespace rlhf

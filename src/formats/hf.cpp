@@ -69,7 +69,7 @@ std::string dtype_name(torch::ScalarType t) {
 
 }  // namespace
 
-ModelFiles read_hf_dir(const fs::path& dir) {
+ModelFiles read_hf_dir(const fs::path& dir) try {
   if (!fs::is_directory(dir)) throw Error(dir.string() + ": not a folder (expected a Hugging Face model folder)");
   const fs::path config_path = dir / "config.json";
   if (!fs::exists(config_path)) throw Error(config_path.string() + ": missing (every Hugging Face model folder has one)");
@@ -105,6 +105,8 @@ ModelFiles read_hf_dir(const fs::path& dir) {
     out.tokenizer = tokenizer_from_hf_json(read_json(tok_path), tc, tok_path.string());
   }
   return out;
+} catch (...) {
+  rethrow_naming(dir.string());  // std::bad_alloc and the like name the file too
 }
 
 void write_hf_dir(const fs::path& dir, const ModelConfig& config, const TensorMap& weights,

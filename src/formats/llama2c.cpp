@@ -41,7 +41,7 @@ std::unique_ptr<Tokenizer> find_tokenizer(const std::filesystem::path& model,
 
 }  // namespace
 
-ModelFiles read_llama2c(const std::filesystem::path& path, const std::filesystem::path& tokenizer_path) {
+ModelFiles read_llama2c(const std::filesystem::path& path, const std::filesystem::path& tokenizer_path) try {
   MappedFile file(path);
   const std::string& name = file.name();
   ByteReader r(file.data(), file.size(), name);
@@ -127,6 +127,8 @@ ModelFiles read_llama2c(const std::filesystem::path& path, const std::filesystem
 
   out.tokenizer = find_tokenizer(path, tokenizer_path, V);
   return out;
+} catch (...) {
+  rethrow_naming(path.string());  // std::bad_alloc and the like name the file too
 }
 
 }  // namespace rlhf

@@ -1,5 +1,6 @@
 // safetensors reader and writer. The header is checked against the file before any tensor is
-// copied, so a truncated or corrupt file is an Error naming the file and the tensor.
+// copied (each tensor's bytes inside the data and its own), so a truncated or corrupt file is
+// an Error naming the file and the tensor.
 #include "formats/safetensors.h"
 
 #include <cstring>
@@ -36,7 +37,7 @@ std::string supported_dtypes() {
 
 }  // namespace
 
-TensorMap read_safetensors(const std::filesystem::path& path) {
+TensorMap read_safetensors(const std::filesystem::path& path) try {
   MappedFile file(path);
   const std::string& name = file.name();
   ByteReader r(file.data(), file.size(), name);
@@ -58,7 +59,15 @@ TensorMap read_safetensors(const std::filesystem::path& path) {
   const uint8_t* data = file.data() + 8 + header_len;
   const uint64_t data_size = file.size() - 8 - header_len;
 
-  TensorMap out;
+  // 1. Every entry checked, and no two sharing bytes, before anything is allocated.
+  struct Entry {
+    std::string name;
+    torch::ScalarType type;
+    std::vector<int64_t> shape;
+    uint64_t begin, nbytes;
+  };
+  std::vector<Entry> entries;
+  std::vector<ByteRange> ranges;
   for (const auto& [tname, info] : header.items()) {
     if (tname == "__metadata__") continue;
     const std::string where = name + ": tensor '" + tname + "'";
@@ -99,12 +108,21 @@ TensorMap read_safetensors(const std::filesystem::path& path) {
       throw Error(where + ": data_offsets span " + std::to_string(end - begin) + " bytes but " +
                   dtype + " " + js.dump() + " needs " + std::to_string(nbytes));
 
-    // Copied into owned, aligned memory: the mapping goes away when we return.
-    torch::Tensor t = torch::empty(shape, torch::TensorOptions().dtype(dt->type));
-    if (nbytes) std::memcpy(t.data_ptr(), data + begin, nbytes);
-    out[tname] = std::move(t);
+    entries.push_back({tname, dt->type, std::move(shape), begin, nbytes});
+    ranges.push_back({tname, begin, end});
+  }
+  check_disjoint(std::move(ranges), name);
+
+  // 2. Copied into owned, aligned memory: the mapping goes away when we return.
+  TensorMap out;
+  for (const Entry& e : entries) {
+    torch::Tensor t = torch::empty(e.shape, torch::TensorOptions().dtype(e.type));
+    if (e.nbytes) std::memcpy(t.data_ptr(), data + e.begin, e.nbytes);
+    out[e.name] = std::move(t);
   }
   return out;
+} catch (...) {
+  rethrow_naming(path.string());  // std::bad_alloc and the like name the file too
 }
 
 void write_safetensors(const std::filesystem::path& path, const TensorMap& tensors,

@@ -144,6 +144,9 @@ std::vector<Generation> generate(Transformer& model, const Tokenizer& tokenizer,
                                  const GenerateOptions& options, const TokenCallback& on_token) {
   check(options.max_new_tokens >= 0, "max_new_tokens must be >= 0");
   check(options.max_batch > 0, "max_batch must be > 0");
+  for (const auto& stop : options.stop_strings)
+    check(!stop.empty(), "a stop string must not be empty (every text contains \"\": generation would stop "
+                         "after the first token)");
   for (size_t i = 0; i < prompts.size(); ++i) {
     check(!prompts[i].empty(), "prompt " + std::to_string(i) + " is empty (no tokens, not even BOS)");
     for (int32_t id : prompts[i])

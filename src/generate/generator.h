@@ -19,7 +19,7 @@ struct GenerateOptions {
   uint64_t seed = 0;                     // sequence i draws from sequence_rng(seed, i)
   std::vector<int32_t> eos_ids;          // empty: the tokenizer's EOS
   bool stop_at_eos = true;
-  std::vector<std::string> stop_strings; // generation stops once the text contains one
+  std::vector<std::string> stop_strings; // generation stops once the text contains one; none empty
   int64_t max_batch = 64;                // prompts beyond this are run in further batches
 };
 

@@ -302,6 +302,22 @@ void ModelConfig::validate(const std::string& source) const {
   positive("head_dim", head_dim);
   positive("intermediate_size", intermediate_size);
   positive("max_position_embeddings", max_position_embeddings);
+  // Limits far above any real model (405B Llama: 126 layers, C = 16384, V = 128256): a corrupt
+  // header (block_count 1e9 in a 1.5 KB file) must fail here, before the tensor list or the
+  // module is sized by it. They also keep every product of two sizes inside 64 bits.
+  auto at_most = [&](const char* name, int64_t v, int64_t limit) {
+    if (v > limit)
+      fail(std::string(name) + " " + std::to_string(v) + " is beyond any real model (at most " + std::to_string(limit) +
+           ")");
+  };
+  at_most("vocab_size", vocab_size, int64_t{1} << 24);
+  at_most("hidden_size", hidden_size, int64_t{1} << 20);
+  at_most("num_layers", num_layers, int64_t{1} << 12);
+  at_most("num_heads", num_heads, int64_t{1} << 12);
+  at_most("num_kv_heads", num_kv_heads, int64_t{1} << 12);
+  at_most("head_dim", head_dim, int64_t{1} << 16);
+  at_most("intermediate_size", intermediate_size, int64_t{1} << 22);
+  at_most("max_position_embeddings", max_position_embeddings, int64_t{1} << 30);
   if (num_heads % num_kv_heads != 0)
     fail("num_heads (" + std::to_string(num_heads) + ") must be a multiple of num_kv_heads (" +
          std::to_string(num_kv_heads) + ")");

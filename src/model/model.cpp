@@ -23,7 +23,7 @@ torch::Dtype parse_dtype(const std::string& name) {
   throw Error("unsupported dtype '" + name + "' (expected float32 or bfloat16)");
 }
 
-LoadedModel load_model(const std::filesystem::path& path, const LoadOptions& options) {
+LoadedModel load_model(const std::filesystem::path& path, const LoadOptions& options) try {
   const auto device = parse_device(options.device);
   const auto dtype = parse_dtype(options.dtype);
   auto files = read_model_files(path, options.tokenizer);
@@ -36,6 +36,8 @@ LoadedModel load_model(const std::filesystem::path& path, const LoadOptions& opt
   out.model->eval();
   out.tokenizer = std::move(files.tokenizer);
   return out;
+} catch (...) {
+  rethrow_naming(path.string());  // std::bad_alloc and the like name the file too
 }
 
 }  // namespace rlhf

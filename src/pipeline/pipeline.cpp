@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "core/io.h"
+#include "core/utf8.h"
 #include "data/datasets.h"
 #include "feedback/label_server.h"
 #include "feedback/labeler.h"
@@ -214,7 +215,7 @@ json run_pipeline(const PipelineConfig& cfg, bool force) {
   const fs::path ppo_dir = run / "ppo";
   if (stage("ppo", ppo_dir / "model" / "config.json")) {
     std::string prompts;
-    for (const auto& p : split.train) prompts += json{{"prompt", p}}.dump() + "\n";
+    for (const auto& p : split.train) prompts += dump_json({{"prompt", p}}) + "\n";
     write_file_atomic(run / "ppo_prompts.jsonl", prompts);
     PpoConfig pc = cfg.ppo;
     pc.train.model = cfg.policy;
@@ -268,7 +269,7 @@ json run_pipeline(const PipelineConfig& cfg, bool force) {
                   {"length_after", after.mean_length},
                   {"eval_samples", before.texts.size()},
                   {"samples", samples}};
-  write_file_atomic(run / "summary.json", summary.dump(2) + "\n");
+  write_file_atomic(run / "summary.json", dump_json(summary, 2) + "\n");  // samples: model text, maybe not UTF-8
   const fs::path report = write_report(run);
 
   // The table on the terminal.

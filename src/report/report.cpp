@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "core/io.h"
+#include "core/utf8.h"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -395,7 +396,8 @@ std::vector<std::string> metrics_to_plot(const MetricLog& log) {
   return out;
 }
 
-std::string html_escape(const std::string& text) {
+std::string html_escape(const std::string& raw) {
+  const std::string text = valid_utf8(raw);  // model text may not be UTF-8; the page is
   std::string o;
   o.reserve(text.size());
   for (char c : text) {

@@ -31,7 +31,8 @@ constexpr size_t kMaxPlots = 60, kMaxNamesListed = 100;
 // nothing else, and never a series without a finite value. At most kMaxPlots.
 std::vector<std::string> metrics_to_plot(const MetricLog& log);
 
-// Escapes & < > " ' : the result is safe as HTML text and as a quoted attribute value.
+// Escapes & < > " ' : the result is safe as HTML text and as a quoted attribute value; bytes
+// that are not UTF-8 (model text) become U+FFFD, as in every other writer (core/utf8.h).
 std::string html_escape(const std::string& text);
 
 // One small plot: <svg class="plot" data-metric="NAME"> with a title, axes with tick

@@ -10,7 +10,7 @@
 #include "core/error.h"
 #include "tokenizer/bpe_common.h"
 #include "tokenizer/tokenizer.h"
-#include "tokenizer/utf8.h"
+#include "core/utf8.h"
 
 namespace rlhf {
 namespace {

@@ -9,7 +9,7 @@
 #include "core/io.h"
 #include "tokenizer/bpe_common.h"
 #include "tokenizer/tokenizer.h"
-#include "tokenizer/utf8.h"
+#include "core/utf8.h"
 
 namespace rlhf {
 namespace {

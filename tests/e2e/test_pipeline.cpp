@@ -4,8 +4,11 @@
 
 #include <nlohmann/json.hpp>
 
+#include "../euro_model.h"
 #include "../test_util.h"
 #include "core/io.h"
+#include "core/utf8.h"
+#include "data/datasets.h"
 #include "pipeline/pipeline.h"
 
 using namespace rlhf;
@@ -53,4 +56,42 @@ TEST(Pipeline, RunsEveryStageWritesTheSummaryAndSkipsDoneStages) {
   run_pipeline(c, false);
   EXPECT_EQ(read_file(tmp / "run" / "rm" / "model" / "model.safetensors"), rm_before);
   EXPECT_EQ(std::filesystem::last_write_time(tmp / "run" / "ppo" / "model" / "model.safetensors"), mtime);
+}
+
+// A policy whose samples end inside a character (the bytes of "€", cut after 4 tokens): every
+// file the pipeline writes model text to (rankings, summary samples, the report) is written,
+// with U+FFFD in place of the cut character, instead of the run dying on json type_error.316.
+TEST(Pipeline, WritesModelTextThatEndsInsideACharacter) {
+  test::TempDir tmp;
+  test::write_euro_model(tmp / "euro");
+  PipelineConfig c;
+  c.policy = (tmp / "euro").string();
+  c.prompts = std::string(RLHF_SOURCE_DIR) + "/examples/happy_stories_prompts.jsonl";
+  c.run_dir = (tmp / "run").string();
+  c.label_prompts = 8;
+  c.k = 2;
+  c.ppo.max_new_tokens = 4;
+  c.rm.train.epochs = 1;
+  c.rm.train.eval_fraction = 0.25;
+  c.rm.norm_samples = 4;
+  c.ppo.train.max_steps = 1;
+  c.ppo.rollout_batch = 2;
+  c.ppo.minibatches = 1;
+  c.ppo.ppo_epochs = 1;
+  c.eval_prompts = 2;
+  c.eval_samples = 1;
+  const std::string text = "\xE2\x82\xAC\xEF\xBF\xBD";  // E2 82 AC E2: "€" and a cut one
+  run_pipeline(c, false);
+  const json summary = json::parse(read_file(tmp / "run" / "summary.json"));
+  ASSERT_EQ(summary["samples"].size(), 2u);
+  for (const auto& s : summary["samples"]) {
+    EXPECT_EQ(s["before"], text);
+    EXPECT_EQ(s["after"], text);
+  }
+  const auto rankings = read_rankings(tmp / "run" / "rankings.jsonl");
+  ASSERT_EQ(rankings.size(), 8u);
+  EXPECT_EQ(rankings[0].completions, (std::vector<std::string>{text, text}));
+  const std::string report = read_file(tmp / "run" / "report.html");
+  EXPECT_EQ(valid_utf8(report), report);
+  EXPECT_NE(report.find(text), std::string::npos);
 }

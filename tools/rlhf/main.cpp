@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "core/io.h"
+#include "core/utf8.h"
 #include "data/datasets.h"
 #include "feedback/label_server.h"
 #include "generate/generator.h"
@@ -60,7 +61,10 @@ void add_generate(CLI::App& app) {
   cmd->add_option("--min-p", args->gen.sampling.min_p, "Drop tokens below min_p * p_max; 0 = off")->capture_default_str();
   cmd->add_option("--repetition-penalty", args->gen.sampling.repetition_penalty, "HF-style penalty; 1 = off")->capture_default_str();
   cmd->add_option("--seed,-s", args->gen.seed, "Random seed (sequence i uses a stream derived from it)")->capture_default_str();
-  cmd->add_option("--stop", args->gen.stop_strings, "Stop when the text contains this string (repeatable)");
+  cmd->add_option("--stop", args->gen.stop_strings, "Stop when the text contains this string (repeatable)")
+      ->check(CLI::Validator(
+          [](std::string& s) { return s.empty() ? std::string("an empty stop string would stop after one token") : ""; },
+          "NONEMPTY"));
   cmd->add_option("--batch", args->gen.max_batch, "Sequences decoded together at most")->capture_default_str();
   cmd->add_option("--chat", args->chat, "Send the prompt as a user message with this chat template (llama2, chatml, hh)");
   cmd->add_option("--system", args->system, "System message for --chat");
@@ -106,11 +110,13 @@ void add_generate(CLI::App& app) {
       const auto& r = results[i];
       n_tokens += r.tokens.size();
       if (args->json_out) {
-        std::cout << json{{"index", i}, {"prompt", prompt_text}, {"text", r.text}, {"tokens", r.tokens},
-                          {"logprobs", r.logprobs}, {"finish_reason", r.finish_reason}}.dump()
+        // The text may end inside a character or hold byte tokens that are not UTF-8: U+FFFD
+        // in `text`, the exact ids in `tokens`.
+        std::cout << dump_json({{"index", i}, {"prompt", prompt_text}, {"text", r.text}, {"tokens", r.tokens},
+                                {"logprobs", r.logprobs}, {"finish_reason", r.finish_reason}})
                   << "\n";
       } else if (!stream) {
-        std::cout << "--- sample " << i << " (" << r.finish_reason << ")\n" << prompt_text << r.text << "\n";
+        std::cout << "--- sample " << i << " (" << r.finish_reason << ")\n" << valid_utf8(prompt_text + r.text) << "\n";
       }
     }
     if (stream) std::cout << streamer.flush() << "\n";
@@ -359,7 +365,7 @@ void add_label(CLI::App& app) {
         const auto& flags = rk.extra.at("flags");  // one list per completion
         j["chosen_flags"] = flags.at(p.chosen_index);
         j["rejected_flags"] = flags.at(p.rejected_index);
-        out << j.dump(-1, ' ', false, json::error_handler_t::replace) << "\n";
+        out << dump_json(j) << "\n";
       }
     });
     std::cerr << pairs.size() << " pairs from " << rankings.size() << " rankings written to " << e->out << "\n";

@@ -1,7 +1,9 @@
-// UTF-8 stepping shared by the tokenizers and the streamer: one strict decoder (no overlongs,
-// no surrogates, nothing above U+10FFFF) so every place agrees on what "valid" means.
+// UTF-8 stepping shared by the tokenizers, the streamer and every writer of model text: one
+// strict decoder (no overlongs, no surrogates, nothing above U+10FFFF) so every place agrees
+// on what "valid" means, and one rule for text that is not valid.
 #pragma once
 #include <cstddef>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
 
@@ -76,3 +78,30 @@ inline std::string encode(char32_t cp) {
 inline constexpr std::string_view kReplacement = "\xEF\xBF\xBD";  // U+FFFD
 
 }  // namespace rlhf::utf8
+
+namespace rlhf {
+
+// Model text is bytes (decode() is byte-exact, and a byte token or a cut can split a
+// character); JSON, HTML and terminals need UTF-8. Every writer of model text goes through
+// one of these two, which apply the same rule: each maximal invalid subpart (Unicode's unit)
+// becomes U+FFFD; valid text is unchanged. The token ids written beside the text stay exact.
+inline std::string valid_utf8(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size();) {
+    const auto st = utf8::step(s, i);
+    if (st.step == utf8::Step::Ok) out.append(s.substr(i, st.len));
+    else out += utf8::kReplacement;
+    i += st.len;
+  }
+  return out;
+}
+
+// j.dump(indent), with strings that are not valid UTF-8 written as valid_utf8() writes them
+// (nlohmann's replace handler follows the same maximal-subpart rule) instead of throwing
+// type_error.316 and losing the whole record.
+inline std::string dump_json(const nlohmann::json& j, int indent = -1) {
+  return j.dump(indent, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+}  // namespace rlhf
