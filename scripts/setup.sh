@@ -53,9 +53,9 @@ fi
 data="${RLHF_DATA:-../shared/data}"
 if [ ! -f "$data/stories260K/stories260K.gguf" ]; then
   cat >&2 <<MSG
-warning: $data/stories260K is missing. Set RLHF_DATA to a folder holding the data sets of
-README.md ("Data"): stories260K from the llama2.c "tinyllamas" release
-(karpathy/tinyllamas on Hugging Face), gpt2-bpe (OpenAI GPT-2 encoder.json + vocab.bpe).
+warning: $data/stories260K is missing. On a connected machine, scripts/get_data.sh DIR
+fetches the default data sets into DIR (checked against their SHA-256); then set
+RLHF_DATA=DIR. README.md ("Data") says where each file is published.
 MSG
 fi
 
