@@ -14,22 +14,33 @@
 using namespace rlhf;
 using json = nlohmann::json;
 
+namespace {
+
+// The whole loop on a small budget: one RM epoch, one PPO epoch per iteration, 1 sample per
+// held-out prompt.
+PipelineConfig small_pipeline(const std::string& policy, const std::filesystem::path& run_dir) {
+  PipelineConfig c;
+  c.policy = policy;
+  c.prompts = std::string(RLHF_SOURCE_DIR) + "/examples/happy_stories_prompts.jsonl";
+  c.run_dir = run_dir.string();
+  c.rm.train.epochs = 1;
+  c.ppo.ppo_epochs = 1;
+  c.eval_samples = 1;
+  return c;
+}
+
+}  // namespace
+
 TEST(Pipeline, RunsEveryStageWritesTheSummaryAndSkipsDoneStages) {
   test::TempDir tmp;
-  PipelineConfig c;
-  c.policy = (test::data_dir() / "stories260K" / "stories260K.gguf").string();
-  c.prompts = std::string(RLHF_SOURCE_DIR) + "/examples/happy_stories_prompts.jsonl";
-  c.run_dir = (tmp / "run").string();
+  auto c = small_pipeline((test::data_dir() / "stories260K" / "stories260K.gguf").string(), tmp / "run");
   c.label_prompts = 24;
   c.ppo.max_new_tokens = 24;
-  c.rm.train.epochs = 1;
   c.rm.train.eval_fraction = 0.15;
   c.ppo.train.max_steps = 3;
   c.ppo.rollout_batch = 8;
   c.ppo.minibatches = 2;
-  c.ppo.ppo_epochs = 1;
   c.eval_prompts = 8;
-  c.eval_samples = 1;
   auto s = run_pipeline(c, false);
   for (const char* k : {"gold_before", "gold_after", "rm_accuracy", "kl", "distinct_2_before", "distinct_2_after",
                         "length_before", "length_after", "rm_score_before", "rm_score_after"})
@@ -64,22 +75,16 @@ TEST(Pipeline, RunsEveryStageWritesTheSummaryAndSkipsDoneStages) {
 TEST(Pipeline, WritesModelTextThatEndsInsideACharacter) {
   test::TempDir tmp;
   test::write_euro_model(tmp / "euro");
-  PipelineConfig c;
-  c.policy = (tmp / "euro").string();
-  c.prompts = std::string(RLHF_SOURCE_DIR) + "/examples/happy_stories_prompts.jsonl";
-  c.run_dir = (tmp / "run").string();
+  auto c = small_pipeline((tmp / "euro").string(), tmp / "run");
   c.label_prompts = 8;
   c.k = 2;
   c.ppo.max_new_tokens = 4;
-  c.rm.train.epochs = 1;
   c.rm.train.eval_fraction = 0.25;
   c.rm.norm_samples = 4;
   c.ppo.train.max_steps = 1;
   c.ppo.rollout_batch = 2;
   c.ppo.minibatches = 1;
-  c.ppo.ppo_epochs = 1;
   c.eval_prompts = 2;
-  c.eval_samples = 1;
   const std::string text = "\xE2\x82\xAC\xEF\xBF\xBD";  // E2 82 AC E2: "€" and a cut one
   run_pipeline(c, false);
   const json summary = json::parse(read_file(tmp / "run" / "summary.json"));
