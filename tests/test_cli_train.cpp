@@ -153,6 +153,11 @@ TEST(CliTrain, ThePipelineTakesStageSettingsFromTablesAndFlags) {
   EXPECT_NE(saved.find("rm.lr = 0.0042"), std::string::npos) << saved;
   EXPECT_NE(saved.find("ppo.clip_range = 0.2"), std::string::npos) << saved;  // the stage's default
   EXPECT_FALSE(std::filesystem::exists(tmp / "run" / "rankings.jsonl"));
+  // The reward model's own settings are checked before the first stage too.
+  r = run_cli("pipeline " + (tmp / "p.toml").string() + " --ppo.gamma 1 --rm.norm-samples -1");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("norm_samples must be"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(tmp / "run" / "rankings.jsonl"));
   write_file_atomic(tmp / "q.toml", "policy = \"x\"\n[ppo]\nreward_model = \"y\"\n");
   r = run_cli("pipeline " + (tmp / "q.toml").string());
   EXPECT_EQ(r.exit_code, 1) << r.output;

@@ -138,7 +138,7 @@ json run_pipeline(const PipelineConfig& cfg, bool force) {
   check_range(cfg.labelers_per_prompt > 0, "labelers_per_prompt", cfg.labelers_per_prompt, "> 0");
   check_range(cfg.eval_prompts > 0, "eval_prompts", cfg.eval_prompts, "> 0");
   check_range(cfg.eval_samples > 0, "eval_samples", cfg.eval_samples, "> 0");
-  validate(cfg.rm.train);
+  validate(cfg.rm);
   validate(cfg.ppo);
   const auto split = split_prompts(cfg);
   const LoadOptions lo{cfg.device, cfg.dtype};

@@ -22,15 +22,18 @@ struct TokPair {
 
 }  // namespace
 
+void validate(const DpoConfig& c) {
+  validate(c.train);
+  check_range(std::isfinite(c.beta) && c.beta > 0, "beta", c.beta, "a finite number > 0");
+  check_range(c.label_smoothing >= 0 && c.label_smoothing < 0.5, "label_smoothing", c.label_smoothing, "in [0, 0.5)");
+  check(c.loss_type == "sigmoid" || c.loss_type == "ipo", "dpo: loss_type must be sigmoid or ipo, got '" + c.loss_type + "'");
+}
+
 Metrics train_dpo(DpoConfig cfg, bool resume, int64_t stop_after) {
   const TrainConfig& tc = cfg.train;
   check(!tc.model.empty(), "dpo: `model` is required");
   check(!tc.train_data.empty(), "dpo: `train_data` is required");
-  validate(tc);
-  check_range(std::isfinite(cfg.beta) && cfg.beta > 0, "beta", cfg.beta, "a finite number > 0");
-  check_range(cfg.label_smoothing >= 0 && cfg.label_smoothing < 0.5, "label_smoothing", cfg.label_smoothing,
-              "in [0, 0.5)");
-  check(cfg.loss_type == "sigmoid" || cfg.loss_type == "ipo", "dpo: loss_type must be sigmoid or ipo, got '" + cfg.loss_type + "'");
+  validate(cfg);
   const auto type = cfg.loss_type == "ipo" ? DpoLossType::IPO : DpoLossType::Sigmoid;
   torch::manual_seed(tc.seed);
 

@@ -33,6 +33,9 @@ struct DpoConfig {
   }
 };
 
+// Range checks of every field (an Error naming the field and the value).
+void validate(const DpoConfig& c);
+
 Metrics train_dpo(DpoConfig cfg, bool resume, int64_t stop_after = 0);
 
 }  // namespace rlhf

@@ -3,23 +3,21 @@
 #include <chrono>
 #include <cmath>
 #include <nlohmann/json.hpp>
-#include <random>
 #include <numeric>
+#include <random>
 
 #include "core/error.h"
-#include "core/io.h"
 #include "data/datasets.h"
+#include "formats/formats.h"
 #include "generate/generator.h"
 #include "losses/ppo.h"
-#include "formats/formats.h"
 #include "model/model.h"
+#include "model/reward_model.h"
 #include "train/config_fields.h"
 #include "train/profile.h"
 #include "train/side_by_side.h"
-#include "model/reward_model.h"
 #include "trainers/trainer_util.h"
 
-namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 namespace rlhf {
@@ -137,6 +135,7 @@ void validate(const PpoConfig& c) {
   check_range(finite(c.ent_coef), "ent_coef", c.ent_coef, "a finite number");
   check_range(finite(c.missing_eos_penalty), "missing_eos_penalty", c.missing_eos_penalty, "a finite number");
   check_range(finite(c.length_penalty), "length_penalty", c.length_penalty, "a finite number");
+  check(c.kl_estimator == "k1" || c.kl_estimator == "k3", "ppo: kl_estimator must be k1 or k3, got '" + c.kl_estimator + "'");
   check_range(finite(c.logprob_tolerance) && c.logprob_tolerance >= 0, "logprob_tolerance", c.logprob_tolerance,
               "a finite number >= 0");
 }
@@ -147,12 +146,11 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
   check(!tc.model.empty(), "ppo: `model` (the policy) is required");
   check(!tc.train_data.empty(), "ppo: `train_data` (prompts JSONL) is required");
   check(reward_in || !cfg.reward_model.empty(), "ppo: `reward_model` is required");
+  validate(cfg);
   check(cfg.rollout_batch > 0 && cfg.minibatches > 0 && cfg.rollout_batch % cfg.minibatches == 0,
         "ppo: rollout_batch must be a positive multiple of minibatches");
   const int64_t mb_size = cfg.rollout_batch / cfg.minibatches;
   check(mb_size % tc.grad_accum_steps == 0, "ppo: the minibatch size must be a multiple of grad_accum_steps");
-  check(cfg.kl_estimator == "k1" || cfg.kl_estimator == "k3", "ppo: kl_estimator must be k1 or k3");
-  validate(cfg);
   const auto estimator = cfg.kl_estimator == "k3" ? KlEstimator::K3 : KlEstimator::K1;
   torch::manual_seed(tc.seed);
   const LoadOptions lo{tc.device, tc.dtype};

@@ -15,15 +15,19 @@
 
 namespace rlhf {
 
+void validate(const RewardConfig& c) {
+  validate(c.train);
+  check_range(c.norm_samples >= 0, "norm_samples", c.norm_samples, ">= 0 (0: off)");
+  check_range(c.norm_max_new_tokens > 0, "norm_max_new_tokens", c.norm_max_new_tokens, "> 0");
+  check_range(std::isfinite(c.norm_temperature) && c.norm_temperature > 0, "norm_temperature", c.norm_temperature,
+              "a finite number > 0");
+}
+
 Metrics train_reward_model(RewardConfig cfg, bool resume, int64_t stop_after) {
   const TrainConfig& tc = cfg.train;
   check(!tc.model.empty(), "rm train: `model` is required");
   check(!tc.train_data.empty(), "rm train: `train_data` is required");
-  validate(tc);
-  check_range(cfg.norm_samples >= 0, "norm_samples", cfg.norm_samples, ">= 0 (0: off)");
-  check_range(cfg.norm_max_new_tokens > 0, "norm_max_new_tokens", cfg.norm_max_new_tokens, "> 0");
-  check_range(std::isfinite(cfg.norm_temperature) && cfg.norm_temperature > 0, "norm_temperature", cfg.norm_temperature,
-              "a finite number > 0");
+  validate(cfg);
   torch::manual_seed(tc.seed);
 
   // 1. Backbone from the policy with a fresh scalar head (the LM head is dropped).

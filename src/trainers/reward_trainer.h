@@ -36,6 +36,9 @@ struct RewardConfig {
   }
 };
 
+// Range checks of every field (an Error naming the field and the value).
+void validate(const RewardConfig& c);
+
 Metrics train_reward_model(RewardConfig cfg, bool resume, int64_t stop_after = 0);
 
 }  // namespace rlhf
