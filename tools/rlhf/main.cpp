@@ -9,6 +9,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "commands.h"
 #include "core/error.h"
 #include "core/io.h"
 #include "core/utf8.h"

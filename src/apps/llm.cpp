@@ -1,0 +1,184 @@
+#include "apps/llm.h"
+
+#include "core/error.h"
+#include "generate/generator.h"
+
+namespace rlhf {
+
+LocalLlm::LocalLlm(const std::string& path, const LoadOptions& options, int64_t max_batch)
+    : path_(path), lm_(load_model(path, options)), max_batch_(max_batch) {
+  check(lm_.tokenizer != nullptr, path + ": no tokenizer found with the model; pass a tokenizer");
+}
+
+std::vector<std::vector<Completion>> LocalLlm::complete(const std::vector<std::string>& prompts,
+                                                        const CompletionParams& params) {
+  check(params.n >= 1, "n must be >= 1");
+  check(params.max_tokens >= 0, "max_tokens must be >= 0");
+  const Tokenizer& tok = *lm_.tokenizer;
+  std::vector<std::vector<int32_t>> rows;
+  rows.reserve(prompts.size() * params.n);
+  for (const auto& p : prompts) {
+    auto ids = encode_prompt(tok, p);
+    check(!ids.empty(), "a prompt is empty and the tokenizer has no BOS token to start from");
+    for (int j = 0; j < params.n; ++j) rows.push_back(ids);
+  }
+  GenerateOptions opt;
+  opt.max_new_tokens = params.max_tokens;
+  opt.sampling.temperature = params.temperature;
+  opt.sampling.top_p = params.top_p;
+  opt.stop_strings = params.stop;
+  opt.seed = params.seed;
+  opt.max_batch = max_batch_;
+  auto gens = generate(lm_.model, tok, rows, opt);
+  std::vector<std::vector<Completion>> out(prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i)
+    for (int j = 0; j < params.n; ++j) {
+      auto& g = gens[i * params.n + j];
+      out[i].push_back({std::move(g.text), g.finish_reason, static_cast<int64_t>(g.tokens.size())});
+    }
+  return out;
+}
+
+}  // namespace rlhf
+
+// ---- EndpointLlm ---------------------------------------------------------------------------
+
+#include <httplib.h>
+
+#include <atomic>
+#include <chrono>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+namespace rlhf {
+
+namespace {
+
+std::string strip_v1(std::string url) {
+  while (!url.empty() && url.back() == '/') url.pop_back();
+  if (url.size() >= 3 && url.compare(url.size() - 3, 3, "/v1") == 0) url.resize(url.size() - 3);
+  return url;
+}
+
+}  // namespace
+
+struct EndpointLlm::Impl {
+  EndpointOptions opt;
+  std::atomic<int64_t> requests{0};
+  std::mutex model_mu;
+  std::string model;
+
+  httplib::Client client(const std::string& base) const {
+    httplib::Client c(base);
+    const auto secs = std::chrono::duration<double>(opt.timeout_seconds);
+    c.set_connection_timeout(std::chrono::duration_cast<std::chrono::microseconds>(secs));
+    c.set_read_timeout(std::chrono::duration_cast<std::chrono::microseconds>(secs));
+    c.set_write_timeout(std::chrono::duration_cast<std::chrono::microseconds>(secs));
+    if (!opt.api_key.empty()) c.set_bearer_token_auth(opt.api_key);
+    return c;
+  }
+
+  // One HTTP exchange with retries on connection errors, 429 and 5xx. Returns the JSON body.
+  nlohmann::json call(const std::string& base, const std::string& method, const std::string& path,
+                      const nlohmann::json* body) {
+    std::string last_error;
+    for (int attempt = 0; attempt <= opt.retries; ++attempt) {
+      if (attempt > 0) std::this_thread::sleep_for(std::chrono::milliseconds(250 << std::min(attempt, 5)));
+      if (opt.max_requests > 0 && requests.fetch_add(1) >= opt.max_requests)
+        throw Error(base + ": the request budget (" + std::to_string(opt.max_requests) + ") is spent");
+      if (opt.max_requests <= 0) requests.fetch_add(1);
+      auto c = client(base);
+      auto res = body ? c.Post(path, body->dump(), "application/json") : c.Get(path);
+      if (!res) {
+        last_error = "no reply (" + httplib::to_string(res.error()) + ")";
+        continue;
+      }
+      if (res->status == 429 || res->status >= 500) {
+        last_error = "HTTP " + std::to_string(res->status) + ": " + res->body.substr(0, 300);
+        continue;
+      }
+      if (res->status != 200) throw Error(base + path + ": HTTP " + std::to_string(res->status) + ": " + res->body.substr(0, 300));
+      auto j = nlohmann::json::parse(res->body, nullptr, /*allow_exceptions=*/false);
+      check(!j.is_discarded(), base + path + ": the reply is not JSON");
+      return j;
+    }
+    throw Error(base + path + ": " + last_error + " after " + std::to_string(opt.retries + 1) + " attempts");
+  }
+
+  std::string model_name(const std::string& base) {
+    std::lock_guard lock(model_mu);
+    if (model.empty()) {
+      auto j = call(base, "GET", "/v1/models", nullptr);
+      check(j.contains("data") && j["data"].is_array() && !j["data"].empty(),
+            base + "/v1/models: no model listed; pass the model name");
+      model = j["data"][0].value("id", "");
+    }
+    return model;
+  }
+};
+
+EndpointLlm::EndpointLlm(const std::string& base_url, const EndpointOptions& options)
+    : base_(strip_v1(base_url)), impl_(std::make_unique<Impl>()) {
+  check(options.concurrency >= 1, "endpoint concurrency must be >= 1");
+  impl_->opt = options;
+  impl_->model = options.model;
+}
+
+EndpointLlm::~EndpointLlm() = default;
+
+int64_t EndpointLlm::requests_made() const { return impl_->requests.load(); }
+
+std::vector<std::vector<Completion>> EndpointLlm::complete(const std::vector<std::string>& prompts,
+                                                           const CompletionParams& params) {
+  check(params.n >= 1, "n must be >= 1");
+  const std::string model = impl_->model_name(base_);
+  std::vector<std::vector<Completion>> out(prompts.size());
+  std::atomic<size_t> next{0};
+  std::mutex err_mu;
+  std::string first_error;
+  auto worker = [&] {
+    for (size_t i; (i = next.fetch_add(1)) < prompts.size();) {
+      try {
+        nlohmann::json req = {{"model", model}, {"prompt", prompts[i]}, {"max_tokens", params.max_tokens},
+                              {"temperature", params.temperature}, {"top_p", params.top_p}, {"n", params.n},
+                              {"seed", params.seed + i * params.n}};
+        if (!params.stop.empty()) req["stop"] = params.stop;
+        auto j = impl_->call(base_, "POST", "/v1/completions", &req);
+        check(j.contains("choices") && j["choices"].is_array(), base_ + "/v1/completions: no choices in the reply");
+        std::vector<Completion> choices(params.n);
+        size_t got = 0;
+        for (const auto& c : j["choices"]) {
+          const size_t index = c.value("index", got);
+          if (index >= choices.size()) continue;
+          choices[index].text = c.value("text", "");
+          choices[index].finish_reason = c["finish_reason"].is_string() ? c["finish_reason"].get<std::string>() : "";
+          ++got;
+        }
+        check(got == static_cast<size_t>(params.n), base_ + "/v1/completions: asked for " + std::to_string(params.n) +
+                                                        " choices, got " + std::to_string(got));
+        if (j.contains("usage") && j["usage"].contains("completion_tokens") && params.n == 1)
+          choices[0].completion_tokens = j["usage"]["completion_tokens"].get<int64_t>();
+        out[i] = std::move(choices);
+      } catch (const std::exception& e) {
+        std::lock_guard lock(err_mu);
+        if (first_error.empty()) first_error = e.what();
+        next = prompts.size();
+      }
+    }
+  };
+  std::vector<std::thread> threads;
+  const size_t n_threads = std::min<size_t>(impl_->opt.concurrency, prompts.size());
+  for (size_t t = 0; t < n_threads; ++t) threads.emplace_back(worker);
+  for (auto& t : threads) t.join();
+  if (!first_error.empty()) throw Error(first_error);
+  return out;
+}
+
+std::unique_ptr<Llm> open_llm(const std::string& spec, const LoadOptions& options, const EndpointOptions& endpoint) {
+  if (spec.rfind("http://", 0) == 0 || spec.rfind("https://", 0) == 0)
+    return std::make_unique<EndpointLlm>(spec, endpoint);
+  return std::make_unique<LocalLlm>(spec, options);
+}
+
+}  // namespace rlhf
