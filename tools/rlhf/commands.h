@@ -4,4 +4,6 @@
 
 namespace rlhf::cli {
 
+void add_serve(CLI::App& app);  // cmd_serve.cpp
+
 }  // namespace rlhf::cli

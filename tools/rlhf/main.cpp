@@ -406,6 +406,7 @@ int main(int argc, char** argv) {
                          [](DpoConfig c, bool resume) { return train_dpo(c, resume); });
   add_pipeline(app);
   add_report(app);
+  rlhf::cli::add_serve(app);
   add_label(app);
   add_trainer<PpoConfig>(app, "ppo", "PPO against a reward model with a KL penalty to the frozen starting policy",
                          [](PpoConfig c, bool resume) { return train_ppo(c, resume); });
