@@ -5,7 +5,6 @@
 #include <condition_variable>
 #include <deque>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -15,6 +14,7 @@
 #include "core/error.h"
 #include "core/utf8.h"
 #include "feedback/guarded_http.h"
+#include "formats/model_metadata.h"
 #include "tokenizer/chat_template.h"
 
 namespace rlhf {
@@ -108,23 +108,6 @@ json bytes_of(const std::string& s) {
   return b;
 }
 
-// The model's own chat template (HF folder: tokenizer_config.json), as one of ours.
-std::string model_chat_template(const std::string& model_path) {
-  namespace fs = std::filesystem;
-  const fs::path cfg = fs::path(model_path) / "tokenizer_config.json";
-  if (!fs::is_directory(model_path) || !fs::exists(cfg)) return "";
-  std::ifstream in(cfg);
-  auto j = json::parse(in, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.contains("chat_template")) return "";
-  const auto& t = j["chat_template"];
-  if (t.is_string()) return t.get<std::string>();
-  if (t.is_array())  // [{"name": "default", "template": ...}, ...]
-    for (const auto& e : t)
-      if (e.value("name", "") == "default" && e.contains("template") && e["template"].is_string())
-        return e["template"].get<std::string>();
-  return "";
-}
-
 // One HTTP request's choices as the engine fills them: events queue here until the HTTP
 // thread takes them (streaming) or all choices have ended (one reply).
 struct Collector {
@@ -166,7 +149,7 @@ struct OpenAiServer::Impl {
     check(opt.max_n >= 1, "max_n must be >= 1");
     template_name = opt.chat_template;
     if (template_name.empty()) {
-      const std::string own = model_chat_template(model_path);
+      const std::string own = read_chat_template(model_path);
       template_name = recognize_chat_template(own);
       if (template_name.empty()) {
         if (!own.empty())

@@ -36,8 +36,8 @@ struct ServeOptions {
 
 class OpenAiServer {
  public:
-  // `model_path` is what the model was loaded from: its tokenizer_config.json's chat_template
-  // is looked at when no template is given.
+  // `model_path` is what the model was loaded from: the chat template its files carry
+  // (formats/model_metadata.h) is used when no template is given and it is one we render.
   OpenAiServer(LoadedModel& model, const std::string& model_path, const ServeOptions& options);
   ~OpenAiServer();
   int start();  // binds and serves on a thread; returns the port (Error when it cannot bind)

@@ -4,7 +4,7 @@ streaming, n > 1, stop, seed, logprobs), checked against `rlhf generate` on the 
 engine decodes them together; bad requests get 4xx in OpenAI's shape; and the server survives
 malformed JSON, huge bodies, a client that hangs up mid-stream and 100 idle connections,
 answering again after each."""
-import concurrent.futures, http.client, json, os, socket, subprocess, sys, threading, time
+import concurrent.futures, http.client, json, os, socket, subprocess, sys, tempfile, threading, time
 
 import openai
 
@@ -65,7 +65,7 @@ def generate(prompt, max_new_tokens, **extra):
     """The reference: `rlhf generate --json` (the static-batch generator) on the same model."""
     args = [RLHF, "generate", "--model", MODEL, "--prompt", prompt, "--max-new-tokens", str(max_new_tokens), "--json"]
     for k, v in extra.items():
-        args += [f"--{k.replace('_', '-')}", str(v)]
+        args += [f"--{k.replace('_', '-')}"] + ([] if v is None else [str(v)])  # None: a flag
     out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
     return [json.loads(line) for line in out.splitlines()]
 
@@ -272,6 +272,42 @@ def test_api_key_and_queue_limit():
         srv.stop()
 
 
+LLAMA3_JINJA = ("{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
+                "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + "
+                "'<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}"
+                "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
+                "{% endif %}")
+
+
+def test_model_chat_template(tmp):
+    """An HF folder whose tokenizer_config.json carries Llama-3's Jinja template: the server
+    renders chats as that template does (jinja2, as transformers runs it)."""
+    import jinja2
+    hf = os.path.join(tmp, "hf")
+    subprocess.run([RLHF, "convert", "--in", MODEL, "--out", hf], check=True, capture_output=True)
+    cfg_path = os.path.join(hf, "tokenizer_config.json")
+    cfg = json.load(open(cfg_path))
+    cfg["chat_template"] = LLAMA3_JINJA
+    json.dump(cfg, open(cfg_path, "w"))
+    msgs = [{"role": "system", "content": " Be kind. "}, {"role": "user", "content": "Tell me a story."}]
+    rendered = jinja2.Environment().from_string(LLAMA3_JINJA).render(messages=msgs, bos_token="<s>",
+                                                                      add_generation_prompt=True)
+    proc = subprocess.Popen([RLHF, "serve", "--model", hf, "--port", "0"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        assert "chat template llama3" in line, line
+        port = int(line.rsplit(":", 1)[1].split("/")[0])
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+        r = client.chat.completions.create(model="m", messages=msgs, max_tokens=20, temperature=0)
+        # The same model given the Jinja rendering as a raw prompt (no BOS added: the template wrote it).
+        want = generate(rendered, 20, temperature=0, no_bos=None)[0]["text"].split("<|eot_id|>")[0]
+        assert r.choices[0].message.content == want, (r.choices[0].message.content, want)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def test_bad_command_lines():
     r = subprocess.run([RLHF, "serve", "--model", "/nonexistent.gguf"], capture_output=True, text=True)
     assert r.returncode == 1 and "nonexistent" in r.stderr
@@ -291,5 +327,7 @@ if __name__ == "__main__":
         if srv.proc.poll() is None:
             srv.proc.kill()
     test_api_key_and_queue_limit()
+    with tempfile.TemporaryDirectory() as tmp:
+        test_model_chat_template(tmp)
     test_bad_command_lines()
     print("ok")
