@@ -119,12 +119,15 @@ def main():
         finally:
             srv.stop()
     weight_bytes = params * 4
-    print("\n| concurrent streams | rlhf serve tokens/s | transformers tokens/s | ratio | rlhf serve weight traffic |")
-    print("|---:|---:|---:|---:|---:|")
+    print("\n| concurrent streams | rlhf serve tokens/s | transformers tokens/s | ratio | rlhf serve: weight traffic | matmul rate |")
+    print("|---:|---:|---:|---:|---:|---:|")
     for c, a, b in rows:
-        # Each decode step reads every weight once, whatever the batch: steps/s x bytes.
+        # Each decode step reads every weight once, whatever the batch (steps/s x bytes; the
+        # limit at batch 1, against ~56 GB/s here); each token costs 2 x params flops (the
+        # limit at large batches, against the ~320-360 GFLOP/s sgemm peak).
         steps = a / c
-        print(f"| {c} | {a:.1f} | {b:.1f} | {a / b:.1f}x | {steps * weight_bytes / 1e9:.1f} GB/s |")
+        print(f"| {c} | {a:.1f} | {b:.1f} | {a / b:.1f}x | {steps * weight_bytes / 1e9:.1f} GB/s "
+              f"({steps * weight_bytes / 56e9:.0%}) | {2 * params * a / 1e9:.1f} GFLOP/s ({2 * params * a / 340e9:.0%}) |")
 
 
 if __name__ == "__main__":
