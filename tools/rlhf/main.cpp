@@ -409,6 +409,8 @@ int main(int argc, char** argv) {
   add_label(app);
   add_trainer<PpoConfig>(app, "ppo", "PPO against a reward model with a KL penalty to the frozen starting policy",
                          [](PpoConfig c, bool resume) { return train_ppo(c, resume); });
+  cli::add_rag(app);
+  cli::add_react(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
