@@ -335,6 +335,18 @@ def test_rag(tmp):
     finally:
         srv.stop()
         plain.stop()
+    # The app commands take an endpoint as --model, its key from OPENAI_API_KEY.
+    keyed = Server("--api-key", "sesame")
+    try:
+        ask = [RLHF, "rag", "ask", "--index", index, "--model", f"http://127.0.0.1:{keyed.port}", "--max-tokens", "8",
+               "Who is the mayor of Quenby?"]
+        r = subprocess.run(ask, capture_output=True, text=True, env={**os.environ, "OPENAI_API_KEY": "sesame"})
+        assert r.returncode == 0 and r.stdout.strip(), (r.stdout, r.stderr)
+        env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+        r = subprocess.run(ask, capture_output=True, text=True, env=env)
+        assert r.returncode == 1 and "401" in r.stderr, r.stderr
+    finally:
+        keyed.stop()
 
 
 def test_bad_command_lines():
