@@ -67,6 +67,7 @@ struct IndexStats {
   int64_t docs = 0, unchanged = 0, chunks = 0;
 };
 
+// One connection to the file; not for concurrent use (a server holds a mutex around it).
 class RagIndex {
  public:
   // Opens an index; `create`: makes it when missing. Error when the file is not an index of
