@@ -223,6 +223,8 @@ TEST(RagIndex, ReadsFoldersAndJsonl) {
   EXPECT_THROW(read_docs(tmp / "bad.jsonl"), Error);
   std::filesystem::create_directories(tmp / "empty");
   EXPECT_THROW(read_docs(tmp / "empty"), Error);
+  write_file_atomic(tmp / "empty" / "blank.txt", " \n\n ");
+  EXPECT_THROW(read_docs(tmp / "empty"), Error);
 }
 
 // ---- dense retrieval ------------------------------------------------------------------------
