@@ -4,4 +4,7 @@
 
 namespace rlhf::cli {
 
+// rlhf cot, rlhf pal, rlhf sandbox run (cmd_reason.cpp)
+void add_reason_commands(CLI::App& app);
+
 }  // namespace rlhf::cli
