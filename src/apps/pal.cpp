@@ -61,6 +61,10 @@ std::string extract_program(const std::string& text) {
 PalResult run_program(const std::string& program, const SandboxLimits& limits) {
   PalResult r;
   r.program = program;
+  if (program.find_first_not_of(" \t\r\n") == std::string::npos) {  // would "succeed" with no answer
+    r.status = "error: no program";
+    return r;
+  }
   auto run = run_lua(program, limits);
   r.output = std::move(run.output);
   if (run.ok) {

@@ -36,7 +36,8 @@ struct PalOptions {
 struct PalResult {
   std::string answer;   // the return value; "" unless status is "ok"
   std::string program;
-  std::string status;   // "ok", "error: <sandbox error>", "instruction limit", "memory limit", "time limit"
+  std::string status;   // "ok", "error: <sandbox error>" ("error: no program" for a blank one),
+                        // "instruction limit", "memory limit", "time limit"
   std::string output;   // what print() wrote
 };
 

@@ -63,7 +63,7 @@ void add_limit_options(CLI::App& cmd, SandboxLimits& limits, std::shared_ptr<siz
 
 // The questions to answer: the positional one, or the --questions file's records.
 std::vector<nlohmann::json> questions_of(const AppArgs& a, const std::string& cmd) {
-  check(a.questions.empty() != a.question.empty(), cmd + ": give a QUESTION or --questions FILE.jsonl, not both");
+  check(a.questions.empty() != a.question.empty(), cmd + ": give one QUESTION, or --questions FILE.jsonl with --out (not both)");
   check(a.questions.empty() == a.out.empty(), cmd + ": --questions and --out go together");
   if (a.questions.empty()) return {nlohmann::json{{"question", a.question}}};
   return read_questions(a.questions);
@@ -94,7 +94,8 @@ void add_cot(CLI::App& app) {
   cmd->add_option("--n", a->n, "Reasoning paths per question; > 1 = self-consistency vote")
       ->capture_default_str()->check(CLI::PositiveNumber);
   auto* temp = cmd->add_option("--temperature,-t", a->temperature, "Sampling temperature (default: 0, or 0.7 when --n > 1)");
-  cmd->add_option("--stop", a->stop, "Stop strings; \\n is a newline (repeatable; default: \"\\nQ:\", the next few-shot question)");
+  cmd->add_option("--stop", a->stop, "Stop strings; \\n is a newline (repeatable; default: \"\\nQ:\", the next few-shot question)")
+      ->allow_extra_args(false);  // one value per --stop, so a QUESTION may follow
   cmd->callback([a, temp] {
     auto records = questions_of(*a, "cot");
     CotOptions o;
@@ -127,7 +128,8 @@ void add_pal(CLI::App& app) {
   auto* cmd = app.add_subcommand("pal", "Program-aided answers: the model writes Lua, the sandbox computes the answer");
   add_app_options(*cmd, *a);
   cmd->add_option("--temperature,-t", a->o.temperature, "Sampling temperature; 0 = greedy")->capture_default_str();
-  cmd->add_option("--stop", a->o.stop, "Stop strings; \\n is a newline (repeatable; default: \"\\n```\", the end of the program)");
+  cmd->add_option("--stop", a->o.stop, "Stop strings; \\n is a newline (repeatable; default: \"\\n```\", the end of the program)")
+      ->allow_extra_args(false);
   add_limit_options(*cmd, a->o.limits, a->memory_mb);
   cmd->callback([a] {
     auto records = questions_of(*a, "pal");
