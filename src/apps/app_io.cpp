@@ -1,5 +1,7 @@
 #include "apps/app_io.h"
 
+#include <algorithm>
+
 #include <sstream>
 
 #include "core/error.h"
@@ -24,6 +26,18 @@ std::string fill_template(const std::string& tmpl, const std::vector<std::pair<s
     if (!replaced) out += tmpl[i++];
   }
   return out;
+}
+
+std::string trim(const std::string& s) {
+  const char* ws = " \t\r\n";
+  const size_t a = s.find_first_not_of(ws);
+  return a == std::string::npos ? "" : s.substr(a, s.find_last_not_of(ws) - a + 1);
+}
+
+std::string one_line(std::string s) {
+  std::replace(s.begin(), s.end(), '\n', ' ');
+  std::replace(s.begin(), s.end(), '\r', ' ');
+  return s;
 }
 
 std::string load_template(const std::filesystem::path& path, const std::string& builtin) {

@@ -21,6 +21,12 @@ std::string load_template(const std::filesystem::path& path, const std::string& 
 // The records come back whole so their other fields (id, ...) can be copied to the output.
 std::vector<nlohmann::json> read_questions(const std::filesystem::path& path);
 
+// `s` without surrounding spaces, tabs and line breaks.
+std::string trim(const std::string& s);
+
+// `s` with its line breaks as spaces (a chunk or an observation on one line of a prompt).
+std::string one_line(std::string s);
+
 // One object per line, written atomically.
 void write_jsonl(const std::filesystem::path& path, const std::vector<nlohmann::json>& records);
 

@@ -38,18 +38,6 @@ CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks(doc);
 CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(text, title, tokenize='porter unicode61 remove_diacritics 2');
 )SQL";
 
-std::string trim(const std::string& s) {
-  const char* ws = " \t\r\n";
-  const size_t a = s.find_first_not_of(ws);
-  return a == std::string::npos ? "" : s.substr(a, s.find_last_not_of(ws) - a + 1);
-}
-
-std::string one_line(std::string s) {
-  std::replace(s.begin(), s.end(), '\n', ' ');
-  std::replace(s.begin(), s.end(), '\r', ' ');
-  return s;
-}
-
 }  // namespace
 
 // ---- documents and chunks ----------------------------------------------------------------
@@ -408,24 +396,6 @@ const char* const kDefaultRagTemplate =
     "{context}\n"
     "Question: {question}\n"
     "Answer:";
-
-std::string fill_template(const std::string& tmpl, const std::map<std::string, std::string>& values) {
-  std::string out;
-  for (size_t i = 0; i < tmpl.size();) {
-    bool replaced = false;
-    if (tmpl[i] == '{')
-      for (const auto& [name, value] : values)
-        if (tmpl.compare(i + 1, name.size(), name) == 0 && i + 1 + name.size() < tmpl.size() &&
-            tmpl[i + 1 + name.size()] == '}') {
-          out += value;
-          i += name.size() + 2;
-          replaced = true;
-          break;
-        }
-    if (!replaced) out += tmpl[i++];
-  }
-  return out;
-}
 
 RagPrompt rag_prompt(RagIndex& index, const std::string& question, const RagOptions& options) {
   RagPrompt p;

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "apps/app_io.h"
 #include "apps/llm.h"
 #include "model/model.h"
 
@@ -101,10 +102,6 @@ class RagIndex {
   LoadOptions embed_load_;
   std::unique_ptr<LoadedModel> embedder_;
 };
-
-// Replaces each "{name}" of `values` in `tmpl` in one pass (inserted text is not scanned
-// again, so a question holding "{context}" stays as it is). Other text is kept verbatim.
-std::string fill_template(const std::string& tmpl, const std::map<std::string, std::string>& values);
 
 // A one-shot template for instruction-following models: an example of context, question
 // and a cited one-line answer, then {context}, {question} and "Answer:".

@@ -52,19 +52,7 @@ std::vector<json> read_questions(const AppArgs& a) {
   check(a.question.empty() != a.questions.empty(), "give one QUESTION or --questions FILE (not both)");
   check(a.questions.empty() || !a.out.empty(), "--questions needs --out");
   if (a.questions.empty()) return {json{{"question", a.question}}};
-  std::vector<json> rows;
-  std::istringstream in(read_file(a.questions));
-  std::string line;
-  for (int64_t no = 1; std::getline(in, line); ++no) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    auto j = json::parse(line, nullptr, /*allow_exceptions=*/false);
-    const std::string where = a.questions + ":" + std::to_string(no) + ": ";
-    check(j.is_object(), where + "not a JSON object");
-    check(j.contains("question") && j["question"].is_string(), where + "needs a `question` (string)");
-    rows.push_back(std::move(j));
-  }
-  check(!rows.empty(), a.questions + ": no questions");
-  return rows;
+  return rlhf::read_questions(a.questions);  // apps/app_io.h
 }
 
 std::vector<std::string> question_texts(const std::vector<json>& rows) {
@@ -74,12 +62,6 @@ std::vector<std::string> question_texts(const std::vector<json>& rows) {
 }
 
 json question_id(const std::vector<json>& rows, size_t i) { return rows[i].contains("id") ? rows[i]["id"] : json(i); }
-
-void write_jsonl(const std::string& path, const std::vector<json>& rows) {
-  write_file_atomic(path, [&](std::ostream& o) {
-    for (const auto& r : rows) o << dump_json(r) << "\n";
-  });
-}
 
 json hits_json(const std::vector<RagHit>& hits) {
   json j = json::array();
