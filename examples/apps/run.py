@@ -159,11 +159,18 @@ def rows(args):
     ]
 
 
+def has_command(rlhf, sub):
+    return subprocess.run([rlhf, *sub, "--help"], capture_output=True).returncode == 0
+
+
 def evaluate(args, model, world_dir):
     eval_dir = os.path.join(args.out, "eval")
     os.makedirs(eval_dir, exist_ok=True)
     table = []
     for technique, task, split, cmd in rows(args):
+        if not has_command(args.rlhf, cmd[:2] if cmd[0] == "rag" else cmd[:1]):
+            log(f"{technique:<32} {task:<11} skipped: `rlhf {cmd[0]}` is not in {args.rlhf}")
+            continue
         questions = os.path.join(world_dir, f"heldout_{split}.jsonl")
         slug = re.sub(r"[^a-z0-9]+", "_", f"{technique}_{task}".lower()).strip("_")
         out = os.path.join(eval_dir, slug + ".jsonl")
@@ -226,8 +233,9 @@ def main():
     args.index = os.path.join(args.out, "index.sqlite")
     if os.path.exists(args.index):
         os.remove(args.index)
-    run([args.rlhf, "rag", "index", "--docs", os.path.join(world_dir, "docs.jsonl"), "--index", args.index])
-    log(f"index: {args.index}")
+    if has_command(args.rlhf, ["rag", "index"]):
+        run([args.rlhf, "rag", "index", "--docs", os.path.join(world_dir, "docs.jsonl"), "--index", args.index])
+        log(f"index: {args.index}")
 
     # 4. held-out evaluation with the app commands
     table = evaluate(args, model, world_dir)

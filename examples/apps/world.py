@@ -15,11 +15,11 @@ a training prompt, document or completion.
 SFT data is written in each app's format, with prompts made from the same template files the
 app commands get via --template (templates/*.txt), so training and inference prompts match
 byte for byte:
-  direct  templates/direct.txt  -> " The answer is N."                      (rlhf cot)
+  direct  templates/direct.txt  -> "The answer is N."                       (rlhf cot)
   cot     templates/cot.txt     -> one line per step, then "The answer is N." (rlhf cot)
   pal     templates/pal.txt     -> a Lua program ending in `return x`, then "\\n```" (rlhf pal)
-  closed  templates/closed.txt  -> " The answer is A."                      (rlhf cot)
-  rag     templates/rag.txt     -> " A [i]" with the retrieved context      (rlhf rag ask)
+  closed  templates/closed.txt  -> "The answer is A."                       (rlhf cot)
+  rag     templates/rag.txt     -> "A [i]" with the retrieved context       (rlhf rag ask)
   react   templates/react.txt   -> one example per step of a trajectory     (rlhf react)
 
 Usage: python3 world.py --out DIR [--seed 0] [--quick]
@@ -67,11 +67,12 @@ ITEMS = ["apples", "marbles", "coins", "stickers", "shells", "pencils", "stamps"
 ARITH_TEMPLATES = {
     "train": {
         "start": ["{name} has {n} {item}."],
-        "add": ["{name} finds {n} more {item}.", "{name} gets {n} {item} from a friend."],
-        "sub": ["{name} gives away {n} {item}.", "{name} loses {n} {item}."],
+        "add": ["{name} finds {n} more {item}.", "{name} gets {n} {item} from a friend.", "{name} buys {n} more {item}."],
+        "sub": ["{name} gives away {n} {item}.", "{name} loses {n} {item}.", "{name} sells {n} {item}."],
         "mul": ["Then the number of {item} is multiplied by {n}.", "{name} makes the pile {n} times as big."],
-        "div": ["{name} splits the {item} into {n} equal groups and keeps one group."],
-        "ask": ["How many {item} does {name} have now?"],
+        "div": ["{name} splits the {item} into {n} equal groups and keeps one group.",
+                "{name} shares the {item} equally among {n} friends and keeps one share."],
+        "ask": ["How many {item} does {name} have now?", "How many {item} does {name} have at the end?"],
     },
     "heldout": {
         "start": ["{name} starts with {n} {item}."],
@@ -85,12 +86,13 @@ ARITH_TEMPLATES = {
 
 SINGLE_TEMPLATES = {  # relation -> templates; {e} is the entity
     "train": {
-        "mayor": ["Who is the mayor of {e}?"],
-        "population": ["How many people live in {e}?"],
-        "founded": ["In what year was {e} founded?"],
-        "age": ["How old is {e}?"],
-        "job": ["What does {e} do for a living?"],
-        "born": ["Where was {e} born?"],
+        "mayor": ["Who is the mayor of {e}?", "Who leads {e} as mayor?", "Tell me the mayor of {e}."],
+        "population": ["How many people live in {e}?", "What number of people does {e} have?",
+                       "Give the population of {e}."],
+        "founded": ["In what year was {e} founded?", "What year was {e} founded in?", "Give the founding year of {e}."],
+        "age": ["How old is {e}?", "Give the age of {e}.", "How many years old is {e}?"],
+        "job": ["What does {e} do for a living?", "What job does {e} have?", "Give the job of {e}."],
+        "born": ["Where was {e} born?", "In which town was {e} born?", "What town does {e} come from?"],
     },
     "heldout": {
         "mayor": ["Name the mayor of {e}."],
@@ -104,10 +106,14 @@ SINGLE_TEMPLATES = {  # relation -> templates; {e} is the entity
 
 TWO_HOP_TEMPLATES = {  # kind -> templates; {e} the entity, {n} the number
     "train": {
-        "mayor_age_plus": ["How old will the mayor of {e} be in {n} years?"],
-        "mayor_age_minus": ["How old was the mayor of {e} {n} years ago?"],
-        "birthplace_pop_plus": ["If {n} people moved to the town where {e} was born, how many people would live there?"],
-        "birthplace_founded": ["How many years before 2000 was the town where {e} was born founded?"],
+        "mayor_age_plus": ["How old will the mayor of {e} be in {n} years?",
+                           "What age will the mayor of {e} be {n} years from now?"],
+        "mayor_age_minus": ["How old was the mayor of {e} {n} years ago?",
+                            "How many years old was the mayor of {e} {n} years ago?"],
+        "birthplace_pop_plus": ["If {n} people moved to the town where {e} was born, how many people would live there?",
+                                "After {n} more people arrive in the birthplace of {e}, how many people live there?"],
+        "birthplace_founded": ["How many years before 2000 was the town where {e} was born founded?",
+                               "How many years before 2000 was the birthplace of {e} founded?"],
     },
     "heldout": {
         "mayor_age_plus": ["In {n} years, what age will the mayor of {e} reach?"],
@@ -348,13 +354,17 @@ def react_observation(obs):
 
 
 def react_examples(tpl, bm25, q, plan, answer):
-    """One SFT example per step: the prompt is the template plus the trajectory so far."""
+    """One SFT example per step: the prompt is the template plus the trajectory so far.
+
+    A completion is encoded on its own, and SentencePiece tokenizers (tok512) start it with a
+    word-boundary piece, so the model writes " Thought: ..." with a leading space and the react
+    command keeps that text in the trajectory; the history here has the same space."""
     history, out = fill(tpl, q), []
     for thought, tool, arg in plan:
         step = react_step(thought, tool, arg)
         out.append({"prompt": history, "completion": step + "\nObservation:"})
         obs = search_observation(bm25, arg) if tool == "search" else str(eval(arg))
-        history += step + react_observation(obs)
+        history += " " + step + react_observation(obs)
     out.append({"prompt": history, "completion": react_step(f"The answer is {answer}.", "finish", answer)})
     return out
 
@@ -363,7 +373,7 @@ def rag_example(tpl, bm25, item, k):
     """The context is what BM25 retrieves from the training index; citations mark the gold docs in it."""
     chunks = bm25.search(item["question"], k)
     cites = "".join(f"[{i}]" for i, c in enumerate(chunks, 1) if c["id"] in item["gold_docs"])
-    completion = f" {item['answer']}" + (f" {cites}" if cites else "")
+    completion = item["answer"] + (f" {cites}" if cites else "")
     return {"prompt": fill(tpl, item["question"], rag_context(chunks)), "completion": completion}
 
 
@@ -396,13 +406,13 @@ def build(out, seed=0, quick=False):
     for _ in range(sizes["arith"]):
         q, steps, a = arith_problem(rng, "train", arith_pool["train"])
         train_q.append(q)
-        sft.append({"prompt": fill(tpl["direct"], q), "completion": f" The answer is {a}."})
+        sft.append({"prompt": fill(tpl["direct"], q), "completion": f"The answer is {a}."})
         sft.append({"prompt": fill(tpl["cot"], q), "completion": cot_text(steps, a)})
         sft.append({"prompt": fill(tpl["pal"], q), "completion": pal_program(steps) + "\n```"})
     for _ in range(sizes["single"]):
         it = single_hop(rng, kb_train, "train")
         train_q.append(it["question"])
-        sft.append({"prompt": fill(tpl["closed"], it["question"]), "completion": f" The answer is {it['answer']}."})
+        sft.append({"prompt": fill(tpl["closed"], it["question"]), "completion": f"The answer is {it['answer']}."})
         sft.append(rag_example(tpl["rag"], bm25_train, it, k))
     for _ in range(sizes["two"]):
         it = two_hop(rng, kb_train, "train")
@@ -418,7 +428,7 @@ def build(out, seed=0, quick=False):
     for i in range(n_eval):
         q, steps, a = arith_problem(rng, "heldout", arith_pool["heldout"])
         held["arith"].append({"id": f"arith-{i}", "question": q, "gold": str(a), "ops": len(steps)})
-        sft_held.append({"prompt": fill(tpl["direct"], q), "completion": f" The answer is {a}."})
+        sft_held.append({"prompt": fill(tpl["direct"], q), "completion": f"The answer is {a}."})
         sft_held.append({"prompt": fill(tpl["cot"], q), "completion": cot_text(steps, a)})
         sft_held.append({"prompt": fill(tpl["pal"], q), "completion": pal_program(steps) + "\n```"})
     for i in range(n_eval):
