@@ -55,6 +55,30 @@ TEST(ChatTemplate, AnthropicHH) {
   EXPECT_THROW(apply_chat_template("hh", {{"tool", "x"}}, false), Error);
 }
 
+TEST(ChatTemplate, Llama3MatchesLlama3Instruct) {
+  EXPECT_EQ(apply_chat_template("llama3", kConversation, true),
+            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+            "<|start_header_id|>user<|end_header_id|>\n\nHi!<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\nHello.<|eot_id|>"
+            "<|start_header_id|>user<|end_header_id|>\n\nWhat is RLHF?<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\n");
+  EXPECT_EQ(chat_template_stops("llama3"), std::vector<std::string>{"<|eot_id|>"});
+}
+
+// Opening lines of the chat_template fields of real tokenizer_config.json files.
+TEST(ChatTemplate, RecognisesModelsOwnTemplates) {
+  EXPECT_EQ(recognize_chat_template("{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
+                                    "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"),
+            "llama3");
+  EXPECT_EQ(recognize_chat_template("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
+                                    "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"),
+            "chatml");
+  EXPECT_EQ(recognize_chat_template("{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + message['content'] "
+                                    "+ ' [/INST]' }}"),
+            "llama2");
+  EXPECT_EQ(recognize_chat_template("{% for message in messages %}{{ message['content'] }}{% endfor %}"), "");
+}
+
 TEST(ChatTemplate, UnknownNameListsKnownOnes) {
   try {
     apply_chat_template("vicuna", kConversation, true);

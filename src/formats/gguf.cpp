@@ -14,6 +14,7 @@
 #include "formats/binary_file.h"
 #include "formats/formats.h"
 #include "formats/layouts.h"
+#include "formats/model_metadata.h"
 
 namespace rlhf {
 namespace {
@@ -534,6 +535,15 @@ ModelFiles read_gguf(const std::filesystem::path& path) try {
   return out;
 } catch (...) {
   rethrow_naming(path.string());  // std::bad_alloc and the like name the file too
+}
+
+std::string read_gguf_string(const std::filesystem::path& path, const std::string& key, const std::string& fallback) try {
+  MappedFile file(path);
+  ByteReader r(file.data(), file.size(), file.name());
+  GgufFile g = parse_gguf(r);
+  return Meta{g, file.name()}.string(key, fallback);
+} catch (...) {
+  rethrow_naming(path.string());
 }
 
 }  // namespace rlhf

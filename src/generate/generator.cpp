@@ -19,16 +19,6 @@ struct Slot {
   bool done = false;
 };
 
-std::string continuation_text(const Tokenizer& tok, const std::vector<int32_t>& prompt,
-                              const std::vector<int32_t>& generated) {
-  // Decoding the prompt together with the continuation keeps tokenizer rules that depend on
-  // the position (SentencePiece's leading-space strip) right; the prompt's text is cut off.
-  std::vector<int32_t> all(prompt);
-  all.insert(all.end(), generated.begin(), generated.end());
-  std::string full = tok.decode(all), head = tok.decode(prompt);
-  return full.compare(0, head.size(), head) == 0 ? full.substr(head.size()) : tok.decode(generated);
-}
-
 void generate_batch(Transformer& model, const Tokenizer& tok, std::vector<Slot>& slots,
                     const std::vector<std::vector<int32_t>>& prompts, const GenerateOptions& opt,
                     const TokenCallback& on_token) {
@@ -138,6 +128,14 @@ void generate_batch(Transformer& model, const Tokenizer& tok, std::vector<Slot>&
 }
 
 }  // namespace
+
+std::string continuation_text(const Tokenizer& tok, const std::vector<int32_t>& prompt,
+                              const std::vector<int32_t>& generated) {
+  std::vector<int32_t> all(prompt);
+  all.insert(all.end(), generated.begin(), generated.end());
+  std::string full = tok.decode(all), head = tok.decode(prompt);
+  return full.compare(0, head.size(), head) == 0 ? full.substr(head.size()) : tok.decode(generated);
+}
 
 std::vector<Generation> generate(Transformer& model, const Tokenizer& tokenizer,
                                  const std::vector<std::vector<int32_t>>& prompts,

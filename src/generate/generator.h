@@ -30,6 +30,11 @@ struct Generation {
   std::string finish_reason;      // "eos", "stop" or "length"
 };
 
+// The text of `generated` as it continues `prompt`: decoded together with the prompt, so
+// rules that depend on the position (SentencePiece's leading-space strip) stay right.
+std::string continuation_text(const Tokenizer& tok, const std::vector<int32_t>& prompt,
+                              const std::vector<int32_t>& generated);
+
 // Called after each step for each active sequence: (prompt index, new token).
 using TokenCallback = std::function<void(size_t, int32_t)>;
 

@@ -73,13 +73,38 @@ std::string hh(const std::vector<ChatMessage>& messages, bool add_generation_pro
   return out;
 }
 
+// Mirrors the chat_template of meta-llama/Meta-Llama-3-8B-Instruct (contents trimmed).
+std::string llama3(const std::vector<ChatMessage>& messages, bool add_generation_prompt, const Tokenizer* tok) {
+  std::string out = tok && tok->bos_id() >= 0 ? tok->token_text(tok->bos_id()) : "<|begin_of_text|>";
+  for (const ChatMessage& m : messages)
+    out += "<|start_header_id|>" + m.role + "<|end_header_id|>\n\n" + strip(m.content) + "<|eot_id|>";
+  if (add_generation_prompt) out += "<|start_header_id|>assistant<|end_header_id|>\n\n";
+  return out;
+}
+
 }  // namespace
 
-std::vector<std::string> chat_template_names() { return {"llama2", "chatml", "hh"}; }
+std::vector<std::string> chat_template_names() { return {"llama2", "llama3", "chatml", "hh"}; }
+
+std::string recognize_chat_template(const std::string& jinja) {
+  if (jinja.find("<|start_header_id|>") != std::string::npos) return "llama3";
+  if (jinja.find("<|im_start|>") != std::string::npos) return "chatml";
+  if (jinja.find("[INST]") != std::string::npos) return "llama2";
+  if (jinja.find("Human:") != std::string::npos && jinja.find("Assistant:") != std::string::npos) return "hh";
+  return "";
+}
+
+std::vector<std::string> chat_template_stops(const std::string& name) {
+  if (name == "llama3") return {"<|eot_id|>"};
+  if (name == "chatml") return {"<|im_end|>"};
+  if (name == "hh") return {"\n\nHuman:"};
+  return {};  // llama2 ends its turn with EOS
+}
 
 std::string apply_chat_template(const std::string& name, const std::vector<ChatMessage>& messages,
                                 bool add_generation_prompt, const Tokenizer* tok) {
   if (name == "llama2") return llama2(messages, tok);
+  if (name == "llama3") return llama3(messages, add_generation_prompt, tok);
   if (name == "chatml") return chatml(messages, add_generation_prompt);
   if (name == "hh") return hh(messages, add_generation_prompt);
   std::string known;

@@ -4,4 +4,8 @@
 
 namespace rlhf::cli {
 
+void add_serve(CLI::App& app);  // cmd_serve.cpp
+void add_rag(CLI::App& app);    // cmd_rag.cpp: rlhf rag index|search|ask
+void add_react(CLI::App& app);  // cmd_rag.cpp: rlhf react
+
 }  // namespace rlhf::cli

@@ -406,9 +406,12 @@ int main(int argc, char** argv) {
                          [](DpoConfig c, bool resume) { return train_dpo(c, resume); });
   add_pipeline(app);
   add_report(app);
+  cli::add_serve(app);
   add_label(app);
   add_trainer<PpoConfig>(app, "ppo", "PPO against a reward model with a KL penalty to the frozen starting policy",
                          [](PpoConfig c, bool resume) { return train_ppo(c, resume); });
+  cli::add_rag(app);
+  cli::add_react(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
