@@ -160,7 +160,9 @@ def rows(args):
 
 
 def has_command(rlhf, sub):
-    return subprocess.run([rlhf, *sub, "--help"], capture_output=True).returncode == 0
+    """Whether the binary lists the (sub)command, e.g. ["rag", "ask"], among its subcommands."""
+    out = subprocess.run([rlhf, *sub[:-1], "--help"], capture_output=True, text=True).stdout
+    return re.search(rf"^\s+{re.escape(sub[-1])}\s", out.split("Subcommands:")[-1], re.M) is not None
 
 
 def evaluate(args, model, world_dir):

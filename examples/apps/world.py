@@ -75,11 +75,13 @@ ARITH_TEMPLATES = {
         "ask": ["How many {item} does {name} have now?", "How many {item} does {name} have at the end?"],
     },
     "heldout": {
+        # new frames around the operation words the model knows (a 260K-parameter model trained
+        # only on this world cannot learn synonyms it never saw, e.g. "are sold" for "sells")
         "start": ["{name} starts with {n} {item}."],
-        "add": ["Then {n} extra {item} are added."],
-        "sub": ["After that {n} {item} are sold."],
-        "mul": ["The count of {item} grows to {n} times as many."],
-        "div": ["{name} keeps only one of {n} equal shares of the {item}."],
+        "add": ["Later {name} finds another {n} {item}."],
+        "sub": ["Later {name} sells {n} of the {item}."],
+        "mul": ["Then the number of {item} is {n} times as big."],
+        "div": ["Next the {item} are split into {n} equal groups and {name} keeps one group."],
         "ask": ["How many {item} are there at the end?"],
     },
 }
