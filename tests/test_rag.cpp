@@ -82,8 +82,9 @@ TEST(RagChunk, CutsAtSentencesAndOverlaps) {
       EXPECT_EQ(pieces[i].back(), '.') << pieces[i];  // a sentence end, not mid-word
     }
     if (i > 0) {
-      // The piece starts inside the previous one (overlap), at a word start.
-      const auto head = pieces[i].substr(0, 12);
+      // The piece starts inside the previous one (overlap), at a word start; 20 characters
+      // name one sentence ("number 12 is here. S").
+      const auto head = pieces[i].substr(0, 20);
       EXPECT_NE(pieces[i - 1].find(head), std::string::npos) << pieces[i - 1] << " | " << pieces[i];
     }
   }
@@ -171,7 +172,15 @@ TEST(RagIndex, ReindexingAChangedDocReplacesItsChunks) {
   EXPECT_EQ(s.unchanged, 3);
   EXPECT_EQ(s.chunks, 1);
   EXPECT_EQ(index.chunk_count(), 4);
-  EXPECT_TRUE(index.search("zorblat", 10).empty());  // the old chunks are gone from the FTS table too
+  EXPECT_TRUE(index.search("zorblat", 10).empty());
+  sqlite3* db = nullptr;  // the old chunks' FTS rows are gone too, not just hidden by the join
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  sqlite3_stmt* st = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(db, "SELECT count(*) FROM chunks_fts", -1, &st, nullptr), SQLITE_OK);
+  ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
+  EXPECT_EQ(sqlite3_column_int64(st, 0), 4);
+  sqlite3_finalize(st);
+  sqlite3_close(db);
   auto hits = index.search("quorp", 10);
   ASSERT_EQ(hits.size(), 1u);
   EXPECT_EQ(hits[0].id, "zorblat#0");
@@ -213,6 +222,8 @@ TEST(RagIndex, ReadsFoldersAndJsonl) {
   write_file_atomic(tmp / "bad.jsonl", "{\"id\": \"x\"}\n");
   EXPECT_THROW(read_docs(tmp / "bad.jsonl"), Error);
   std::filesystem::create_directories(tmp / "empty");
+  EXPECT_THROW(read_docs(tmp / "empty"), Error);
+  write_file_atomic(tmp / "empty" / "blank.txt", " \n\n ");
   EXPECT_THROW(read_docs(tmp / "empty"), Error);
 }
 
@@ -387,6 +398,23 @@ TEST(React, BatchStepsUnfinishedQuestionsTogether) {
   EXPECT_EQ(rs[0].steps.size(), 1u);
   EXPECT_EQ(rs[1].answer, "2");
   EXPECT_EQ(rs[1].steps[1].observation, "Beta is long.");
+}
+
+TEST(React, RealToolsSearchTheIndexAndCalculateInTheSandbox) {
+  TempDir tmp;
+  RagIndex index(tmp / "i.sqlite", true);
+  index.add(small_docs(), {});
+  ScriptedLlm llm;
+  llm.script = {{"fruit", {"Action: search[zorblat island]", "Action: lookup[ISLAND]", "Action: calculate[2 * (3 + 4)]",
+                           "Action: calculate[10 / 4]", "Action: calculate[os.exit(1)]", "Action: finish[Quenby]"}}};
+  auto r = react(llm, react_tools(index), {"Which fruit?"}, test_react_options(), {})[0];
+  ASSERT_EQ(r.steps.size(), 6u);
+  EXPECT_EQ(r.steps[0].observation, "[zorblat#0] " + small_docs()[2].text);
+  EXPECT_EQ(r.steps[1].observation, "The zorblat is a rare blue fruit grown only on the island of Quenby.");
+  EXPECT_EQ(r.steps[2].observation, "14");
+  EXPECT_EQ(r.steps[3].observation, "2.5");
+  EXPECT_EQ(r.steps[4].observation.rfind("Error: ", 0), 0u) << r.steps[4].observation;
+  EXPECT_EQ(r.answer, "Quenby");
 }
 
 // ---- the commands ---------------------------------------------------------------------------

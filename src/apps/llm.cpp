@@ -46,6 +46,7 @@ std::vector<std::vector<Completion>> LocalLlm::complete(const std::vector<std::s
 #include <httplib.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <chrono>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -176,8 +177,12 @@ std::vector<std::vector<Completion>> EndpointLlm::complete(const std::vector<std
 }
 
 std::unique_ptr<Llm> open_llm(const std::string& spec, const LoadOptions& options, const EndpointOptions& endpoint) {
-  if (spec.rfind("http://", 0) == 0 || spec.rfind("https://", 0) == 0)
-    return std::make_unique<EndpointLlm>(spec, endpoint);
+  if (spec.rfind("http://", 0) == 0 || spec.rfind("https://", 0) == 0) {
+    EndpointOptions o = endpoint;
+    if (o.api_key.empty())  // the ecosystem's habit: the key in the environment
+      if (const char* key = std::getenv("OPENAI_API_KEY")) o.api_key = key;
+    return std::make_unique<EndpointLlm>(spec, o);
+  }
   return std::make_unique<LocalLlm>(spec, options);
 }
 

@@ -79,7 +79,8 @@ class EndpointLlm : public Llm {
   std::unique_ptr<Impl> impl_;
 };
 
-// "http://..." or "https://..." -> EndpointLlm; anything else -> LocalLlm on that path.
+// "http://..." or "https://..." -> EndpointLlm (its API key, when `endpoint` gives none, from
+// $OPENAI_API_KEY); anything else -> LocalLlm on that path.
 std::unique_ptr<Llm> open_llm(const std::string& spec, const LoadOptions& options = {},
                               const EndpointOptions& endpoint = {});
 

@@ -83,6 +83,8 @@ std::vector<RagDoc> read_docs(const fs::path& path) {
     }
   }
   check(!docs.empty(), path.string() + ": no documents (a folder of .txt/.md files or JSONL with id and text)");
+  check(std::any_of(docs.begin(), docs.end(), [](const RagDoc& d) { return !trim(d.text).empty(); }),
+        path.string() + ": the documents hold no text");
   std::set<std::string> seen;
   for (const auto& d : docs) check(seen.insert(d.id).second, path.string() + ": document id '" + d.id + "' twice");
   return docs;

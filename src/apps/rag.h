@@ -28,7 +28,8 @@ struct RagDoc {
 };
 
 // A folder of .txt/.md files (recursively, in path order) or JSONL with `id`, `text` and an
-// optional `title`. Text is made valid UTF-8 (valid_utf8). Error when there is no document.
+// optional `title`. Text is made valid UTF-8 (valid_utf8). Error when there is no document, or
+// none holds text.
 std::vector<RagDoc> read_docs(const std::filesystem::path& path);
 
 // Cuts `text` into pieces of at most `chunk_chars` characters (code points), each starting
@@ -67,6 +68,7 @@ struct IndexStats {
   int64_t docs = 0, unchanged = 0, chunks = 0;
 };
 
+// One connection to the file; not for concurrent use (a server holds a mutex around it).
 class RagIndex {
  public:
   // Opens an index; `create`: makes it when missing. Error when the file is not an index of

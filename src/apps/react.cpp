@@ -4,6 +4,7 @@
 #include <cctype>
 
 #include "core/error.h"
+#include "sandbox/lua_sandbox.h"
 
 namespace rlhf {
 
@@ -168,10 +169,6 @@ nlohmann::json react_step_json(const nlohmann::json& question_id, const ReactSte
           {"action", s.action},         {"argument", s.argument}, {"observation", s.observation}};
 }
 
-}  // namespace rlhf
-
-namespace rlhf {
-
 ReactTools react_tools(RagIndex& index) {
   ReactTools t;
   t.search = [&index](const std::string& query) -> std::optional<RagHit> {
@@ -179,7 +176,10 @@ ReactTools react_tools(RagIndex& index) {
     if (hits.empty()) return std::nullopt;
     return hits[0];
   };
-  t.calculate = [](const std::string&) -> std::string { return "Error: no calculator yet"; };  // TODO: sandbox (branch reason)
+  t.calculate = [](const std::string& expression) {
+    const auto r = calculate(expression);
+    return r.ok ? r.value : "Error: " + r.error;
+  };
   return t;
 }
 

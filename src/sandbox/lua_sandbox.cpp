@@ -224,7 +224,8 @@ SandboxResult run_lua(const std::string& code, const SandboxLimits& limits) {
   s.limits = limits;
   s.code = &code;
   s.step = static_cast<int>(std::clamp<int64_t>(limits.max_instructions, 1, 100));
-  s.deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(limits.max_seconds));
+  const double seconds = std::clamp(limits.max_seconds, 0.0, 1e9);  // a huge limit must not overflow the clock
+  s.deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
   s.output.reserve(limits.max_output);
   const std::string memory_error = "memory limit exceeded (" + std::to_string(limits.max_memory) + " bytes)";
 

@@ -125,6 +125,7 @@ struct Collector {
 // What the parsed request asks for, shared by both endpoints.
 struct Job {
   bool chat = false, stream = false, include_usage = false;
+  std::vector<RagHit> retrieved;  // --rag: the chunks the prompt was built from
   int n = 1;
   int top_logprobs = -1;       // -1: no logprobs
   int64_t prompt_tokens = 0;
@@ -143,6 +144,8 @@ struct OpenAiServer::Impl {
   std::unique_ptr<GuardedHttpServer> http;
   std::thread thread;
   std::atomic<bool> stopping{false};
+  std::unique_ptr<RagIndex> rag;
+  std::mutex rag_mu;  // one SQLite connection: one search at a time
 
   Impl(LoadedModel& m, const std::string& model_path, const ServeOptions& o) : lm(m), opt(o) {
     check(lm.tokenizer != nullptr, model_path + ": no tokenizer found with the model; pass --tokenizer");
@@ -163,7 +166,18 @@ struct OpenAiServer::Impl {
     model_name = opt.model_name.empty() ? std::filesystem::path(model_path).filename().string() : opt.model_name;
     context = lm.config.max_position_embeddings;
     if (opt.max_tokens_limit <= 0) opt.max_tokens_limit = context;
+    if (!opt.rag_index.empty()) {
+      check(std::filesystem::exists(opt.rag_index), opt.rag_index + ": no such RAG index (make one with rlhf rag index)");
+      check(opt.rag.k >= 1, "rag k must be >= 1");
+      rag = std::make_unique<RagIndex>(opt.rag_index);
+    }
     engine = std::make_unique<Engine>(lm.model, *lm.tokenizer, opt.engine);
+  }
+
+  json retrieved_json(const std::vector<RagHit>& hits) const {
+    json out = json::array();
+    for (const auto& h : hits) out.push_back({{"id", h.id}, {"doc", h.doc}, {"score", h.score}, {"text", valid_utf8(h.text)}});
+    return out;
   }
 
   const Tokenizer& tok() const { return *lm.tokenizer; }
@@ -228,7 +242,7 @@ struct OpenAiServer::Impl {
     return out;
   }
 
-  std::vector<int32_t> chat_prompt(const json& body) const {
+  std::vector<int32_t> chat_prompt(const json& body, Job& job) {
     if (!body.contains("messages") || !body["messages"].is_array() || body["messages"].empty())
       throw bad("messages", "'messages' must be a non-empty list");
     std::vector<ChatMessage> messages;
@@ -252,6 +266,17 @@ struct OpenAiServer::Impl {
         throw bad("messages", "'content' must be a string or a list of text parts");
       }
       messages.push_back({role == "developer" ? "system" : role, content});
+    }
+    if (rag) {
+      auto last = std::find_if(messages.rbegin(), messages.rend(), [](const ChatMessage& m) { return m.role == "user"; });
+      if (last == messages.rend()) throw bad("messages", "with --rag, a chat needs a user message (the question)");
+      RagPrompt rp;
+      {
+        std::lock_guard lock(rag_mu);
+        rp = rag_prompt(*rag, last->content, opt.rag);
+      }
+      last->content = rp.prompt;
+      job.retrieved = std::move(rp.retrieved);
     }
     std::string text;
     try {
@@ -443,6 +468,7 @@ struct OpenAiServer::Impl {
       json choice = {{"index", i}, {"finish_reason", ch.finish}};
       if (job.chat) {
         choice["message"] = {{"role", "assistant"}, {"content", valid_utf8(ch.text)}};
+        if (rag) choice["citations"] = parse_rag_answer(ch.text, job.retrieved).citations;
         choice["logprobs"] = job.top_logprobs >= 0 ? json{{"content", ch.logprobs}} : json(nullptr);
       } else {
         choice["text"] = valid_utf8(ch.text);
@@ -458,6 +484,7 @@ struct OpenAiServer::Impl {
                 {"model", model_name},
                 {"choices", out_choices},
                 {"usage", usage(job, completion)}};
+    if (rag) out["retrieved"] = retrieved_json(job.retrieved);
     res.set_content(dump_json(out), "application/json");
   }
 
@@ -492,7 +519,9 @@ struct OpenAiServer::Impl {
             }
             const bool first = !(*started)[ev.index];
             (*started)[ev.index] = true;
-            if (!send(chunk(job, id, created, ev, first))) return false;
+            json j = chunk(job, id, created, ev, first);
+            if (rag && first && ev.index == 0) j["retrieved"] = retrieved_json(job.retrieved);
+            if (!send(j)) return false;
             *completion += ev.completion_tokens;
           }
           if (finished) {
@@ -520,7 +549,7 @@ struct OpenAiServer::Impl {
       const json body = parse_body(req);
       Job job;
       job.chat = chat;
-      const auto prompts = chat ? std::vector<std::vector<int32_t>>{chat_prompt(body)} : completion_prompts(body);
+      const auto prompts = chat ? std::vector<std::vector<int32_t>>{chat_prompt(body, job)} : completion_prompts(body);
       auto col = submit(body, prompts, job);
       if (job.stream) {
         reply_stream(col, job, res);

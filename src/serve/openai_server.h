@@ -9,7 +9,8 @@
 // Streams are server-sent events ("data: {chunk}\n\n" ... "data: [DONE]\n\n"). Errors are
 // OpenAI's shape, {"error": {"message", "type", "param", "code"}}: 400 for a bad request, 401
 // without the API key, 404 for an unknown route, 413 for a body over the limit, 429 when the
-// queue is full. Loopback only unless --host says otherwise.
+// queue is full. Loopback only unless --host says otherwise. With a RAG index (--rag), chats are
+// answered from retrieved chunks (apps/rag.h).
 #pragma once
 #include <atomic>
 #include <cstdint>
@@ -17,6 +18,7 @@
 #include <memory>
 #include <string>
 
+#include "apps/rag.h"
 #include "model/model.h"
 #include "serve/engine.h"
 
@@ -32,6 +34,11 @@ struct ServeOptions {
   int max_n = 16;                    // choices per request at most (also capped by the engine's max_rows)
   size_t max_body = 1 << 20;         // request body bytes (413 past this)
   EngineOptions engine;
+  // Retrieval for chat: with an index, the last user message is the question; the k chunks
+  // retrieved for it and the question fill `rag.prompt_template`, which replaces the message.
+  // Replies carry "retrieved" (id, doc, score, text) and, when whole, each choice's "citations".
+  std::string rag_index;
+  RagOptions rag;
 };
 
 class OpenAiServer {

@@ -308,11 +308,54 @@ def test_model_chat_template(tmp):
         proc.wait(30)
 
 
+def test_rag(tmp):
+    """`--rag INDEX`: a chat's last user message is answered from the chunks retrieved for it."""
+    docs = os.path.join(tmp, "docs.jsonl")
+    with open(docs, "w") as f:
+        for i, text in enumerate(["Velmora is a town by the sea. Its mayor is Tarin Oskell.",
+                                  "Quenby grows apples. The mayor of Quenby is Lisa Marr.",
+                                  "Tom liked to run in the park with his dog."]):
+            f.write(json.dumps({"id": f"doc{i}", "text": text}) + "\n")
+    index = os.path.join(tmp, "index.sqlite")
+    subprocess.run([RLHF, "rag", "index", "--docs", docs, "--index", index], check=True, capture_output=True)
+    srv = Server("--rag", index, "--rag-k", "2")
+    plain = Server()
+    try:
+        msgs = [{"role": "user", "content": "Who is the mayor of Quenby?"}]
+        r = srv.client().chat.completions.create(model="m", messages=msgs, max_tokens=8, temperature=0)
+        extra = r.model_extra
+        assert [h["id"] for h in extra["retrieved"]][0] == "doc1#0", extra["retrieved"]
+        assert len(extra["retrieved"]) == 2 and "Lisa Marr" in extra["retrieved"][0]["text"]
+        assert isinstance(r.choices[0].model_extra["citations"], list)
+        # The chunks are in the prompt: it is longer than the bare question's.
+        bare = plain.client().chat.completions.create(model="m", messages=msgs, max_tokens=8, temperature=0)
+        assert r.usage.prompt_tokens > bare.usage.prompt_tokens + 20
+        first = next(iter(srv.client().chat.completions.create(model="m", messages=msgs, max_tokens=4, stream=True)))
+        assert first.model_extra["retrieved"][0]["id"] == "doc1#0"
+    finally:
+        srv.stop()
+        plain.stop()
+    # The app commands take an endpoint as --model, its key from OPENAI_API_KEY.
+    keyed = Server("--api-key", "sesame")
+    try:
+        ask = [RLHF, "rag", "ask", "--index", index, "--model", f"http://127.0.0.1:{keyed.port}", "--max-tokens", "8",
+               "Who is the mayor of Quenby?"]
+        r = subprocess.run(ask, capture_output=True, text=True, env={**os.environ, "OPENAI_API_KEY": "sesame"})
+        assert r.returncode == 0 and r.stdout.strip(), (r.stdout, r.stderr)
+        env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+        r = subprocess.run(ask, capture_output=True, text=True, env=env)
+        assert r.returncode == 1 and "401" in r.stderr, r.stderr
+    finally:
+        keyed.stop()
+
+
 def test_bad_command_lines():
     r = subprocess.run([RLHF, "serve", "--model", "/nonexistent.gguf"], capture_output=True, text=True)
     assert r.returncode == 1 and "nonexistent" in r.stderr
     r = subprocess.run([RLHF, "serve", "--model", MODEL, "--chat-template", "jinja-of-my-own"], capture_output=True, text=True)
     assert r.returncode == 1 and "unknown chat template" in r.stderr
+    r = subprocess.run([RLHF, "serve", "--model", MODEL, "--rag", "/nonexistent.sqlite"], capture_output=True, text=True)
+    assert r.returncode == 1 and "no such RAG index" in r.stderr
 
 
 if __name__ == "__main__":
@@ -329,5 +372,7 @@ if __name__ == "__main__":
     test_api_key_and_queue_limit()
     with tempfile.TemporaryDirectory() as tmp:
         test_model_chat_template(tmp)
+    with tempfile.TemporaryDirectory() as tmp:
+        test_rag(tmp)
     test_bad_command_lines()
     print("ok")

@@ -4,6 +4,7 @@
 
 #include "commands.h"
 #include "core/error.h"
+#include "core/io.h"
 #include "model/model.h"
 #include "serve/openai_server.h"
 
@@ -18,6 +19,7 @@ void add_serve(CLI::App& app) {
     ServeOptions opt;
     std::string model, tokenizer, device = "cpu", dtype = "float32";
     double max_body_mb = 1;
+    std::string rag_template;
   };
   auto a = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("serve", "OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions, /v1/models) "
@@ -39,10 +41,17 @@ void add_serve(CLI::App& app) {
   cmd->add_option("--max-n", a->opt.max_n, "Choices per request at most")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--max-body-mb", a->max_body_mb, "Request body size limit, MiB (413 past this)")->capture_default_str()
       ->check(CLI::PositiveNumber);
+  cmd->add_option("--rag", a->opt.rag_index, "RAG index (rlhf rag index): answer chats from the chunks retrieved for "
+                                             "the last user message");
+  cmd->add_option("--rag-k", a->opt.rag.k, "Chunks retrieved per question")->capture_default_str();
+  cmd->add_flag("--rag-dense", a->opt.rag.dense, "Re-rank with the index's embeddings (an index built with --embed-model)");
+  cmd->add_option("--rag-template", a->rag_template, "Prompt template file with {context} and {question} "
+                                                     "(default: a one-shot template for instruction-following models)");
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
   cmd->add_option("--dtype", a->dtype, "float32 or bfloat16")->capture_default_str();
   cmd->callback([a] {
     a->opt.max_body = static_cast<size_t>(a->max_body_mb * (1 << 20));
+    if (!a->rag_template.empty()) a->opt.rag.prompt_template = read_file(a->rag_template);
     auto lm = load_model(a->model, {a->device, a->dtype, a->tokenizer});
     std::signal(SIGINT, [](int) { g_serve_stop = true; });
     std::signal(SIGTERM, [](int) { g_serve_stop = true; });

@@ -7,5 +7,7 @@ namespace rlhf::cli {
 void add_serve(CLI::App& app);  // cmd_serve.cpp
 void add_rag(CLI::App& app);    // cmd_rag.cpp: rlhf rag index|search|ask
 void add_react(CLI::App& app);  // cmd_rag.cpp: rlhf react
+// rlhf cot, rlhf pal, rlhf sandbox run (cmd_reason.cpp)
+void add_reason_commands(CLI::App& app);
 
 }  // namespace rlhf::cli

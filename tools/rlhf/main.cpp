@@ -408,6 +408,7 @@ int main(int argc, char** argv) {
   add_report(app);
   cli::add_serve(app);
   add_label(app);
+  cli::add_reason_commands(app);
   add_trainer<PpoConfig>(app, "ppo", "PPO against a reward model with a KL penalty to the frozen starting policy",
                          [](PpoConfig c, bool resume) { return train_ppo(c, resume); });
   cli::add_rag(app);
