@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "core/utf8.h"
 #include "generate/generator.h"
+#include "kernels/cpu_kernels.h"
 
 namespace rlhf {
 
@@ -102,6 +103,9 @@ EngineStats Engine::stats() const {
 
 void Engine::run() {
   c10::InferenceMode inference;  // per thread: this one runs every forward
+  // Denormal flushing is per thread (MXCSR), and this thread has its own OpenMP team: set it
+  // here as the CLI's main() does for its own.
+  flush_denormals_on_cpu_threads();
   for (;;) {
     std::vector<std::shared_ptr<EngineRequest>> joining;
     {

@@ -343,7 +343,9 @@ struct OpenAiServer::Impl {
       r->top_logprobs = job.top_logprobs;
       const int base = static_cast<int>(i) * job.n;
       std::weak_ptr<Collector> weak = col;
-      r->on_event = [weak, base](const ChoiceEvent& ev) {
+      // A whole reply's thread is woken once, when the last choice ends: a wake-up per token
+      // would take a core from the decoding threads every step.
+      r->on_event = [weak, base, stream = job.stream](const ChoiceEvent& ev) {
         auto c = weak.lock();
         if (!c) return;
         ChoiceEvent e = ev;
@@ -351,7 +353,7 @@ struct OpenAiServer::Impl {
         std::lock_guard lock(c->mu);
         if (!e.finish_reason.empty()) --c->open;
         c->events.push_back(std::move(e));
-        c->cv.notify_all();
+        if (stream || c->open == 0) c->cv.notify_all();
       };
       job.prompt_tokens += prompts[i].size();
       col->requests.push_back(r);
