@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>  // at::parallel_for
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <set>
 
@@ -60,10 +61,15 @@ size_t stable_prefix(const std::string& text, const std::vector<std::string>& st
   return keep;
 }
 
-Engine::Engine(Transformer model, const Tokenizer& tok, const EngineOptions& options)
+Engine::Engine(Transformer model, const Tokenizer& tok, const EngineOptions& options, bool own_thread)
     : model_(std::move(model)), tok_(tok), opt_(options) {
   check(opt_.max_rows >= 1, "engine: max_rows must be >= 1");
-  thread_ = std::thread([this] { run(); });
+  if (own_thread) thread_ = std::thread([this] { run({}); });
+}
+
+void Engine::run_here(const std::function<bool()>& should_stop) {
+  check(!thread_.joinable(), "engine: run_here() on an engine that has its own thread");
+  run(should_stop);
 }
 
 Engine::~Engine() {
@@ -101,7 +107,7 @@ EngineStats Engine::stats() const {
   return stats_;
 }
 
-void Engine::run() {
+void Engine::run(const std::function<bool()>& should_stop) {
   c10::InferenceMode inference;  // per thread: this one runs every forward
   // Denormal flushing is per thread (MXCSR), and this thread has its own OpenMP team: set it
   // here as the CLI's main() does for its own.
@@ -110,7 +116,13 @@ void Engine::run() {
     std::vector<std::shared_ptr<EngineRequest>> joining;
     {
       std::unique_lock lock(mu_);
-      cv_.wait(lock, [&] { return stopping_ || !queue_.empty() || !rows_.empty(); });
+      auto ready = [&] { return stopping_ || !queue_.empty() || !rows_.empty(); };
+      if (should_stop) {
+        while (!ready() && !should_stop()) cv_.wait_for(lock, std::chrono::milliseconds(50));
+        if (should_stop()) return;
+      } else {
+        cv_.wait(lock, ready);
+      }
       if (stopping_) return;
       int64_t used = rows_.size();
       while (!queue_.empty() && used + queue_.front()->n <= opt_.max_rows) {

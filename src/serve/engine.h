@@ -76,9 +76,16 @@ struct EngineStats {
 
 class Engine {
  public:
-  // The model must stay alive and unused by others while the engine runs.
-  Engine(Transformer model, const Tokenizer& tok, const EngineOptions& options = {});
+  // The model must stay alive and unused by others while the engine runs. With `own_thread`
+  // the engine decodes on a thread of its own; without, on the thread that calls run_here().
+  Engine(Transformer model, const Tokenizer& tok, const EngineOptions& options = {}, bool own_thread = true);
   ~Engine();  // finishes nothing: pending requests are dropped, the thread joined
+
+  // Decodes on the calling thread until `should_stop` returns true (polled while idle and
+  // after every step). For an engine made without its own thread: a process's main thread
+  // already has an OpenMP team, and a second team on another thread made each decode step
+  // about twice as slow on 2 cores (its workers sleep between parallel regions).
+  void run_here(const std::function<bool()>& should_stop);
 
   // Queues a request (prompt not empty, ids in the vocabulary, 1 <= n <= max_rows,
   // max_tokens >= 1; Error otherwise). False when the queue is full.
@@ -89,7 +96,7 @@ class Engine {
 
  private:
   struct Row;
-  void run();
+  void run(const std::function<bool()>& should_stop);
   void admit(const std::shared_ptr<EngineRequest>& request);
   void step();
   // Moves every row's columns by `shift` (right > 0, left < 0: cutting columns no row reads)

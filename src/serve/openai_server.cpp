@@ -147,7 +147,7 @@ struct OpenAiServer::Impl {
   std::unique_ptr<RagIndex> rag;
   std::mutex rag_mu;  // one SQLite connection: one search at a time
 
-  Impl(LoadedModel& m, const std::string& model_path, const ServeOptions& o) : lm(m), opt(o) {
+  Impl(LoadedModel& m, const std::string& model_path, const ServeOptions& o, bool engine_thread) : lm(m), opt(o) {
     check(lm.tokenizer != nullptr, model_path + ": no tokenizer found with the model; pass --tokenizer");
     check(opt.max_n >= 1, "max_n must be >= 1");
     template_name = opt.chat_template;
@@ -171,7 +171,7 @@ struct OpenAiServer::Impl {
       check(opt.rag.k >= 1, "rag k must be >= 1");
       rag = std::make_unique<RagIndex>(opt.rag_index);
     }
-    engine = std::make_unique<Engine>(lm.model, *lm.tokenizer, opt.engine);
+    engine = std::make_unique<Engine>(lm.model, *lm.tokenizer, opt.engine, engine_thread);
   }
 
   json retrieved_json(const std::vector<RagHit>& hits) const {
@@ -613,8 +613,9 @@ struct OpenAiServer::Impl {
   }
 };
 
-OpenAiServer::OpenAiServer(LoadedModel& model, const std::string& model_path, const ServeOptions& options)
-    : impl_(std::make_unique<Impl>(model, model_path, options)) {
+OpenAiServer::OpenAiServer(LoadedModel& model, const std::string& model_path, const ServeOptions& options,
+                           bool engine_thread)
+    : impl_(std::make_unique<Impl>(model, model_path, options, engine_thread)) {
   impl_->routes();
 }
 
@@ -641,13 +642,15 @@ void OpenAiServer::stop() {
   impl_->http->close();
 }
 
+void OpenAiServer::run_engine(const std::function<bool()>& should_stop) { impl_->engine->run_here(should_stop); }
+
 void serve_openai(LoadedModel& model, const std::string& model_path, const ServeOptions& options,
                   const std::function<bool()>& should_stop) {
-  OpenAiServer server(model, model_path, options);
+  OpenAiServer server(model, model_path, options, /*engine_thread=*/false);
   const int port = server.start();
   std::cerr << "serving " << model_path << " (chat template " << server.chat_template() << ") on http://"
             << options.host << ":" << port << "/v1" << std::endl;
-  while (!should_stop()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  server.run_engine(should_stop);  // this thread's OpenMP team decodes (serve/engine.h)
   server.stop();
 }
 

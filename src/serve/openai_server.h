@@ -45,10 +45,14 @@ class OpenAiServer {
  public:
   // `model_path` is what the model was loaded from: the chat template its files carry
   // (formats/model_metadata.h) is used when no template is given and it is one we render.
-  OpenAiServer(LoadedModel& model, const std::string& model_path, const ServeOptions& options);
+  // `engine_thread` false: the engine decodes only inside run_engine(), on the caller's thread.
+  OpenAiServer(LoadedModel& model, const std::string& model_path, const ServeOptions& options,
+               bool engine_thread = true);
   ~OpenAiServer();
   int start();  // binds and serves on a thread; returns the port (Error when it cannot bind)
   void stop();  // stops accepting, ends open streams, joins
+  // Decodes on this thread until `should_stop` returns true (an engine made without a thread).
+  void run_engine(const std::function<bool()>& should_stop);
   const std::string& chat_template() const;
 
  private:
