@@ -81,14 +81,15 @@ struct EndpointLlm::Impl {
   }
 
   // One HTTP exchange with retries on connection errors, 429 and 5xx. Returns the JSON body.
-  nlohmann::json call(const std::string& base, const std::string& method, const std::string& path,
-                      const nlohmann::json* body) {
+  // GET without a body, POST with one.
+  nlohmann::json call(const std::string& base, const std::string& path, const nlohmann::json* body) {
     std::string last_error;
     for (int attempt = 0; attempt <= opt.retries; ++attempt) {
       if (attempt > 0) std::this_thread::sleep_for(std::chrono::milliseconds(250 << std::min(attempt, 5)));
-      if (opt.max_requests > 0 && requests.fetch_add(1) >= opt.max_requests)
+      if (requests.fetch_add(1) >= opt.max_requests && opt.max_requests > 0) {
+        requests.fetch_sub(1);  // not made
         throw Error(base + ": the request budget (" + std::to_string(opt.max_requests) + ") is spent");
-      if (opt.max_requests <= 0) requests.fetch_add(1);
+      }
       auto c = client(base);
       auto res = body ? c.Post(path, body->dump(), "application/json") : c.Get(path);
       if (!res) {
@@ -110,7 +111,7 @@ struct EndpointLlm::Impl {
   std::string model_name(const std::string& base) {
     std::lock_guard lock(model_mu);
     if (model.empty()) {
-      auto j = call(base, "GET", "/v1/models", nullptr);
+      auto j = call(base, "/v1/models", nullptr);
       check(j.contains("data") && j["data"].is_array() && !j["data"].empty(),
             base + "/v1/models: no model listed; pass the model name");
       model = j["data"][0].value("id", "");
@@ -145,7 +146,7 @@ std::vector<std::vector<Completion>> EndpointLlm::complete(const std::vector<std
                               {"temperature", params.temperature}, {"top_p", params.top_p}, {"n", params.n},
                               {"seed", params.seed + i * params.n}};
         if (!params.stop.empty()) req["stop"] = params.stop;
-        auto j = impl_->call(base_, "POST", "/v1/completions", &req);
+        auto j = impl_->call(base_, "/v1/completions", &req);
         check(j.contains("choices") && j["choices"].is_array(), base_ + "/v1/completions: no choices in the reply");
         std::vector<Completion> choices(params.n);
         size_t got = 0;

@@ -386,8 +386,19 @@ struct OpenAiServer::Impl {
     return true;
   }
 
-  bool is_stop_token(const Job& job, int32_t id) const {
-    return std::find(job.stop_ids.begin(), job.stop_ids.end(), id) != job.stop_ids.end();
+  // Whether the event's token gets a logprobs entry: asked for, and a token of the text (a
+  // stop token that ended the choice is not).
+  bool logs_token(const Job& job, const ChoiceEvent& ev) const {
+    if (job.top_logprobs < 0 || ev.token < 0) return false;
+    const bool stop_token = std::find(job.stop_ids.begin(), job.stop_ids.end(), ev.token) != job.stop_ids.end();
+    return !(ev.finish_reason == "stop" && stop_token);
+  }
+
+  // Completions' top_logprobs entry of one token: token text -> logprob.
+  json top_map(const ChoiceEvent& ev) const {
+    json top = json::object();
+    for (const auto& t : ev.top) top[valid_utf8(tok().token_bytes(t.id))] = t.logprob;
+    return top;
   }
 
   json usage(const Job& job, int64_t completion) const {
@@ -398,21 +409,19 @@ struct OpenAiServer::Impl {
   // The chunk of one event (streaming).
   json chunk(const Job& job, const std::string& id, int64_t created, const ChoiceEvent& ev, bool first_of_choice) const {
     json choice = {{"index", ev.index}, {"finish_reason", ev.finish_reason.empty() ? json(nullptr) : json(ev.finish_reason)}};
-    const bool has_token = ev.token >= 0 && !(ev.finish_reason == "stop" && is_stop_token(job, ev.token));
+    const bool logged = logs_token(job, ev);
     if (job.chat) {
       json delta = json::object();
       if (first_of_choice) delta["role"] = "assistant";
       if (!ev.delta.empty() || first_of_choice) delta["content"] = ev.delta;
       choice["delta"] = delta;
-      choice["logprobs"] = job.top_logprobs >= 0 && has_token ? json{{"content", {chat_logprob(ev)}}} : json(nullptr);
+      choice["logprobs"] = logged ? json{{"content", {chat_logprob(ev)}}} : json(nullptr);
     } else {
       choice["text"] = ev.delta;
-      if (job.top_logprobs >= 0 && has_token) {
-        json top = json::object();
-        for (const auto& t : ev.top) top[valid_utf8(tok().token_bytes(t.id))] = t.logprob;
+      if (logged) {
         choice["logprobs"] = {{"tokens", {valid_utf8(tok().token_bytes(ev.token))}},
                               {"token_logprobs", {ev.logprob}},
-                              {"top_logprobs", {top}}};
+                              {"top_logprobs", {top_map(ev)}}};
       } else {
         choice["logprobs"] = nullptr;
       }
@@ -446,16 +455,14 @@ struct OpenAiServer::Impl {
     for (const auto& ev : c.events) {
       Choice& ch = choices[ev.index];
       if (ev.finish_reason == "error") throw ApiError{500, "generation failed: " + ev.delta, "", "server_error"};
-      if (job.top_logprobs >= 0 && ev.token >= 0 && !(ev.finish_reason == "stop" && is_stop_token(job, ev.token))) {
+      if (logs_token(job, ev)) {
         if (job.chat) {
           ch.logprobs.push_back(chat_logprob(ev));
         } else {
-          json top = json::object();
-          for (const auto& t : ev.top) top[valid_utf8(tok().token_bytes(t.id))] = t.logprob;
           ch.offsets.push_back(ch.text.size());
           ch.tokens.push_back(valid_utf8(tok().token_bytes(ev.token)));
           ch.token_logprobs.push_back(ev.logprob);
-          ch.top.push_back(top);
+          ch.top.push_back(top_map(ev));
         }
       }
       ch.text += ev.delta;
