@@ -14,6 +14,7 @@
 #include "core/error.h"
 #include "core/io.h"
 #include "core/utf8.h"
+#include "scripted_llm.h"
 #include "test_util.h"
 
 using namespace rlhf;
@@ -25,34 +26,7 @@ namespace {
 
 std::string stories_gguf() { return (test::data_dir() / "stories260K" / "stories260K.gguf").string(); }
 
-// Replies by script: for the first key found in a prompt, the next of that key's replies.
-class ScriptedLlm : public Llm {
- public:
-  std::vector<std::pair<std::string, std::vector<std::string>>> script;
-  std::vector<std::vector<std::string>> calls;  // the prompts of each complete() call
-  CompletionParams last_params;
-
-  std::vector<std::vector<Completion>> complete(const std::vector<std::string>& prompts,
-                                                const CompletionParams& params) override {
-    calls.push_back(prompts);
-    last_params = params;
-    std::vector<std::vector<Completion>> out;
-    for (const auto& p : prompts) {
-      std::string text = "(no script)";
-      for (auto& [key, replies] : script)
-        if (p.find(key) != std::string::npos) {
-          text = used_[key] < replies.size() ? replies[used_[key]++] : "(script ran out)";
-          break;
-        }
-      out.push_back({{text, "stop", 1}});
-    }
-    return out;
-  }
-  std::string describe() const override { return "scripted"; }
-
- private:
-  std::map<std::string, size_t> used_;
-};
+using test::ScriptedLlm;
 
 std::vector<RagDoc> small_docs() {
   return {{"paris", "", "Paris is the capital of France. The Eiffel Tower stands in Paris and is visited by many."},

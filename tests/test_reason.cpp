@@ -32,6 +32,10 @@ struct ScriptedLlm : Llm {
       for (int j = 0; j < c.n; ++j) out[i].push_back({texts[(i * c.n + j) % texts.size()], "stop", 1});
     return out;
   }
+  std::optional<std::vector<std::vector<double>>> continuation_logprobs(const std::vector<std::string>&,
+                                                                        const std::vector<std::string>&) override {
+    return std::nullopt;
+  }
   std::string describe() const override { return "scripted"; }
 };
 

@@ -39,6 +39,55 @@ std::vector<std::vector<Completion>> LocalLlm::complete(const std::vector<std::s
   return out;
 }
 
+std::optional<std::vector<std::vector<double>>> LocalLlm::continuation_logprobs(
+    const std::vector<std::string>& prompts, const std::vector<std::string>& candidates) {
+  check(!candidates.empty(), "continuation_logprobs: no candidates");
+  const Tokenizer& tok = *lm_.tokenizer;
+  // Rows of prompt + candidate ids; the candidate's tokens are those the whole text encodes
+  // to after the prompt's (what the model would have produced), or the candidate encoded on
+  // its own where the tokenizer merges across the boundary.
+  struct Row { std::vector<int32_t> ids; size_t n_prompt; };
+  std::vector<Row> rows;
+  for (const auto& p : prompts) {
+    const auto ids_p = encode_prompt(tok, p);
+    check(!ids_p.empty(), "a prompt is empty and the tokenizer has no BOS token to start from");
+    for (const auto& c : candidates) {
+      auto ids = encode_prompt(tok, p + c);
+      if (ids.size() <= ids_p.size() || !std::equal(ids_p.begin(), ids_p.end(), ids.begin())) {
+        ids = ids_p;
+        const auto own = tok.encode(c);
+        ids.insert(ids.end(), own.begin(), own.end());
+      }
+      check(ids.size() > ids_p.size(), "continuation_logprobs: the candidate '" + c + "' encodes to no tokens");
+      rows.push_back({std::move(ids), ids_p.size()});
+    }
+  }
+  torch::NoGradGuard no_grad;
+  std::vector<double> lp(rows.size());
+  const auto dev = lm_.model->device();
+  for (size_t begin = 0; begin < rows.size(); begin += static_cast<size_t>(max_batch_)) {
+    const size_t end = std::min(rows.size(), begin + static_cast<size_t>(max_batch_));
+    size_t T = 0;
+    for (size_t r = begin; r < end; ++r) T = std::max(T, rows[r].ids.size());
+    // Right padding: causal attention keeps every real position's logits as without it.
+    auto batch = torch::zeros({static_cast<int64_t>(end - begin), static_cast<int64_t>(T)}, torch::kLong);
+    auto acc = batch.accessor<int64_t, 2>();
+    for (size_t r = begin; r < end; ++r)
+      for (size_t t = 0; t < rows[r].ids.size(); ++t) acc[r - begin][t] = rows[r].ids[t];
+    auto logp = torch::log_softmax(lm_.model->forward(batch.to(dev)).to(torch::kFloat32), -1).to(torch::kCPU);  // (B, T, V)
+    auto la = logp.accessor<float, 3>();
+    for (size_t r = begin; r < end; ++r) {
+      double sum = 0;
+      for (size_t t = rows[r].n_prompt; t < rows[r].ids.size(); ++t) sum += la[r - begin][t - 1][rows[r].ids[t]];
+      lp[r] = sum;
+    }
+  }
+  std::vector<std::vector<double>> out(prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i)
+    out[i].assign(lp.begin() + i * candidates.size(), lp.begin() + (i + 1) * candidates.size());
+  return out;
+}
+
 }  // namespace rlhf
 
 // ---- EndpointLlm ---------------------------------------------------------------------------
@@ -46,6 +95,7 @@ std::vector<std::vector<Completion>> LocalLlm::complete(const std::vector<std::s
 #include <httplib.h>
 
 #include <atomic>
+#include <cmath>
 #include <cstdlib>
 #include <chrono>
 #include <mutex>
@@ -174,6 +224,60 @@ std::vector<std::vector<Completion>> EndpointLlm::complete(const std::vector<std
   for (size_t t = 0; t < n_threads; ++t) threads.emplace_back(worker);
   for (auto& t : threads) t.join();
   if (!first_error.empty()) throw Error(first_error);
+  return out;
+}
+
+std::optional<std::vector<std::vector<double>>> EndpointLlm::continuation_logprobs(
+    const std::vector<std::string>& prompts, const std::vector<std::string>& candidates) {
+  check(!candidates.empty(), "continuation_logprobs: no candidates");
+  const std::string model = impl_->model_name(base_);
+  const std::string url = base_ + "/v1/completions";
+  std::vector<std::vector<double>> out(prompts.size(), std::vector<double>(candidates.size(), -INFINITY));
+  std::atomic<bool> no_logprobs{false};
+  std::atomic<size_t> next{0};
+  std::mutex err_mu;
+  std::string first_error;
+  auto strip = [](const std::string& s) {
+    size_t b = s.find_first_not_of(" \t\n\r"), e = s.find_last_not_of(" \t\n\r");
+    return b == std::string::npos ? std::string() : s.substr(b, e - b + 1);
+  };
+  auto worker = [&] {
+    for (size_t i; (i = next.fetch_add(1)) < prompts.size();) {
+      try {
+        nlohmann::json req = {{"model", model}, {"prompt", prompts[i]}, {"max_tokens", 1}, {"temperature", 0},
+                              {"logprobs", impl_->opt.top_logprobs}};
+        auto j = impl_->call(base_, "/v1/completions", &req);
+        check(j.contains("choices") && j["choices"].is_array() && !j["choices"].empty() && j["choices"][0].is_object(),
+              url + ": no choices in the reply");
+        const auto& lp = j["choices"][0].contains("logprobs") ? j["choices"][0]["logprobs"] : nlohmann::json();
+        // No log-probabilities at all (some servers ignore the field): the caller falls back.
+        if (!lp.is_object() || !lp.contains("top_logprobs") || !lp["top_logprobs"].is_array() ||
+            lp["top_logprobs"].empty() || !lp["top_logprobs"][0].is_object()) {
+          no_logprobs = true;
+          continue;
+        }
+        for (const auto& [token, value] : lp["top_logprobs"][0].items()) {
+          check(value.is_number(), url + ": a top_logprobs value is not a number");
+          const std::string t = strip(token);
+          for (size_t c = 0; c < candidates.size(); ++c)
+            if (!t.empty() && t == strip(candidates[c])) {
+              const double a = out[i][c], b = value.get<double>(), m = std::max(a, b);
+              out[i][c] = m + std::log(std::exp(a - m) + std::exp(b - m));  // log(e^a + e^b)
+            }
+        }
+      } catch (const std::exception& e) {
+        std::lock_guard lock(err_mu);
+        if (first_error.empty()) first_error = e.what();
+        next = prompts.size();
+      }
+    }
+  };
+  std::vector<std::thread> threads;
+  const size_t n_threads = std::min<size_t>(impl_->opt.concurrency, prompts.size());
+  for (size_t t = 0; t < n_threads; ++t) threads.emplace_back(worker);
+  for (auto& t : threads) t.join();
+  if (!first_error.empty()) throw Error(first_error);
+  if (no_logprobs) return std::nullopt;
   return out;
 }
 

@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,12 @@ class Llm {
   // n completions for each prompt, decoded together where the backend can.
   virtual std::vector<std::vector<Completion>> complete(const std::vector<std::string>& prompts,
                                                         const CompletionParams& params) = 0;
+  // log P(candidate | prompt) for each candidate continuation of each prompt ([prompt][candidate]),
+  // summed over the candidate's tokens; -infinity where an endpoint's top log-probabilities
+  // do not list it. std::nullopt when the backend gives no log-probabilities at all (the caller
+  // falls back to sampling). AI feedback reads option letters ("A", "B") this way.
+  virtual std::optional<std::vector<std::vector<double>>> continuation_logprobs(
+      const std::vector<std::string>& prompts, const std::vector<std::string>& candidates) = 0;
   virtual std::string describe() const = 0;  // for logs and outputs: the path or URL
 };
 
@@ -43,6 +50,9 @@ class LocalLlm : public Llm {
   LocalLlm(const std::string& path, const LoadOptions& options = {}, int64_t max_batch = 64);
   std::vector<std::vector<Completion>> complete(const std::vector<std::string>& prompts,
                                                 const CompletionParams& params) override;
+  // Exact: each candidate teacher-forced after the prompt.
+  std::optional<std::vector<std::vector<double>>> continuation_logprobs(
+      const std::vector<std::string>& prompts, const std::vector<std::string>& candidates) override;
   std::string describe() const override { return path_; }
   LoadedModel& loaded() { return lm_; }  // the network and tokenizer (dense retrieval uses them)
 
@@ -59,6 +69,7 @@ struct EndpointOptions {
   int retries = 2;                     // on connection errors, 429 and 5xx, with backoff
   int64_t max_requests = 0;            // the budget of HTTP requests over the client's life; 0 = no limit
   int concurrency = 8;                 // requests in flight at once
+  int top_logprobs = 20;               // alternatives asked for when reading log-probabilities (OpenAI allows 20)
 };
 
 // An OpenAI-compatible endpoint: POST {base}/v1/completions, one request per prompt (n per
@@ -70,6 +81,11 @@ class EndpointLlm : public Llm {
   ~EndpointLlm() override;
   std::vector<std::vector<Completion>> complete(const std::vector<std::string>& prompts,
                                                 const CompletionParams& params) override;
+  // One 1-token request per prompt with `top_logprobs`; a candidate's log-probability is that
+  // of the first token whose text, without surrounding spaces, equals the candidate's (summed
+  // over such tokens, e.g. "A" and " A"), so candidates should be single tokens (letters).
+  std::optional<std::vector<std::vector<double>>> continuation_logprobs(
+      const std::vector<std::string>& prompts, const std::vector<std::string>& candidates) override;
   std::string describe() const override { return base_; }
   int64_t requests_made() const;
 
