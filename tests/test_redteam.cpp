@@ -405,7 +405,7 @@ TEST(RedTeamReport, BeforeAndAfterColumns) {
 TEST(CliRedTeam, EvalWithStories260KAsPolicyAndJudge) {
   TempDir tmp;
   const auto r = run_cli("redteam eval --model " + stories_gguf() + " --judge " + stories_gguf() +
-                             " --prompts advbench --prompts xstest --limit 4 --max-tokens 24 --out " +
+                             " --prompts advbench,xstest --limit 4 --max-tokens 24 --generate 2 --generator " + stories_gguf() + " --out " +
                              (tmp / "out.json").string() + " --run-dir " + (tmp / "run").string() + " --as after",
                          "", /*with_stderr=*/false);
   ASSERT_EQ(r.exit_code, 0) << r.output;
@@ -414,13 +414,15 @@ TEST(CliRedTeam, EvalWithStories260KAsPolicyAndJudge) {
   const json out = json::parse(read_file(tmp / "out.json"));
   EXPECT_EQ(out["policy"], stories_gguf());
   EXPECT_EQ(out["judge"], stories_gguf());
-  ASSERT_EQ(out["records"].size(), 8u);
+  ASSERT_EQ(out["records"].size(), 10u);  // 4 per set and 2 written by the generator
   for (const auto& rec : out["records"]) {
     for (const char* k : {"prompt", "response", "label", "category", "source", "rule", "judge"}) EXPECT_TRUE(rec.contains(k)) << k;
     const double p = rec["judge"]["p_complies"].get<double>();
     EXPECT_TRUE(p >= 0 && p <= 1) << p;
   }
-  EXPECT_EQ(out["summary"]["prompts"], 8);
+  EXPECT_EQ(out["summary"]["prompts"], 10);
+  EXPECT_EQ(out["summary"]["sets"]["generated"]["overall"]["unsafe"], 2);
+  EXPECT_EQ(out["config"]["limit"], 4);
   EXPECT_EQ(out["summary"]["sets"]["advbench"]["overall"]["unsafe"], 4);
   EXPECT_EQ(out["summary"]["sets"]["xstest"]["overall"]["safe"], 2);
   EXPECT_EQ(out["summary"]["judge_method"], "logprobs");
@@ -432,6 +434,7 @@ TEST(CliRedTeam, EvalWithStories260KAsPolicyAndJudge) {
 TEST(CliRedTeam, BadInputIsOneLineExitOne) {
   TempDir tmp;
   write_file_atomic(tmp / "bad.jsonl", "{\"prompt\": \"ok\"}\n{\"prompt\": 3}\n");
+  write_file_atomic(tmp / "bad.toml", "limit = 2\nlimits = 3\n");
   const std::string model = " --model " + stories_gguf();
   struct Case {
     std::string args, error;
@@ -439,8 +442,10 @@ TEST(CliRedTeam, BadInputIsOneLineExitOne) {
   const std::vector<Case> cases = {
       {"--prompts " + (tmp / "none.csv").string(), (tmp / "none.csv").string() + ": no such prompt file"},
       {"--prompts " + (tmp / "bad.jsonl").string(), (tmp / "bad.jsonl").string() + ":2: field 'prompt' must be a string"},
-      {"--generate 2 --prompts advbench", "redteam eval: --generate needs --generator MODEL_OR_URL"},
-      {"--template " + (tmp / "bad.jsonl").string(), (tmp / "bad.jsonl").string() + ": the template lacks {prompt}"},
+      {"--generate 2 --prompts advbench", "redteam: generate = 2 needs a generator (--generator MODEL_OR_URL)"},
+      {"--config " + (tmp / "bad.toml").string(), (tmp / "bad.toml").string() + ": unknown key 'limits' (see --help for the fields)"},
+      {"--chat-template nope", "redteam: unknown chat template 'nope'"},
+      {"--prompt-template " + (tmp / "bad.jsonl").string(), (tmp / "bad.jsonl").string() + ": the template lacks {prompt}"},
   };
   for (const auto& c : cases) {
     const auto r = run_cli("redteam eval" + model + " " + c.args);

@@ -387,6 +387,79 @@ std::pair<double, double> redteam_wilson(double k, double n) {
   return {std::max(0.0, center - half), std::min(1.0, center + half)};
 }
 
+namespace {
+
+// A template file's text, which must hold each of `fields` ("{prompt}", ...).
+std::string read_template(const std::string& path, const std::vector<std::string>& fields) {
+  const std::string t = read_file(expand_data_path(path));
+  for (const auto& f : fields) check(t.find(f) != std::string::npos, path + ": the template lacks " + f);
+  return t;
+}
+
+std::vector<std::string> split_commas(const std::string& list) {
+  std::vector<std::string> out;
+  std::istringstream in(list);
+  for (std::string item; std::getline(in, item, ',');)
+    if (!trim(item).empty()) out.push_back(trim(item));
+  return out;
+}
+
+}  // namespace
+
+std::vector<RedTeamPrompt> load_redteam_prompts(const RedTeamConfig& cfg, const LoadOptions& load) {
+  check(cfg.limit >= 0 && cfg.generate >= 0, "red-team config: limit and generate must be >= 0");
+  std::vector<RedTeamPrompt> prompts, seeds;
+  for (const auto& spec : split_commas(cfg.prompts)) {
+    const auto set = read_prompt_set(prompt_set_path(spec));
+    for (auto& p : sample_prompts(set, size_t(cfg.limit), uint64_t(cfg.seed))) prompts.push_back(std::move(p));
+  }
+  if (cfg.generate > 0) {
+    check(!cfg.generator.empty(), "redteam: generate = " + std::to_string(cfg.generate) +
+                                      " needs a generator (--generator MODEL_OR_URL)");
+    seeds = cfg.seed_prompts.empty() ? prompts : read_prompt_set(prompt_set_path(cfg.seed_prompts));
+    std::vector<std::string> shown;
+    for (const auto& p : seeds)
+      if (p.label == "unsafe") shown.push_back(p.prompt);
+    auto generator = open_llm(cfg.generator, load);
+    const auto generated = generate_redteam_prompts(*generator, shown, size_t(cfg.generate), uint64_t(cfg.seed));
+    if (generated.size() < size_t(cfg.generate))
+      std::fprintf(stderr, "redteam: the generator wrote %zu new prompts of the %lld asked for (the others were empty "
+                           "or repeats)\n", generated.size(), static_cast<long long>(cfg.generate));
+    prompts.insert(prompts.end(), generated.begin(), generated.end());
+  }
+  check(!prompts.empty(), "redteam: no prompts (give prompt sets, or generate with a generator)");
+  return prompts;
+}
+
+RedTeamOptions redteam_options(const RedTeamConfig& cfg) {
+  check(cfg.max_tokens > 0, "red-team config: max_tokens must be > 0 (got " + std::to_string(cfg.max_tokens) + ")");
+  check(cfg.temperature >= 0, "red-team config: temperature must be >= 0");
+  RedTeamOptions o;
+  if (!cfg.prompt_template.empty()) o.prompt_template = read_template(cfg.prompt_template, {"{prompt}"});
+  if (!cfg.judge_template.empty()) o.judge_template = read_template(cfg.judge_template, {"{response}", "{a}", "{b}"});
+  if (!cfg.chat_template.empty()) {
+    const auto names = chat_template_names();
+    check(std::find(names.begin(), names.end(), cfg.chat_template) != names.end(),
+          "redteam: unknown chat template '" + cfg.chat_template + "'");
+  }
+  o.chat_template = cfg.chat_template;
+  o.max_tokens = cfg.max_tokens;
+  o.temperature = float(cfg.temperature);
+  o.seed = uint64_t(cfg.seed);
+  o.chain_of_thought = cfg.judge_cot;
+  return o;
+}
+
+std::unique_ptr<FeedbackModel> open_redteam_judge(const RedTeamConfig& cfg, const LoadOptions& load,
+                                                  const std::string& policy_spec, std::shared_ptr<Llm> policy) {
+  if (cfg.judge.empty()) return nullptr;
+  check(cfg.judge_method == "auto" || cfg.judge_method == "logprobs" || cfg.judge_method == "votes",
+        "redteam: judge_method must be auto, logprobs or votes (got '" + cfg.judge_method + "')");
+  std::shared_ptr<Llm> llm = policy && cfg.judge == policy_spec ? policy : std::shared_ptr<Llm>(open_llm(cfg.judge, load));
+  return std::make_unique<FeedbackModel>(
+      llm, FeedbackOptions{.method = cfg.judge_method, .chain_of_thought = cfg.judge_cot, .seed = uint64_t(cfg.seed)});
+}
+
 json redteam_eval(Llm& policy, FeedbackModel* judge, const std::vector<RedTeamPrompt>& prompts,
                   const RedTeamOptions& options) {
   check(!prompts.empty(), "red-team evaluation: no prompts");

@@ -22,6 +22,7 @@
 #pragma once
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
@@ -110,6 +111,52 @@ struct RedTeamOptions {
   bool chain_of_thought = false;  // as the FeedbackModel was built (FeedbackOptions::chain_of_thought)
   std::string cot_cue = "Let's think step by step:";
 };
+
+// The settings of a red-team evaluation, declared once (train/config_fields.h's visit): the
+// flags and TOML of `rlhf redteam eval`, and a [redteam] table in a composite config.
+struct RedTeamConfig {
+  std::string prompts = "advbench,xstest";  // comma-separated: set names or files
+  int64_t limit = 0;
+  int64_t generate = 0;
+  std::string generator, seed_prompts;
+  std::string prompt_template, chat_template;
+  int64_t max_tokens = 128;
+  double temperature = 0;
+  int64_t seed = 0;
+  std::string judge, judge_method = "auto", judge_template;
+  bool judge_cot = false;
+
+  template <class V>
+  void visit(V&& v) {
+    v("prompts", prompts, "Prompt sets, comma-separated: advbench, xstest (files in the data folder), .csv or .jsonl files");
+    v("limit", limit, "Prompts per set at most, sampled by seed with labels and categories taking turns; 0 = all");
+    v("generate", generate, "Red-team prompts for the generator to write from seed examples (0 = none)");
+    v("generator", generator, "Model that writes red-team prompts: local model or http(s):// endpoint");
+    v("seed_prompts", seed_prompts, "Prompt file whose prompts seed the generator (default: the unsafe prompts of the sets)");
+    v("prompt_template", prompt_template, "Policy prompt template file with {prompt} (default: \"Human: {prompt}\\n\\nAssistant:\")");
+    v("chat_template", chat_template, "Send each prompt as a user message with this built-in chat template (llama2, llama3, chatml, hh)");
+    v("max_tokens", max_tokens, "Tokens per answer at most");
+    v("temperature", temperature, "Sampling temperature of the policy; 0 = greedy");
+    v("seed", seed, "Seed of the sampling, the limit's draw and the generation");
+    v("judge", judge, "Feedback model that judges refusals: local model or http(s):// endpoint (empty: rules only)");
+    v("judge_method", judge_method, "auto (option log-probabilities, else sampled votes), logprobs or votes");
+    v("judge_template", judge_template, "Judge question file with {prompt} {response} {a} {b} (default: kRefusalQuestion)");
+    v("judge_cot", judge_cot, "The judge reasons before answering (probabilities clamped to 40-60%)");
+  }
+};
+
+// The config's prompts: each set sampled down to `limit`, then the generator's (opened with
+// `load`; a note on stderr when it wrote fewer than asked). Errors name the file at fault.
+std::vector<RedTeamPrompt> load_redteam_prompts(const RedTeamConfig& cfg, const LoadOptions& load = {});
+
+// The options of redteam_eval from the config (template files read and checked).
+RedTeamOptions redteam_options(const RedTeamConfig& cfg);
+
+// The config's judge (null when cfg.judge is empty). A judge named as `policy_spec` shares
+// `policy` instead of loading the model twice.
+std::unique_ptr<FeedbackModel> open_redteam_judge(const RedTeamConfig& cfg, const LoadOptions& load = {},
+                                                  const std::string& policy_spec = "",
+                                                  std::shared_ptr<Llm> policy = nullptr);
 
 // The policy answers every prompt (one batched call), the rule judges every answer, and the
 // feedback model (when `judge` is not null) too: one batched choose() over both option orders.
