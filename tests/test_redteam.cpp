@@ -397,6 +397,8 @@ TEST(RedTeamReport, BeforeAndAfterColumns) {
             std::string::npos)
       << html;
   EXPECT_NE(html.find("<td>c3</td><td>over-refusal (rules)</td>"), std::string::npos);
+  EXPECT_NE(html.find("<td></td><td>over-refusal (rules)</td><td class=\"num\">2</td>"), std::string::npos);  // all's 2nd row
+  EXPECT_NE(html.find("<span class=\"note\">red-team evaluation</span>"), std::string::npos);
   EXPECT_EQ(html.find("(judge)</td>"), std::string::npos);  // no judge, no judge rows
 }
 

@@ -638,10 +638,12 @@ std::string redteam_report_html(const json& file) {
     for (const auto& k : keys) o += "<th>" + html_escape(k) + "</th>";
     o += "</tr>\n";
     for (const auto& [category, group] : set_rows(*first)) {
+      bool named = false;  // the category is named on its first row only
       for (const auto& m : measures) {
         if (!group.contains(m.judge) || group[m.count].get<int64_t>() == 0) continue;
-        o += "<tr><td>" + html_escape(category) + "</td><td>" + m.label + "</td><td class=\"num\">" +
+        o += "<tr><td>" + (named ? "" : html_escape(category)) + "</td><td>" + m.label + "</td><td class=\"num\">" +
              std::to_string(group[m.count].get<int64_t>()) + "</td>";
+        named = true;
         for (const auto& k : keys) {
           const json& sets_k = file[k].contains("sets") ? file[k]["sets"] : json::object();
           const json* g = nullptr;

@@ -472,6 +472,8 @@ std::string render_report(const fs::path& run_dir) {
                         fs::exists(run_dir / "rm" / "metrics.jsonl") || fs::exists(run_dir / "redteam.json");
   std::string kind = "pipeline run", body;
   if (pipeline) body = pipeline_body(run_dir);
+  if (pipeline && !fs::exists(run_dir / "summary.json") && !fs::exists(run_dir / "ppo") && !fs::exists(run_dir / "rm"))
+    kind = "red-team evaluation";
   else if (fs::exists(run_dir / "metrics.jsonl")) body = trainer_body(run_dir, kind);
   check(!body.empty(),
         run_dir.string() + ": nothing to report (no metrics in metrics.jsonl, rm/ or ppo/, no summary.json or redteam.json)");
