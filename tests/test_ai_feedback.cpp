@@ -3,6 +3,10 @@
 // and clamp, soft rankings, and soft labels reaching the reward model's loss; then the exact
 // option scoring of a real model in-process.
 #include <gtest/gtest.h>
+#include <httplib.h>
+
+#include <atomic>
+#include <thread>
 
 #include <cmath>
 #include <fstream>
@@ -268,4 +272,122 @@ TEST(AiFeedback, WilsonIntervalMatchesTheFormula) {
   auto [lo0, hi0] = wilson_interval(0, 20);
   EXPECT_EQ(lo0, 0.0);
   EXPECT_NEAR(hi0, 0.1611252, 1e-6);
+}
+
+namespace {
+
+// A local OpenAI-compatible endpoint that misbehaves on purpose: `reply` decides each
+// /v1/completions answer by the request's number (0, 1, ...).
+class MisbehavingEndpoint {
+ public:
+  explicit MisbehavingEndpoint(std::function<void(int, const json&, httplib::Response&)> reply) : reply_(std::move(reply)) {
+    server_.Get("/v1/models", [](const httplib::Request&, httplib::Response& res) {
+      res.set_content(R"({"object": "list", "data": [{"id": "judge"}]})", "application/json");
+    });
+    server_.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
+      reply_(calls++, json::parse(req.body), res);
+    });
+    port_ = server_.bind_to_any_port("127.0.0.1");
+    thread_ = std::thread([this] { server_.listen_after_bind(); });
+    while (!server_.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ~MisbehavingEndpoint() {
+    server_.stop();
+    thread_.join();
+  }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  std::atomic<int> calls{0};
+
+ private:
+  std::function<void(int, const json&, httplib::Response&)> reply_;
+  httplib::Server server_;
+  int port_ = 0;
+  std::thread thread_;
+};
+
+// A completions reply whose first token's top log-probabilities are `top`.
+std::string logprobs_reply(const json& top) {
+  return json{{"choices", {{{"index", 0}, {"text", "A"}, {"finish_reason", "length"},
+                            {"logprobs", {{"tokens", {"A"}}, {"token_logprobs", {-0.1}}, {"top_logprobs", {top}}}}}}}}
+      .dump();
+}
+
+}  // namespace
+
+TEST(AiFeedbackEndpoint, ServerErrorsAreRetriedAndTheLettersReadFromTopLogprobs) {
+  MisbehavingEndpoint ep([](int n, const json& req, httplib::Response& res) {
+    if (n == 0) {
+      res.status = 500;
+      res.set_content("overloaded", "text/plain");
+      return;
+    }
+    EXPECT_EQ(req["max_tokens"], 1);
+    EXPECT_EQ(req["logprobs"], 20);
+    res.set_content(logprobs_reply({{"A", std::log(0.3)}, {"B", std::log(0.1)}, {" the", std::log(0.5)}}), "application/json");
+  });
+  EndpointLlm llm(ep.url(), {.retries = 2});
+  auto lp = llm.continuation_logprobs({"The answer is: ("}, {"A", "B", "C"});
+  ASSERT_TRUE(lp.has_value());
+  EXPECT_NEAR((*lp)[0][0], std::log(0.3), 1e-9);
+  EXPECT_NEAR((*lp)[0][1], std::log(0.1), 1e-9);
+  EXPECT_TRUE(std::isinf((*lp)[0][2]));  // not listed
+  EXPECT_EQ(ep.calls.load(), 2);
+  FeedbackModel fm(std::make_shared<EndpointLlm>(ep.url()));
+  auto c = fm.choose({"q ("}, {"A", "B"});
+  EXPECT_NEAR(c[0].probs[0], 0.75, 1e-9);
+}
+
+TEST(AiFeedbackEndpoint, MalformedJsonIsAClearError) {
+  MisbehavingEndpoint ep([](int, const json&, httplib::Response& res) { res.set_content("{\"choices\": [", "application/json"); });
+  EndpointLlm llm(ep.url(), {.retries = 0});
+  try {
+    llm.continuation_logprobs({"q ("}, {"A", "B"});
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("not JSON"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(ep.url()), std::string::npos) << e.what();
+  }
+}
+
+TEST(AiFeedbackEndpoint, ASlowEndpointTimesOutAfterItsRetries) {
+  MisbehavingEndpoint ep([](int, const json&, httplib::Response& res) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    res.set_content(logprobs_reply({{"A", -1.0}}), "application/json");
+  });
+  EndpointLlm llm(ep.url(), {.timeout_seconds = 0.2, .retries = 1});
+  try {
+    llm.continuation_logprobs({"q ("}, {"A", "B"});
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("after 2 attempts"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(ep.calls.load(), 2);
+}
+
+TEST(AiFeedbackEndpoint, AnEndpointWithoutLogprobsGetsSampledVotes) {
+  MisbehavingEndpoint ep([](int, const json& req, httplib::Response& res) {
+    if (req.contains("logprobs")) {  // a server that ignores the field
+      res.set_content(json{{"choices", {{{"index", 0}, {"text", "A"}, {"logprobs", nullptr}}}}}.dump(), "application/json");
+      return;
+    }
+    json choices = json::array();
+    for (int j = 0; j < req["n"].get<int>(); ++j) choices.push_back({{"index", j}, {"text", j % 4 == 0 ? "B)" : "A)"}});
+    res.set_content(json{{"choices", choices}}.dump(), "application/json");
+  });
+  FeedbackOptions o;
+  o.votes = 8;
+  FeedbackModel fm(std::make_shared<EndpointLlm>(ep.url()), o);
+  auto c = fm.choose({"q ("}, {"A", "B"});
+  EXPECT_EQ(fm.last_method(), "votes");
+  EXPECT_NEAR(c[0].probs[0], 6.0 / 8.0, 1e-9);
+}
+
+TEST(AiFeedbackEndpoint, AClientErrorIsNotRetried) {
+  MisbehavingEndpoint ep([](int, const json&, httplib::Response& res) {
+    res.status = 401;
+    res.set_content(R"({"error": {"message": "bad key"}})", "application/json");
+  });
+  EndpointLlm llm(ep.url(), {.retries = 3});
+  EXPECT_THROW(llm.continuation_logprobs({"q ("}, {"A", "B"}), Error);
+  EXPECT_EQ(ep.calls.load(), 1);
 }

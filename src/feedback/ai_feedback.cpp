@@ -164,7 +164,11 @@ std::vector<PairJudgement> judge_pairs(FeedbackModel& fm, const Constitution& c,
   questions.reserve(2 * pairs.size());
   for (size_t i = 0; i < pairs.size(); ++i) {
     out[i].principle = static_cast<int>(rng() % c.comparisons.size());
-    const std::string conversation = fill_template(c.conversation, {{"prompt", pairs[i].prompt}});
+    // A prompt that is already a dialogue up to the assistant's turn (HH-RLHF's
+    // "\n\nHuman: ...\n\nAssistant:") is shown as it is, not wrapped in a second one.
+    const std::string t = trim(pairs[i].prompt);
+    const bool dialogue = t.rfind("Human:", 0) == 0 && t.size() >= 10 && t.compare(t.size() - 10, 10, "Assistant:") == 0;
+    const std::string conversation = dialogue ? t : fill_template(c.conversation, {{"prompt", pairs[i].prompt}});
     const std::string cue = fm.chain_of_thought() ? "" : c.answer_cue;
     // Both orders: first as (A), then first as (B).
     for (int order = 0; order < 2; ++order) {

@@ -68,6 +68,8 @@ struct PairJudgement {
   std::string method;
 };
 
+// prompt: the human's turn (put into the constitution's conversation template), or a whole
+// dialogue up to the assistant's turn ("Human: ...\n\nAssistant:", as in HH-RLHF), shown as is.
 struct PairToJudge {
   std::string prompt, first, second;
 };
