@@ -288,7 +288,7 @@ TEST(Cai, EmptyRevisionsKeepThePreviousReplyAndUnrevisedPromptsStayOutOfTheSftFi
   cfg.rounds = 2;
   // P0: both revisions usable; P1: the second is blank (the first stays); P2: none usable.
   auto llm = scripted({"R0", "R1", "R2"}, {"c", "c", "c", "c", "c", "c"}, {"A0", "A1", " ", "B0", " \n ", ""});
-  const CaiStats s = cai_revise(cfg, llm);
+  const CaiStats s = cai_revise(cfg, &llm);
   EXPECT_EQ(s.prompts, 3);
   EXPECT_EQ(s.revisions, 6);
   EXPECT_EQ(s.unusable_revisions, 3);
@@ -333,7 +333,7 @@ TEST(Cai, HelpfulDataIsMixedInAtTheRatioShuffledBySeed) {
     cfg.helpful_data = (tmp / "helpful.jsonl").string();
     cfg.helpful_ratio = ratio;
     auto llm = scripted({"r", "r", "r", "r"}, {"c", "c", "c", "c"}, {"v", "v", "v", "v"});
-    const CaiStats s = cai_revise(cfg, llm);
+    const CaiStats s = cai_revise(cfg, &llm);
     auto sft = read_jsonl(tmp / "out" / "sft.jsonl");
     EXPECT_EQ(s.sft_examples, 4);
     EXPECT_EQ(static_cast<size_t>(s.sft_examples + s.helpful_examples), sft.size());

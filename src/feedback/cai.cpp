@@ -220,7 +220,7 @@ std::vector<std::string> read_red_team_prompts(const std::filesystem::path& path
   return ext == ".csv" ? read_csv_prompts(path) : read_prompts(path);
 }
 
-CaiStats cai_revise(const CaiConfig& cfg, Llm& llm) {
+CaiStats cai_revise(const CaiConfig& cfg, Llm* llm) {
   validate(cfg);
   const Constitution c = constitution_or_default(cfg.constitution);
   auto prompts = read_red_team_prompts(cfg.prompts);
@@ -228,7 +228,9 @@ CaiStats cai_revise(const CaiConfig& cfg, Llm& llm) {
   std::vector<SftExample> helpful;  // read before the long loop: a bad file fails at once
   if (!cfg.helpful_data.empty()) helpful = read_sft(cfg.helpful_data, {}, cfg.helpful_chat_template);
 
-  auto transcripts = critique_revise(llm, prompts, c, cfg);
+  std::unique_ptr<Llm> opened;  // after the inputs, so a bad one fails before a long load
+  if (!llm) llm = (opened = open_llm(cfg.model, LoadOptions{.device = cfg.device})).get();
+  auto transcripts = critique_revise(*llm, prompts, c, cfg);
 
   CaiStats stats;
   stats.prompts = static_cast<int64_t>(transcripts.size());

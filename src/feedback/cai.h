@@ -96,8 +96,9 @@ std::vector<std::string> read_red_team_prompts(const std::filesystem::path& path
 // Range checks, before anything is loaded: one-line errors naming the field.
 void validate(const CaiConfig& cfg);
 
-// `rlhf cai revise`: validates the config, reads the prompts and the constitution, runs the
-// loop and writes OUT/transcript.jsonl, OUT/sft.jsonl and OUT/config.toml (atomically).
-CaiStats cai_revise(const CaiConfig& cfg, Llm& llm);
+// `rlhf cai revise`: validates the config, reads the prompts, the constitution and the helpful
+// data, then opens cfg.model (unless `llm` is given: tests pass a scripted one), runs the loop
+// and writes OUT/transcript.jsonl, OUT/sft.jsonl and OUT/config.toml (atomically).
+CaiStats cai_revise(const CaiConfig& cfg, Llm* llm = nullptr);
 
 }  // namespace rlhf

@@ -4,7 +4,6 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
-#include "apps/llm.h"
 #include "commands.h"
 #include "feedback/cai.h"
 #include "train/config_fields.h"
@@ -20,9 +19,7 @@ void add_cai(CLI::App& app) {
       "revise", "Answer red-team prompts, critique and revise under drawn principles; write transcript.jsonl and sft.jsonl");
   add_config_options(*revise, *cfg, *config_path);
   revise->callback([cfg, config_path] {
-    validate(*cfg);
-    auto llm = open_llm(cfg->model, LoadOptions{.device = cfg->device});
-    const CaiStats s = cai_revise(*cfg, *llm);
+    const CaiStats s = cai_revise(*cfg);
     std::cout << nlohmann::json{{"prompts", s.prompts},
                                 {"revisions", s.revisions},
                                 {"unusable_revisions", s.unusable_revisions},
