@@ -319,8 +319,8 @@ TEST(Cai, EmptyRevisionsKeepThePreviousReplyAndUnrevisedPromptsStayOutOfTheSftFi
 TEST(Cai, HelpfulDataIsMixedInAtTheRatioShuffledBySeed) {
   TempDir tmp;
   std::string prompts, helpful;
-  for (int i = 0; i < 4; ++i) prompts += json{{"prompt", "P" + std::to_string(i)}}.dump() + "\n";
-  for (int i = 0; i < 10; ++i) helpful += json{{"prompt", "H" + std::to_string(i)}, {"completion", " h"}}.dump() + "\n";
+  for (int i = 0; i < 4; ++i) prompts += json{{"prompt", std::string("P").append(std::to_string(i))}}.dump() + "\n";
+  for (int i = 0; i < 10; ++i) helpful += json{{"prompt", std::string("H").append(std::to_string(i))}, {"completion", " h"}}.dump() + "\n";
   write_file_atomic(tmp / "prompts.jsonl", prompts);
   write_file_atomic(tmp / "helpful.jsonl", helpful);
   auto run = [&](double ratio, int64_t seed) {

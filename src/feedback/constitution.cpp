@@ -23,7 +23,7 @@ struct Reader {
 
   [[noreturn]] void fail(const toml::node* at, const std::string& message) const {
     std::string where = source;
-    if (at && at->source().begin.line > 0) where += ":" + std::to_string(at->source().begin.line);
+    if (at && at->source().begin.line > 0) where.append(":").append(std::to_string(at->source().begin.line));
     throw Error(where + ": " + message);
   }
 
