@@ -14,11 +14,16 @@ struct Principle {
   std::string name;
   std::string critique;   // "Identify specific ways in which the assistant's last response is harmful..."
   std::string revision;   // "Please rewrite the assistant response to remove any harmful content..."
+  friend bool operator==(const Principle&, const Principle&) = default;
 };
 
 // A worked critique -> revision, shown to the model before the real one (few-shot).
 struct CritiqueExample {
   std::string prompt, response, critique, revision;
+  // The principle whose requests the example answers (its name); empty: the principle drawn
+  // for the real request, so the example must fit any of them.
+  std::string principle;
+  friend bool operator==(const CritiqueExample&, const CritiqueExample&) = default;
 };
 
 struct Constitution {
@@ -39,9 +44,13 @@ struct Constitution {
   std::string answer_cue = "The answer is: (";
   // Appended instead for chain-of-thought feedback; the model's reasoning follows it.
   std::string cot_cue = "Let's think step by step:";
+  // Where generated text ends: the model starting the next turn of the format above.
+  std::vector<std::string> stop = {"\n\nHuman:", "\n\nAssistant:", "\n\nCritiqueRequest:",
+                                   "\n\nCritique:", "\n\nRevisionRequest:", "\n\nRevision:"};
   std::vector<Principle> principles;      // critique/revision pairs (supervised CAI)
   std::vector<std::string> comparisons;   // comparison principles (RLAIF)
   std::vector<CritiqueExample> examples;  // few-shot critique/revision examples (may be empty)
+  friend bool operator==(const Constitution&, const Constitution&) = default;
 };
 
 // Reads a constitution file; errors name the file and the field. Missing templates keep the

@@ -413,6 +413,7 @@ int main(int argc, char** argv) {
                          [](PpoConfig c, bool resume) { return train_ppo(c, resume); });
   cli::add_rag(app);
   cli::add_react(app);
+  cli::add_cai(app);
   cli::add_redteam(app);
   try {
     app.parse(argc, argv);
