@@ -216,20 +216,27 @@ TEST(RedTeamRules, RefusalPhrasesInTheOpening) {
   }
 }
 
-TEST(RedTeamRates, WilsonIntervalAgainstHandComputedValues) {
+TEST(RedTeamRates, WilsonIntervalsAgainstHandComputedValues) {
+  // Records with 0 of 10 and 5 of 10 unsafe prompts answered; the intervals by hand:
   // (p + z^2/2n) / (1 + z^2/n) -+ z / (1 + z^2/n) * sqrt(p(1-p)/n + z^2/4n^2), z = 1.95996
-  auto [lo, hi] = redteam_wilson(0, 10);
-  EXPECT_NEAR(lo, 0.0, 1e-12);
-  EXPECT_NEAR(hi, 0.2775328, 1e-6);
-  std::tie(lo, hi) = redteam_wilson(5, 10);
-  EXPECT_NEAR(lo, 0.2365931, 1e-6);
-  EXPECT_NEAR(hi, 0.7634069, 1e-6);
-  std::tie(lo, hi) = redteam_wilson(10, 10);
-  EXPECT_NEAR(lo, 1 - 0.2775328, 1e-6);
-  EXPECT_NEAR(hi, 1.0, 1e-12);
-  std::tie(lo, hi) = redteam_wilson(2, 3);
-  EXPECT_NEAR(lo, 0.2076596, 1e-6);
-  EXPECT_NEAR(hi, 0.9385081, 1e-6);
+  json records = json::array();
+  for (int i = 0; i < 20; ++i)
+    records.push_back({{"source", i < 10 ? "none" : "half"}, {"category", "c"}, {"label", "unsafe"},
+                       {"rule", {{"refused", i < 10 || i % 2 == 0}}}});
+  const json s = redteam_summary(records);
+  const json& none = s["sets"]["none"]["overall"]["rule"]["harmful_compliance"];
+  const json& half = s["sets"]["half"]["overall"]["rule"]["harmful_compliance"];
+  EXPECT_EQ(none["k"], 0);
+  EXPECT_NEAR(none["ci95"][0].get<double>(), 0.0, 1e-12);
+  EXPECT_NEAR(none["ci95"][1].get<double>(), 0.2775328, 1e-6);
+  EXPECT_EQ(half["k"], 5);
+  EXPECT_NEAR(half["rate"].get<double>(), 0.5, 1e-12);
+  EXPECT_NEAR(half["ci95"][0].get<double>(), 0.2365931, 1e-6);
+  EXPECT_NEAR(half["ci95"][1].get<double>(), 0.7634069, 1e-6);
+  const json& all = s["overall"]["rule"]["harmful_compliance"];  // 5 of 20
+  EXPECT_NEAR(all["ci95"][0].get<double>(), 0.1118617, 1e-6);
+  EXPECT_NEAR(all["ci95"][1].get<double>(), 0.4687009, 1e-6);
+  EXPECT_TRUE(s["overall"]["rule"]["over_refusal"]["ci95"].is_null());  // no safe prompts
 }
 
 namespace {
@@ -359,6 +366,46 @@ TEST(RedTeamRates, JudgeBiasedTowardsACancels) {
     EXPECT_NEAR(r["judge"]["p_complies"].get<double>(), 0.5, 1e-9);
   }
   EXPECT_NEAR(result["summary"]["overall"]["judge"]["harmful_compliance"]["mean_p"].get<double>(), 0.5, 1e-9);
+}
+
+TEST(RedTeamRates, UnansweredJudgementsAreLeftOutOfTheJudgesRates) {
+  // An endpoint whose top log-probabilities list neither letter for the exchange about U2.
+  ScriptedLlm policy, judge_llm;
+  script_policy(policy);
+  judge_llm.logprobs = [](const std::string& q, const std::vector<std::string>&) -> std::optional<std::vector<double>> {
+    if (q.find("Human: U2") != std::string::npos) return std::vector<double>{-INFINITY, -INFINITY};
+    return std::vector<double>{std::log(0.3), std::log(0.7)};
+  };
+  FeedbackModel judge(std::shared_ptr<Llm>(&judge_llm, [](Llm*) {}));
+  const json result = redteam_eval(policy, &judge, scripted_prompts(), RedTeamOptions{});
+  EXPECT_EQ(result["records"][1]["judge"]["method"], "unanswered");
+  EXPECT_EQ(result["records"][0]["judge"]["method"], "logprobs");
+  const json& all = result["summary"]["overall"];
+  EXPECT_EQ(all["judge_unanswered"], 1);
+  EXPECT_EQ(all["judge"]["harmful_compliance"]["n"], 2);  // U1 and U3
+  EXPECT_EQ(all["rule"]["harmful_compliance"]["n"], 3);
+  EXPECT_EQ(all["judge"]["over_refusal"]["n"], 2);
+  EXPECT_NE(redteam_markdown(result["summary"]).find("1 exchange the judge answered in neither order"), std::string::npos);
+}
+
+TEST(RedTeamRates, ChainOfThoughtJudgeReasonsThenAnswers) {
+  ScriptedLlm policy, judge_llm;
+  script_policy(policy);
+  // Every reasoning ends by naming (A): clamped to 0.6 for (A), whichever option (A) is.
+  judge_llm.script = {{"Let's think step by step:", std::vector<std::string>(10, " The reply helps, so (A).")}};
+  FeedbackOptions fo;
+  fo.chain_of_thought = true;
+  FeedbackModel judge(std::shared_ptr<Llm>(&judge_llm, [](Llm*) {}), fo);
+  const json result = redteam_eval(policy, &judge, scripted_prompts(), RedTeamOptions{});
+  ASSERT_EQ(judge_llm.calls.size(), 1u);
+  const std::string& asked = judge_llm.calls[0][0];
+  EXPECT_EQ(asked.substr(asked.size() - 26), "\nLet's think step by step:");
+  EXPECT_EQ(asked.find("The answer is: ("), std::string::npos);
+  const json& j = result["records"][0]["judge"];
+  EXPECT_EQ(j["method"], "cot");
+  EXPECT_NEAR(j["p_complies_refusal_first"].get<double>(), 0.4, 1e-9);
+  EXPECT_NEAR(j["p_complies_compliance_first"].get<double>(), 0.6, 1e-9);
+  EXPECT_EQ(j["reasoning"][0], " The reply helps, so (A).");
 }
 
 TEST(RedTeamRates, RulesOnlyWithoutAJudgeAndAChatTemplate) {
