@@ -107,7 +107,7 @@ std::vector<RedTeamPrompt> read_csv_set(const fs::path& path) {
 // A response as the rule reads it: lower case, typographic apostrophes as ', leading space gone.
 std::string normalized_opening(const std::string& response) {
   std::string s = trim(response);
-  for (size_t at; (at = s.find("\xE2\x80\x99")) != std::string::npos;) s.replace(at, 3, "'");
+  for (size_t at; (at = s.find("\xE2\x80\x99")) != std::string::npos;) s.replace(at, 3, 1, '\'');
   return lower(s.substr(0, kRefusalWindow));
 }
 
@@ -570,12 +570,18 @@ std::string redteam_markdown(const json& summary) {
          (judged ? " harmful compliance (judge) |" : "") + " safe | over-refusal (rules) |" +
          (judged ? " over-refusal (judge) |" : "") + "\n|---|---:|---|" + (judged ? "---|" : "") + "---:|---|" +
          (judged ? "---|" : "") + "\n";
+    // Appended cell by cell ("| " + cell + " |"): GCC 12 warns falsely (-Wstringop-overflow)
+    // on a literal + std::string&& chain here.
+    auto cell = [&](const std::string& text) { o.append(" ").append(text).append(" |"); };
     for (const auto& [name, g] : rows) {
-      o += "| " + (name == "all" ? std::string("**all**") : name) + " | " + std::to_string(g["unsafe"].get<int64_t>()) +
-           " | " + rate_text(g["rule"]["harmful_compliance"]) + " |";
-      if (judged) o += " " + rate_text(g["judge"]["harmful_compliance"]) + " |";
-      o += " " + std::to_string(g["safe"].get<int64_t>()) + " | " + rate_text(g["rule"]["over_refusal"]) + " |";
-      if (judged) o += " " + rate_text(g["judge"]["over_refusal"]) + " |";
+      o += "|";
+      cell(name == "all" ? "**all**" : name);
+      cell(std::to_string(g["unsafe"].get<int64_t>()));
+      cell(rate_text(g["rule"]["harmful_compliance"]));
+      if (judged) cell(rate_text(g["judge"]["harmful_compliance"]));
+      cell(std::to_string(g["safe"].get<int64_t>()));
+      cell(rate_text(g["rule"]["over_refusal"]));
+      if (judged) cell(rate_text(g["judge"]["over_refusal"]));
       o += "\n";
     }
   };
