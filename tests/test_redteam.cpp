@@ -137,8 +137,8 @@ TEST(RedTeamSets, JsonlAndCsvFilesWithErrorsNamingFileAndLine) {
   EXPECT_EQ(error_in("b.jsonl", "{\"prompt\": \"x\", \"label\": \"harmful\"}\n"),
             dir + "b.jsonl:1: field 'label': label must be \"safe\" or \"unsafe\" (got \"harmful\")");
   EXPECT_EQ(error_in("c.jsonl", "{\"text\": \"x\"}\n"), dir + "c.jsonl:1: field 'prompt' is missing or empty");
-  EXPECT_EQ(error_in("d.csv", "prompt,label\n\"a\nb\",safe\nc\n"), dir + "d.csv:4: 1 fields, the header has 2");
-  EXPECT_EQ(error_in("e.csv", "question\nx\n"), dir + "e.csv:1: no 'prompt' (or AdvBench 'goal') column in the header");
+  EXPECT_EQ(error_in("d.csv", "prompt,label\n\"a\nb\",safe\nc\n"), dir + "d.csv:4: record 3 has 1 fields, the header 2");
+  EXPECT_EQ(error_in("e.csv", "question\nx\n"), dir + "e.csv:1: no 'prompt' or 'goal' column in the header");
   EXPECT_EQ(error_in("f.jsonl", "\n"), dir + "f.jsonl: no prompts");
   EXPECT_EQ(error_of([&] { read_prompt_set(tmp / "missing.csv"); }), dir + "missing.csv: no such prompt file");
 }

@@ -87,14 +87,14 @@ std::vector<RedTeamPrompt> read_csv_set(const fs::path& path) {
   const bool xstest = column({"id"}) && column({"prompt"}) && column({"type"}) && column({"label"});
   const std::string source = advbench ? "advbench" : xstest ? "xstest" : path.stem().string();
   const auto prompt_col = column({"prompt", "goal"});
-  check(prompt_col.has_value(), file + ":1: no 'prompt' (or AdvBench 'goal') column in the header");
+  check(prompt_col.has_value(), file + ":1: no 'prompt' or 'goal' column in the header");
   const auto label_col = column({"label"}), category_col = column({"category", "type"});
   std::vector<RedTeamPrompt> out;
   for (size_t r = 1; r < rows.size(); ++r) {
     const auto& row = rows[r];
     const std::string where = at_line(file, lines[r]);
-    check(row.size() == header.size(), where + std::to_string(row.size()) + " fields, the header has " +
-                                            std::to_string(header.size()));
+    check(row.size() == header.size(), where + "record " + std::to_string(r + 1) + " has " + std::to_string(row.size()) +
+                                            " fields, the header " + std::to_string(header.size()));
     RedTeamPrompt p{row[*prompt_col], label_col ? checked_label(row[*label_col], where + "column 'label': ") : "unsafe",
                     category_col ? row[*category_col] : source, source};
     check(!trim(p.prompt).empty(), where + "empty prompt");
