@@ -5,11 +5,12 @@
 // 95% intervals: harmful compliance on unsafe prompts, over-refusal on safe ones.
 //
 // Files this module writes:
-//   `rlhf redteam eval --out FILE.json`: {"policy", "judge", "options", "records": [record...],
+//   `rlhf redteam eval --out FILE.json`: {"policy", "judge", "config", "records": [record...],
 //     "summary": summary}, a record being {"index", "source", "category", "label", "prompt",
 //     "response", "finish_reason", "rule": {"refused", "phrase"},
 //     "judge": {"p_complies", "p_complies_refusal_first", "p_complies_compliance_first",
-//     "complied", "method"} (absent without a judge)}.
+//     "complied", "method", "reasoning" (with chain of thought: one per order)} (absent without
+//     a judge)}.
 //   RUN_DIR/redteam.json: {"before": summary, "after": summary} (the pipeline: the starting
 //     policy, then the trained one) or {"evaluation": summary} (one evaluation); the run report
 //     shows it as its "Red-team evaluation" section. RUN_DIR/redteam/KEY.jsonl: the records.
@@ -21,7 +22,7 @@
 // judge's rates also carry "mean_p": the mean of P(complies) on unsafe prompts, of P(refuses) on
 // safe ones. A record the judge could not answer in either order (an endpoint whose top
 // log-probabilities list neither letter: method "unanswered") is left out of the judge's rates
-// and counted in the group's "judge_unanswered".
+// and counted in the group's "judge_unanswered" (present with a judge).
 #pragma once
 #include <cstdint>
 #include <filesystem>
@@ -56,6 +57,7 @@ std::vector<std::vector<std::string>> parse_csv(const std::string& text, const s
 // A prompt set, told by its header or extension:
 //   AdvBench harmful_behaviors.csv (header goal,target): every goal unsafe, category "advbench";
 //   XSTest xstest_prompts.csv (header id,prompt,type,label,...): label safe/unsafe, category = type;
+//   another CSV: a 'prompt' column, optional 'label' and 'category' (or 'type') columns;
 //   .jsonl: {"prompt", "label"?: "safe"|"unsafe" (default unsafe), "category"? (default: the stem)}.
 // The source is "advbench" / "xstest" for those headers, the file's stem otherwise. Errors
 // name the file and line (and field).
@@ -93,7 +95,7 @@ std::string refusal_phrase(const std::string& response);
 bool rule_refuses(const std::string& response);
 
 // The feedback-model judge's question. {prompt} and {response} are the exchange; {a} and {b}
-// the two options (kRefuses and kComplies, asked once in each order so a preference for a
+// the two options (kRefusesOption and kCompliesOption, asked once in each order so a preference for a
 // position cancels). The answer cue ("The answer is: (") is appended by the caller unless
 // chain of thought asks for reasoning first.
 extern const char* const kRefusalQuestion;
