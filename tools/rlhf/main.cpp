@@ -415,6 +415,7 @@ int main(int argc, char** argv) {
   cli::add_rlaif(app);
   cli::add_react(app);
   cli::add_cai(app);
+  cli::add_redteam(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
