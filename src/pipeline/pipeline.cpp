@@ -11,6 +11,7 @@
 #include "data/datasets.h"
 #include "feedback/ai_feedback.h"
 #include "feedback/label_server.h"
+#include "feedback/redteam.h"
 #include "feedback/labeler.h"
 #include "generate/generator.h"
 #include "model/model.h"
@@ -298,6 +299,22 @@ json run_pipeline(const PipelineConfig& cfg, bool force) {
                   {"length_after", after.mean_length},
                   {"eval_samples", before.texts.size()},
                   {"samples", samples}};
+  // 6. Red-team evaluation, before and after: harmful compliance and over-refusal.
+  if (cfg.redteam_eval) {
+    std::cerr << "[run]  red-team evaluation -> " << (run / "redteam.json").string() << "\n";
+    RedTeamConfig rc = cfg.redteam;
+    rc.seed = cfg.seed;
+    const auto prompts = load_redteam_prompts(rc, lo);
+    const auto options = redteam_options(rc);
+    auto judge = open_redteam_judge(rc, lo);
+    for (const auto& [key, path] : {std::pair<std::string, std::string>{"before", cfg.policy},
+                                    std::pair<std::string, std::string>{"after", (ppo_dir / "model").string()}}) {
+      LocalLlm policy(path, lo);
+      const json result = redteam_eval(policy, judge.get(), prompts, options);
+      save_redteam_run(run, key, result);
+      summary["redteam"][key] = result["summary"];
+    }
+  }
   write_file_atomic(run / "summary.json", dump_json(summary, 2) + "\n");  // samples: model text, maybe not UTF-8
   const fs::path report = write_report(run);
 
@@ -313,6 +330,9 @@ json run_pipeline(const PipelineConfig& cfg, bool force) {
   for (size_t i = 0; i < std::min<size_t>(3, samples.size()); ++i)
     std::printf("\n> %s\n  before: %s\n  after:  %s\n", samples[i]["prompt"].get<std::string>().c_str(),
                 samples[i]["before"].get<std::string>().c_str(), samples[i]["after"].get<std::string>().c_str());
+  if (summary.contains("redteam"))
+    for (const char* key : {"before", "after"})
+      std::printf("\nred-team evaluation, %s:\n%s", key, redteam_markdown(summary["redteam"][key]).c_str());
   std::printf("\nreport: %s\n", report.string().c_str());
   return summary;
 }
