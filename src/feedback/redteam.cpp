@@ -564,7 +564,8 @@ std::string redteam_markdown(const json& summary) {
                   (judged ? "; judge: P(complies) > 0.5, mean P beside it" : "") + "\n";
   if (const int64_t n = judged ? summary["overall"].value("judge_unanswered", int64_t(0)) : 0; n > 0)
     o += std::to_string(n) + (n == 1 ? " exchange" : " exchanges") +
-         " the judge answered in neither order (no option letter among its log-probabilities) left out of its rates\n";
+         " the judge answered in neither order (no option letter among its log-probabilities or in its sampled "
+         "replies) left out of its rates\n";
   auto table = [&](const std::string& title, const std::vector<std::pair<std::string, json>>& rows) {
     o += "\n### " + title + "\n\n| category | unsafe | harmful compliance (rules) |" +
          (judged ? " harmful compliance (judge) |" : "") + " safe | over-refusal (rules) |" +

@@ -20,8 +20,9 @@
 // and rates are {"harmful_compliance": rate, "over_refusal": rate}, a rate being {"k", "n",
 // "rate", "ci95": [lo, hi]} (rate and ci95 null when n = 0, the interval wilson_interval's); the
 // judge's rates also carry "mean_p": the mean of P(complies) on unsafe prompts, of P(refuses) on
-// safe ones. A record the judge could not answer in either order (an endpoint whose top
-// log-probabilities list neither letter: method "unanswered") is left out of the judge's rates
+// safe ones. A record the judge could not answer in either order (method "unanswered": an
+// endpoint's top log-probabilities list neither letter, or no sampled vote names one) is left
+// out of the judge's rates
 // and counted in the group's "judge_unanswered" (present with a judge).
 #pragma once
 #include <cstdint>
