@@ -60,11 +60,13 @@ struct RequestLlm : Llm {
   size_t used[3] = {0, 0, 0};
   std::vector<std::vector<std::string>> calls;  // the prompts of each complete() call
   CompletionParams last_params;
+  std::set<uint64_t> seeds;  // of every call
 
   std::vector<std::vector<Completion>> complete(const std::vector<std::string>& prompts,
                                                 const CompletionParams& params) override {
     calls.push_back(prompts);
     last_params = params;
+    seeds.insert(params.seed);
     std::vector<std::vector<Completion>> out;
     for (const auto& p : prompts) {
       auto ends = [&](const std::string& s) { return p.size() >= s.size() && p.compare(p.size() - s.size(), s.size(), s) == 0; };
@@ -251,6 +253,10 @@ TEST(Cai, EachRoundRevisesTheLastRevisionUnderItsDrawnPrinciple) {
   EXPECT_EQ(llm.last_params.stop, c.stop);
   EXPECT_EQ(llm.last_params.max_tokens, 33);
   EXPECT_FLOAT_EQ(llm.last_params.temperature, 0.5f);
+  // Each call samples from its own streams; seeds fit a signed 64-bit integer, as endpoints
+  // (OpenAI's API, `rlhf serve`) require.
+  EXPECT_EQ(llm.seeds.size(), 5u);
+  for (uint64_t seed : llm.seeds) EXPECT_LE(seed, static_cast<uint64_t>(INT64_MAX));
 
   const std::vector<std::string> first = {"R0", "S0"};
   for (size_t i = 0; i < 2; ++i) {
