@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iostream>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
@@ -76,14 +77,15 @@ std::vector<size_t> draw_principles(size_t count, int64_t rounds, uint64_t seed,
 }
 
 std::vector<CaiTranscript> critique_revise(Llm& llm, const std::vector<std::string>& prompts, const Constitution& c,
-                                           const CaiConfig& cfg) {
+                                           const CaiConfig& cfg, std::ostream* log) {
   check(!c.principles.empty(), c.source + ": no [[principles]]: supervised CAI needs critique/revision principles");
   CompletionParams params;
   params.max_tokens = cfg.max_tokens;
   params.temperature = static_cast<float>(cfg.temperature);
   params.stop = c.stop;
   uint64_t call = 0;
-  auto complete = [&](const std::vector<std::string>& batch) {
+  auto complete = [&](const std::vector<std::string>& batch, const std::string& step) {
+    if (log) *log << "cai: " << step << " (" << batch.size() << " prompts, " << llm.describe() << ")" << std::endl;
     params.seed = stream_seed(cfg.seed, kCalls + call++);
     auto out = llm.complete(batch, params);
     check(out.size() == batch.size(), llm.describe() + ": " + std::to_string(out.size()) + " answers to " +
@@ -97,7 +99,7 @@ std::vector<CaiTranscript> critique_revise(Llm& llm, const std::vector<std::stri
   std::vector<CaiTranscript> t(prompts.size());
   std::vector<std::string> batch;
   for (const auto& p : prompts) batch.push_back(conversation(c, p));
-  auto replies = complete(batch);
+  auto replies = complete(batch, "replies");
   std::vector<std::vector<size_t>> drawn;
   for (size_t i = 0; i < prompts.size(); ++i) {
     t[i].prompt = prompts[i];
@@ -112,11 +114,12 @@ std::vector<CaiTranscript> critique_revise(Llm& llm, const std::vector<std::stri
     for (size_t i = 0; i < t.size(); ++i)
       critique_prompts.push_back(
           critique_prompt(c, c.principles[drawn[i][r]], t[i].prompt, t[i].final_response, cfg.few_shot));
-    auto critiques = complete(critique_prompts);
+    const std::string round = "round " + std::to_string(r + 1) + "/" + std::to_string(cfg.rounds);
+    auto critiques = complete(critique_prompts, round + ": critiques");
     batch.clear();
     for (size_t i = 0; i < t.size(); ++i)
       batch.push_back(revision_prompt(c, c.principles[drawn[i][r]], critique_prompts[i], critiques[i]));
-    auto revisions = complete(batch);
+    auto revisions = complete(batch, round + ": revisions");
     for (size_t i = 0; i < t.size(); ++i) {
       CaiRound round{c.principles[drawn[i][r]].name, critiques[i], revisions[i], !revisions[i].empty()};
       if (round.kept) t[i].final_response = revisions[i];
@@ -231,7 +234,7 @@ CaiStats cai_revise(const CaiConfig& cfg, Llm* llm) {
 
   std::unique_ptr<Llm> opened;  // after the inputs, so a bad one fails before a long load
   if (!llm) llm = (opened = open_llm(cfg.model, LoadOptions{.device = cfg.device})).get();
-  auto transcripts = critique_revise(*llm, prompts, c, cfg);
+  auto transcripts = critique_revise(*llm, prompts, c, cfg, &std::cerr);
 
   CaiStats stats;
   stats.prompts = static_cast<int64_t>(transcripts.size());

@@ -6,6 +6,7 @@
 #pragma once
 #include <cstdint>
 #include <filesystem>
+#include <iosfwd>
 #include <string>
 #include <vector>
 
@@ -85,9 +86,9 @@ std::string revision_prompt(const Constitution& c, const Principle& p, const std
 std::vector<size_t> draw_principles(size_t count, int64_t rounds, uint64_t seed, size_t index);
 
 // The loop: one reply per prompt, then `cfg.rounds` of critique and revision; every step is
-// one Llm::complete call for all prompts.
+// one Llm::complete call for all prompts (announced on `log` when given).
 std::vector<CaiTranscript> critique_revise(Llm& llm, const std::vector<std::string>& prompts, const Constitution& c,
-                                           const CaiConfig& cfg);
+                                           const CaiConfig& cfg, std::ostream* log = nullptr);
 
 // Red-team prompts: JSONL (optionally gzip) with a string 'prompt' per line, or CSV (.csv,
 // RFC 4180 quoting) with a 'prompt' or 'goal' column. Errors name the file (and line).
