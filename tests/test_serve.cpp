@@ -3,6 +3,8 @@
 // endpoint client (EndpointLlm) against our own server in this process.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <thread>
 
 #include "apps/llm.h"
@@ -160,6 +162,52 @@ TEST_F(EngineTest, EndpointClientGetsWhatTheLocalModelGives) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find(url.substr(0, url.size() - 3)), std::string::npos) << e.what();
   }
+}
+
+}  // namespace
+}  // namespace rlhf
+
+namespace rlhf {
+namespace {
+
+TEST_F(EngineTest, EndpointOptionLogprobsEqualTheLocalModelsWhereListed) {
+  ServeOptions so;
+  so.port = 0;
+  OpenAiServer server(*lm_, "stories260K.gguf", so);
+  const int port = server.start();
+  EndpointLlm remote("http://127.0.0.1:" + std::to_string(port), {});
+  LocalLlm local((test::data_dir() / "stories260K" / "stories260K.gguf").string());
+  const std::vector<std::string> prompts = {"Once upon a time, there was a little", "The answer is: (", "Tom and Lily"};
+  int listed = 0, single = 0;
+  for (const auto& prompt : prompts) {
+    // The candidates: letters, and the model's 3 likeliest next tokens as text.
+    auto ids = encode_prompt(*lm_->tokenizer, prompt);
+    std::vector<int64_t> seq(ids.begin(), ids.end());
+    torch::NoGradGuard ng;
+    auto logp = torch::log_softmax(lm_->model->forward(torch::tensor(seq).unsqueeze(0))[0][-1], -1);
+    auto [top, top_ids] = logp.topk(20);
+    const double twentieth = top.index({19}).item<double>();  // anything not listed is below it
+    std::vector<std::string> words = {"A", "B"};
+    for (int k = 0; k < 3; ++k) words.push_back(lm_->tokenizer->token_bytes(top_ids[k].item<int>()));
+    auto got = remote.continuation_logprobs({prompt}, words);
+    auto want = local.continuation_logprobs({prompt}, words);
+    ASSERT_TRUE(got.has_value());
+    ASSERT_TRUE(want.has_value());
+    for (size_t c = 0; c < words.size(); ++c) {
+      auto full = encode_prompt(*lm_->tokenizer, prompt + words[c]);
+      if (full.size() != ids.size() + 1 || !std::equal(ids.begin(), ids.end(), full.begin())) continue;
+      ++single;  // a one-token continuation: the endpoint's answer is exact
+      if (std::isinf((*got)[0][c])) {
+        EXPECT_LT((*want)[0][c], twentieth + 1e-4) << prompt << " / " << words[c];
+      } else {
+        ++listed;
+        EXPECT_NEAR((*got)[0][c], (*want)[0][c], 1e-3) << prompt << " / " << words[c];
+      }
+    }
+  }
+  EXPECT_GE(single, 6);
+  EXPECT_GE(listed, 6);
+  server.stop();
 }
 
 }  // namespace

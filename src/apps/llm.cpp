@@ -237,10 +237,6 @@ std::optional<std::vector<std::vector<double>>> EndpointLlm::continuation_logpro
   std::atomic<size_t> next{0};
   std::mutex err_mu;
   std::string first_error;
-  auto strip = [](const std::string& s) {
-    size_t b = s.find_first_not_of(" \t\n\r"), e = s.find_last_not_of(" \t\n\r");
-    return b == std::string::npos ? std::string() : s.substr(b, e - b + 1);
-  };
   auto worker = [&] {
     for (size_t i; (i = next.fetch_add(1)) < prompts.size();) {
       try {
@@ -258,12 +254,8 @@ std::optional<std::vector<std::vector<double>>> EndpointLlm::continuation_logpro
         }
         for (const auto& [token, value] : lp["top_logprobs"][0].items()) {
           check(value.is_number(), url + ": a top_logprobs value is not a number");
-          const std::string t = strip(token);
           for (size_t c = 0; c < candidates.size(); ++c)
-            if (!t.empty() && t == strip(candidates[c])) {
-              const double a = out[i][c], b = value.get<double>(), m = std::max(a, b);
-              out[i][c] = m + std::log(std::exp(a - m) + std::exp(b - m));  // log(e^a + e^b)
-            }
+            if (token == candidates[c]) out[i][c] = value.get<double>();
         }
       } catch (const std::exception& e) {
         std::lock_guard lock(err_mu);

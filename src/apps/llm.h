@@ -82,8 +82,8 @@ class EndpointLlm : public Llm {
   std::vector<std::vector<Completion>> complete(const std::vector<std::string>& prompts,
                                                 const CompletionParams& params) override;
   // One 1-token request per prompt with `top_logprobs`; a candidate's log-probability is that
-  // of the first token whose text, without surrounding spaces, equals the candidate's (summed
-  // over such tokens, e.g. "A" and " A"), so candidates should be single tokens (letters).
+  // of the listed next token whose text is the candidate's (spaces included), so candidates
+  // should be single tokens (option letters after "("): then it equals LocalLlm's.
   std::optional<std::vector<std::vector<double>>> continuation_logprobs(
       const std::vector<std::string>& prompts, const std::vector<std::string>& candidates) override;
   std::string describe() const override { return base_; }

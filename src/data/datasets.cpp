@@ -204,6 +204,11 @@ std::vector<PreferencePair> read_preferences(const std::filesystem::path& path, 
       if (!it->is_number()) throw BadRecord{std::string("expected a number, got ") + it->type_name(), "margin"};
       pair.margin = it->get<double>();
     }
+    if (auto it = r.find("chosen_prob"); it != r.end()) {
+      if (!it->is_number() || !(it->get<double>() >= 0.0 && it->get<double>() <= 1.0))
+        throw BadRecord{"expected a probability in [0, 1], got " + it->dump(), "chosen_prob"};
+      pair.chosen_prob = it->get<double>();
+    }
     return pair;
   });
 }
@@ -270,6 +275,20 @@ std::vector<PreferencePair> rankings_to_pairs(const std::vector<Ranking>& rankin
   std::vector<PreferencePair> pairs;
   for (size_t g = 0; g < rankings.size(); ++g) {
     const Ranking& rk = rankings[g];
+    const size_t K = rk.completions.size();
+    // Soft labels: a K x K matrix of probabilities in [0, 1].
+    const json* probs = nullptr;
+    if (rk.extra.is_object() && rk.extra.contains("preference_probs")) {
+      probs = &rk.extra["preference_probs"];
+      bool ok = probs->is_array() && probs->size() == K;
+      for (size_t i = 0; ok && i < K; ++i) {
+        ok = (*probs)[i].is_array() && (*probs)[i].size() == K;
+        for (size_t j = 0; ok && j < K; ++j)
+          ok = (*probs)[i][j].is_number() && (*probs)[i][j].get<double>() >= 0.0 && (*probs)[i][j].get<double>() <= 1.0;
+      }
+      check(ok, "ranking " + std::to_string(g) + ": preference_probs must be a " + std::to_string(K) + " x " +
+                    std::to_string(K) + " matrix of probabilities in [0, 1]");
+    }
     for (size_t better = 0; better < rk.tiers.size(); ++better)
       for (size_t worse = better + 1; worse < rk.tiers.size(); ++worse)
         for (int c : rk.tiers[better])
@@ -277,7 +296,8 @@ std::vector<PreferencePair> rankings_to_pairs(const std::vector<Ranking>& rankin
             check(c >= 0 && c < static_cast<int>(rk.completions.size()) && r >= 0 &&
                       r < static_cast<int>(rk.completions.size()),
                   "ranking " + std::to_string(g) + ": completion index out of range");
-            pairs.push_back({rk.prompt, rk.completions[c], rk.completions[r], 0.0, g, c, r});
+            pairs.push_back({rk.prompt, rk.completions[c], rk.completions[r], 0.0, g, c, r,
+                             probs ? (*probs)[c][r].get<double>() : 1.0});
           }
   }
   return pairs;

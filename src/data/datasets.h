@@ -1,12 +1,14 @@
 // Training data in the JSONL formats the Python trainers use, read with errors that name the
 // file, line and field. Plain or gzip-compressed files are read alike.
 //   SFT:          {"prompt": ..., "completion": ...}  or  {"messages": [{"role", "content"}...]}
-//   Preferences:  {"prompt": ..., "chosen": ..., "rejected": ...}, or HH-RLHF style
+//   Preferences:  {"prompt": ..., "chosen": ..., "rejected": ..., "margin"?, "chosen_prob"?}, or HH-RLHF style
 //                 {"chosen": dialogue, "rejected": dialogue}: the shared prefix up to and
 //                 including the last "\n\nAssistant:" is the prompt.
 //   Rankings:     {"prompt": ..., "completions": [K texts], "ranking": [...], "labeler": ...}
 //                 ranking lists completion indices best first; an inner list is a tie group,
 //                 e.g. [2, [0, 3], 1]. Other fields (flags, notes) are kept in `extra`.
+//                 A soft label (from the AI labeler): "preference_probs", K x K, [i][j] =
+//                 P(completion i preferred over j); it sets each pair's chosen_prob.
 #pragma once
 #include <cstddef>
 #include <filesystem>
@@ -37,6 +39,9 @@ struct PreferencePair {
   double margin = 0.0;      // optional "margin" field (Bradley-Terry with margin)
   size_t group = 0;         // index of the prompt/ranking it came from (same-batch option)
   int chosen_index = -1, rejected_index = -1;  // from rankings: indices into that ranking's completions
+  // Soft label: the probability that chosen is preferred (Bradley-Terry with a target
+  // probability); 1 for a hard label. From "chosen_prob" or a ranking's "preference_probs".
+  double chosen_prob = 1.0;
 };
 
 struct Ranking {
@@ -65,7 +70,8 @@ std::vector<Ranking> read_rankings(const std::filesystem::path& path, const Read
 void write_rankings(const std::filesystem::path& path, const std::vector<Ranking>& rankings);  // atomic
 
 // InstructGPT: every pair of completions in different tiers, better one as chosen
-// (K choose 2 minus tied pairs). `group` is the ranking's index.
+// (K choose 2 minus tied pairs). `group` is the ranking's index. With "preference_probs" in
+// a ranking's extra fields, chosen_prob = P[chosen][rejected] (Error when malformed).
 std::vector<PreferencePair> rankings_to_pairs(const std::vector<Ranking>& rankings);
 
 // Preference pairs from a preferences file or (K-choose-2) a rankings file; format: auto (by

@@ -39,15 +39,16 @@ class FeedbackModel {
  public:
   FeedbackModel(std::shared_ptr<Llm> llm, FeedbackOptions options = {});
   // `questions` end with the answer cue (the text right before the option letter, e.g.
-  // "The answer is: ("); `letters` are the options' letters ("A", "B", ...). For
-  // chain_of_thought the question is given without the cue; `cot_cue` and `answer_cue`
-  // say how to ask for the reasoning and then for the letter.
+  // "The answer is: ("); `letters` are the options' letters ("A", "B", ...). With
+  // chain_of_thought() the questions come without the cue: `cot_cue` asks for the
+  // reasoning, and `answer_cue` after it for the letter when the reasoning names none.
   std::vector<Choice> choose(const std::vector<std::string>& questions, const std::vector<std::string>& letters,
                              const std::string& cot_cue = "", const std::string& answer_cue = "");
   std::string describe() const;
   // How the last call answered ("logprobs" or "votes"): said in outputs, since a fallback to
   // votes is coarser.
   const std::string& last_method() const { return last_method_; }
+  bool chain_of_thought() const { return opt_.chain_of_thought; }
   Llm& llm() { return *llm_; }
 
  private:
@@ -67,12 +68,14 @@ struct PairJudgement {
   std::string method;
 };
 
+// prompt: the human's turn (put into the constitution's conversation template), or a whole
+// dialogue up to the assistant's turn ("Human: ...\n\nAssistant:", as in HH-RLHF), shown as is.
 struct PairToJudge {
   std::string prompt, first, second;
 };
 
 std::vector<PairJudgement> judge_pairs(FeedbackModel& fm, const Constitution& c, const std::vector<PairToJudge>& pairs,
-                                       std::mt19937_64& rng, bool chain_of_thought);
+                                       std::mt19937_64& rng);
 
 // The AI labeler: every pair of a request's K completions judged (K choose 2, both orders);
 // the ranking orders completions by their summed win probabilities (ties share a tier), and
@@ -88,7 +91,6 @@ class AiLabeler : public Labeler {
   std::shared_ptr<FeedbackModel> fm_;
   Constitution constitution_;
   std::mt19937_64 rng_;
-  bool cot_;
 };
 
 // 95% Wilson score interval of a proportion k/n (the usual one for rates; sane at 0 and n).

@@ -70,7 +70,7 @@ torch::Tensor sft_loss(const torch::Tensor& logits, const torch::Tensor& input_i
 }
 
 torch::Tensor reward_loss(const torch::Tensor& rewards_chosen, const torch::Tensor& rewards_rejected,
-                          const torch::Tensor& margin) {
+                          const torch::Tensor& margin, const torch::Tensor& target) {
   const int64_t B = rewards_chosen.dim() == 1 ? rewards_chosen.size(0) : -1;
   check_batch(rewards_chosen, B, "rewards_chosen");
   check_batch(rewards_rejected, B, "rewards_rejected");
@@ -79,7 +79,10 @@ torch::Tensor reward_loss(const torch::Tensor& rewards_chosen, const torch::Tens
     check_batch(margin, rewards_chosen.size(0), "margin");
     diff = diff - margin.to(diff.device(), torch::kFloat32);
   }
-  return -torch::log_sigmoid(diff).mean();
+  if (!target.defined()) return -torch::log_sigmoid(diff).mean();
+  check_batch(target, rewards_chosen.size(0), "target");
+  const auto t = target.to(diff.device(), torch::kFloat32);
+  return -(t * torch::log_sigmoid(diff) + (1 - t) * torch::log_sigmoid(-diff)).mean();
 }
 
 DpoOutput dpo_loss(const torch::Tensor& policy_chosen_logps, const torch::Tensor& policy_rejected_logps,

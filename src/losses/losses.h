@@ -24,8 +24,11 @@ torch::Tensor sft_loss(const torch::Tensor& logits, const torch::Tensor& input_i
 
 // Bradley-Terry reward loss, TRL RewardTrainer: -log sigmoid(r_chosen - r_rejected - margin),
 // mean over the batch. rewards (B); margin (B) or undefined.
+// With soft labels, target (B) = P(chosen preferred): the cross-entropy of Bradley-Terry's
+// probability against it, -(t log sigmoid(d) + (1 - t) log sigmoid(-d)), d = r_c - r_r - margin
+// (the RLAIF reward model's loss); undefined target = 1, TRL's loss exactly.
 torch::Tensor reward_loss(const torch::Tensor& rewards_chosen, const torch::Tensor& rewards_rejected,
-                          const torch::Tensor& margin = {});
+                          const torch::Tensor& margin = {}, const torch::Tensor& target = {});
 
 enum class DpoLossType { Sigmoid, IPO };
 

@@ -52,12 +52,12 @@ Metrics train_reward_model(RewardConfig cfg, bool resume, int64_t stop_after) {
   ReadOptions ro{tc.skip_bad};
   auto read = [&](const std::string& p) { return read_pairs(p, cfg.data_format, ro); };
   auto [train_pairs, eval_pairs] = train_eval_split(tc, read(tc.train_data), read, pair_prompt);
-  struct TokPair { TokenizedExample chosen, rejected; double margin; };
+  struct TokPair { TokenizedExample chosen, rejected; double margin, chosen_prob; };
   auto tokenize = [&](const std::vector<PreferencePair>& ps) {
     std::vector<TokPair> out;
     for (const auto& p : ps)
       out.push_back({tokenize_example(tok, p.prompt, p.chosen, tc.max_length, false),
-                     tokenize_example(tok, p.prompt, p.rejected, tc.max_length, false), p.margin});
+                     tokenize_example(tok, p.prompt, p.rejected, tc.max_length, false), p.margin, p.chosen_prob});
     return out;
   };
   const auto train = tokenize(train_pairs), eval = tokenize(eval_pairs);
@@ -79,9 +79,10 @@ Metrics train_reward_model(RewardConfig cfg, bool resume, int64_t stop_after) {
   // 3. Bradley-Terry on (chosen, rejected) scored in one batch.
   auto pair_losses = [&](const std::vector<TokPair>& set, const std::vector<size_t>& idx) {
     std::vector<TokenizedExample> chosen, rejected;
-    std::vector<double> margins;
+    std::vector<double> margins, targets;
+    bool soft = false;  // any soft label in the batch (else TRL's hard-label loss exactly)
     for (size_t i : idx) chosen.push_back(set[i].chosen), rejected.push_back(set[i].rejected);
-    for (size_t i : idx) margins.push_back(set[i].margin);
+    for (size_t i : idx) margins.push_back(set[i].margin), targets.push_back(set[i].chosen_prob), soft |= set[i].chosen_prob != 1.0;
     torch::Tensor r;  // (2n): chosen then rejected
     if (auto shared = cfg.share_prompt ? collate_shared_prompt(chosen, rejected, pad) : std::nullopt)
       r = rm.model->score_head(shared_prompt_hidden(rm.model, *shared, dev).index_select(0, shared->last.to(dev))).squeeze(-1);
@@ -92,7 +93,8 @@ Metrics train_reward_model(RewardConfig cfg, bool resume, int64_t stop_after) {
     const int64_t n = idx.size();
     auto rc = r.narrow(0, 0, n), rr = r.narrow(0, n, n);
     auto margin = torch::tensor(margins, torch::kFloat64).to(torch::kFloat32).to(dev);
-    auto loss_sum = reward_loss(rc, rr, margin) * double(n);
+    auto target = soft ? torch::tensor(targets, torch::kFloat64).to(torch::kFloat32).to(dev) : torch::Tensor();
+    auto loss_sum = reward_loss(rc, rr, margin, target) * double(n);
     const double correct = (rc > rr).sum().item<double>();
     return std::make_tuple(loss_sum, correct, (rc - rr).sum().item<double>());
   };
