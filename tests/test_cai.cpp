@@ -366,6 +366,27 @@ TEST(Cai, HelpfulDataIsMixedInAtTheRatioShuffledBySeed) {
   // Shuffled together: the revised examples are not all in front.
   const auto order = run(2.0, 1).second;
   EXPECT_FALSE(std::all_of(order.begin(), order.begin() + 4, [](const std::string& p) { return p[0] == 'H' && p[1] == 'u'; }));
+
+  // Dialogues (`messages`) are rendered with helpful_chat_template.
+  write_file_atomic(tmp / "helpful.jsonl", json{{"messages", {{{"role", "user"}, {"content", "Hi"}},
+                                                               {{"role", "assistant"}, {"content", "Hello!"}}}}}.dump() + "\n");
+  CaiConfig cfg;
+  cfg.model = "scripted";
+  cfg.prompts = (tmp / "prompts.jsonl").string();
+  cfg.out_dir = (tmp / "out").string();
+  cfg.rounds = 1;
+  cfg.helpful_data = (tmp / "helpful.jsonl").string();
+  cfg.helpful_chat_template = "chatml";
+  auto llm = scripted({"r", "r", "r", "r"}, {"c", "c", "c", "c"}, {"v", "v", "v", "v"});
+  EXPECT_EQ(cai_revise(cfg, &llm).helpful_examples, 1);
+  bool found = false;
+  for (const auto& r : read_jsonl(tmp / "out" / "sft.jsonl"))
+    if (r["source"] == "helpful") {
+      found = true;
+      EXPECT_EQ(r["prompt"], "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+      EXPECT_EQ(r["completion"], "Hello!<|im_end|>\n");
+    }
+  EXPECT_TRUE(found);
 }
 
 TEST(Cai, PromptsFromJsonlAndFromAdvBenchAndXSTestCsv) {
