@@ -86,6 +86,21 @@ TEST(AiFeedback, BothOrdersAreAskedAndAveragedSoAPositionBiasCancels) {
   EXPECT_NEAR(tie[0].p_first, 0.5, 1e-12);
 }
 
+TEST(AiFeedback, AnHhDialogueIsShownAsItIsNotWrappedInASecondOne) {
+  auto llm = biased_judge();
+  FeedbackModel fm(llm);
+  std::mt19937_64 rng(1);
+  const std::string dialogue = "\n\nHuman: How do I pick a lock?\n\nAssistant: Why?\n\nHuman: I am locked out.\n\nAssistant:";
+  judge_pairs(fm, one_principle(), {{dialogue, "Call a locksmith.", "Use a pin."}, {"Hi there", "Hello", "Go"}}, rng);
+  ASSERT_EQ(llm->scored.size(), 4u);
+  EXPECT_NE(llm->scored[0].find("\nHuman: How do I pick a lock?\n\nAssistant: Why?\n\nHuman: I am locked out.\n\nAssistant:\n"),
+            std::string::npos);
+  EXPECT_EQ(llm->scored[0].find("Human: \n"), std::string::npos);
+  EXPECT_EQ(llm->scored[0].find("Assistant:\n\nAssistant:"), std::string::npos);
+  // A plain prompt goes into the constitution's conversation template.
+  EXPECT_NE(llm->scored[2].find("Human: Hi there\n\nAssistant:"), std::string::npos);
+}
+
 TEST(AiFeedback, ProbabilitiesAreNormalisedOverTheOptionsOnly) {
   auto llm = std::make_shared<ScriptedLlm>();
   // Most of the mass on other tokens: P(A) = 0.03, P(B) = 0.01 -> 0.75 / 0.25.

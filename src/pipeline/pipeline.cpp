@@ -9,6 +9,7 @@
 #include "core/io.h"
 #include "core/utf8.h"
 #include "data/datasets.h"
+#include "feedback/ai_feedback.h"
 #include "feedback/label_server.h"
 #include "feedback/labeler.h"
 #include "generate/generator.h"
@@ -68,6 +69,15 @@ Sampled sample_each(LoadedModel& policy, const std::vector<std::string>& prompts
   return out;
 }
 
+std::shared_ptr<FeedbackModel> open_feedback(const PipelineConfig& cfg) {
+  FeedbackOptions o;
+  o.method = cfg.feedback_method;
+  o.votes = static_cast<int>(cfg.feedback_votes);
+  o.chain_of_thought = cfg.feedback_cot;
+  o.seed = static_cast<uint64_t>(cfg.seed);
+  return std::make_shared<FeedbackModel>(open_llm(cfg.feedback_model, LoadOptions{cfg.device, cfg.dtype, {}}), o);
+}
+
 double mean(const std::vector<double>& v) { return v.empty() ? 0.0 : std::accumulate(v.begin(), v.end(), 0.0) / v.size(); }
 
 // Samples of one policy on the held-out prompts: texts, and the per-sample KL to the
@@ -125,8 +135,10 @@ std::pair<double, double> bootstrap_diff(const std::vector<double>& before, cons
 json run_pipeline(const PipelineConfig& cfg, bool force) {
   check(!cfg.policy.empty(), "pipeline: `policy` is required");
   check(!cfg.prompts.empty(), "pipeline: `prompts` is required");
-  check(cfg.labeler == "simulated" || cfg.labeler == "web",
-        "pipeline: labeler '" + cfg.labeler + "' is not one of: simulated, web");
+  check(cfg.labeler == "simulated" || cfg.labeler == "web" || cfg.labeler == "ai" || cfg.labeler == "mix",
+        "pipeline: labeler '" + cfg.labeler + "' is not one of: simulated, web, ai, mix");
+  check(cfg.labeler == "simulated" || cfg.labeler == "web" || !cfg.feedback_model.empty(),
+        "pipeline: labeler '" + cfg.labeler + "' needs `feedback_model` (a model path or an endpoint URL)");
   const fs::path run = cfg.run_dir;
   fs::create_directories(run);
   PipelineConfig saved = cfg;
@@ -137,6 +149,8 @@ json run_pipeline(const PipelineConfig& cfg, bool force) {
   check_range(cfg.labeler_temperature >= 0, "labeler_temperature", cfg.labeler_temperature, ">= 0");
   check_range(cfg.labelers_per_prompt > 0, "labelers_per_prompt", cfg.labelers_per_prompt, "> 0");
   check_range(cfg.eval_prompts > 0, "eval_prompts", cfg.eval_prompts, "> 0");
+  check_range(cfg.ai_share >= 0 && cfg.ai_share <= 1, "ai_share", cfg.ai_share, "in [0, 1]");
+  check_range(cfg.feedback_votes > 0, "feedback_votes", cfg.feedback_votes, "> 0");
   check_range(cfg.eval_samples > 0, "eval_samples", cfg.eval_samples, "> 0");
   validate(cfg.rm);
   validate(cfg.ppo);
@@ -148,13 +162,38 @@ json run_pipeline(const PipelineConfig& cfg, bool force) {
     return !skip;
   };
 
-  // 1. Sample K completions per labeling prompt from the starting policy.
+  // 1. Sample K completions per labeling prompt from the starting policy, 2. have them ranked.
   const fs::path rankings_path = run / "rankings.jsonl";
   if (stage("sample + label", rankings_path)) {
     std::vector<std::string> ps(split.train.begin(),
                                 split.train.begin() + std::min<size_t>(cfg.label_prompts, split.train.size()));
-    if (cfg.labeler == "web") {
-      // 2. People rank them on the labeling page; the store keeps their work across restarts.
+    // labeler = mix: the first (1 - ai_share) of the prompts go to people, the rest to the AI.
+    size_t n_people = cfg.labeler == "web" ? ps.size() : 0;
+    if (cfg.labeler == "mix") n_people = ps.size() - static_cast<size_t>(std::llround(cfg.ai_share * ps.size()));
+    const std::vector<std::string> to_people(ps.begin(), ps.begin() + n_people), to_machine(ps.begin() + n_people, ps.end());
+    std::vector<Ranking> rankings;
+    if (!to_machine.empty()) {
+      auto policy = load_model(cfg.policy, lo);
+      check(policy.tokenizer != nullptr, cfg.policy + ": no tokenizer found with the model");
+      const auto gens = sample_each(policy, to_machine, cfg.k, cfg, static_cast<uint64_t>(cfg.seed)).gens;
+      std::vector<LabelRequest> requests;
+      for (size_t i = 0; i < to_machine.size(); ++i) {
+        LabelRequest r{to_machine[i], {}};
+        for (int64_t j = 0; j < cfg.k; ++j) r.completions.push_back(gens[i * cfg.k + j].text);
+        requests.push_back(r);
+      }
+      if (cfg.labeler == "simulated") {
+        SimulatedLabeler labeler(SentimentLexicon::builtin(), cfg.labeler_temperature, static_cast<uint64_t>(cfg.seed));
+        rankings = labeler.rank(requests);
+      } else {
+        AiLabeler labeler(open_feedback(cfg), constitution_or_default(cfg.constitution), static_cast<uint64_t>(cfg.seed));
+        rankings = labeler.rank(requests);
+        std::cout << rankings.size() << " prompts ranked by the AI labeler (" << cfg.feedback_model << ")" << std::endl;
+      }
+      if (!to_people.empty()) write_rankings(run / "ai_rankings.jsonl", rankings);  // kept while people label
+    }
+    if (!to_people.empty()) {
+      // People rank theirs on the labeling page; the store keeps their work across restarts.
       LabelStore store(run / "labels.sqlite");
       LabelServeOptions o;
       o.db = (run / "labels.sqlite").string();
@@ -164,9 +203,10 @@ json run_pipeline(const PipelineConfig& cfg, bool force) {
       o.labelers_per_prompt = cfg.labelers_per_prompt;
       o.token = cfg.web_token;
       std::vector<LabelPrompt> prompts;
-      for (const auto& p : ps) prompts.push_back({p, {}});
+      for (const auto& p : to_people) prompts.push_back({p, {}});
       prepare_label_store(store, o, prompts);
-      const int64_t needed = cfg.web_rankings > 0 ? cfg.web_rankings : static_cast<int64_t>(ps.size()) * cfg.labelers_per_prompt;
+      const int64_t needed =
+          cfg.web_rankings > 0 ? cfg.web_rankings : static_cast<int64_t>(to_people.size()) * cfg.labelers_per_prompt;
       std::cout << "waiting for " << needed << " rankings on the labeling page (" << store.submission_count() << " so far)"
                 << std::endl;
       auto completer = [&]() -> CompleteFn {
@@ -174,22 +214,11 @@ json run_pipeline(const PipelineConfig& cfg, bool force) {
         return policy_completer(policy, cfg.k, cfg.ppo.max_new_tokens, cfg.ppo.temperature, static_cast<uint64_t>(cfg.seed));
       };
       serve_labels(store, o, completer, [&] { return store.submission_count() >= needed; });
-      write_rankings(rankings_path, store.export_rankings());
-      std::cout << store.submission_count() << " rankings from the labeling page -> " << rankings_path.string() << std::endl;
-    } else {
-      auto policy = load_model(cfg.policy, lo);
-      check(policy.tokenizer != nullptr, cfg.policy + ": no tokenizer found with the model");
-      const auto gens = sample_each(policy, ps, cfg.k, cfg, static_cast<uint64_t>(cfg.seed)).gens;
-      // 2. The simulated labeler ranks them.
-      std::vector<LabelRequest> requests;
-      for (size_t i = 0; i < ps.size(); ++i) {
-        LabelRequest r{ps[i], {}};
-        for (int64_t j = 0; j < cfg.k; ++j) r.completions.push_back(gens[i * cfg.k + j].text);
-        requests.push_back(r);
-      }
-      SimulatedLabeler labeler(SentimentLexicon::builtin(), cfg.labeler_temperature, static_cast<uint64_t>(cfg.seed));
-      write_rankings(rankings_path, labeler.rank(requests));
+      auto people = store.export_rankings();
+      std::cout << people.size() << " rankings from the labeling page" << std::endl;
+      rankings.insert(rankings.begin(), people.begin(), people.end());
     }
+    write_rankings(rankings_path, rankings);
   }
 
   // 3. Reward model on the K-choose-2 pairs of the rankings.

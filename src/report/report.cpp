@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "core/io.h"
 #include "core/utf8.h"
+#include "feedback/redteam.h"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -168,6 +169,7 @@ table.samples{width:100%;table-layout:fixed}
 table.samples td{white-space:pre-wrap;overflow-wrap:anywhere}
 table.samples col.i{width:2.5em}
 table.samples col.p{width:22%}
+h3{font-size:15px;margin:18px 0 8px}
 details pre{background:#fff;border:1px solid #d8dce1;padding:8px 12px;overflow:auto}
 )";
 
@@ -286,6 +288,11 @@ std::string pipeline_body(const fs::path& run) {
     summary = json::parse(read_file(run / "summary.json"), nullptr, false);
     check(summary.is_object(), (run / "summary.json").string() + ": not a JSON object");
     o += "<h2>Evaluation on held-out prompts</h2>\n" + summary_html(summary);
+  }
+  if (fs::exists(run / "redteam.json")) {
+    const json redteam = json::parse(read_file(run / "redteam.json"), nullptr, false);
+    check(redteam.is_object(), (run / "redteam.json").string() + ": not a JSON object");
+    o += "<h2>Red-team evaluation</h2>\n" + redteam_report_html(redteam);
   }
   if (fs::exists(run / "ppo" / "metrics.jsonl")) {
     std::vector<size_t> skipped;
@@ -462,11 +469,14 @@ std::string svg_plot(const std::string& metric, const MetricSeries& series) {
 std::string render_report(const fs::path& run_dir) {
   check(fs::is_directory(run_dir), run_dir.string() + ": no such run directory");
   const bool pipeline = fs::exists(run_dir / "summary.json") || fs::exists(run_dir / "ppo" / "metrics.jsonl") ||
-                        fs::exists(run_dir / "rm" / "metrics.jsonl");
+                        fs::exists(run_dir / "rm" / "metrics.jsonl") || fs::exists(run_dir / "redteam.json");
   std::string kind = "pipeline run", body;
   if (pipeline) body = pipeline_body(run_dir);
+  if (pipeline && !fs::exists(run_dir / "summary.json") && !fs::exists(run_dir / "ppo") && !fs::exists(run_dir / "rm"))
+    kind = "red-team evaluation";
   else if (fs::exists(run_dir / "metrics.jsonl")) body = trainer_body(run_dir, kind);
-  check(!body.empty(), run_dir.string() + ": nothing to report (no metrics in metrics.jsonl, rm/ or ppo/, no summary.json)");
+  check(!body.empty(),
+        run_dir.string() + ": nothing to report (no metrics in metrics.jsonl, rm/ or ppo/, no summary.json or redteam.json)");
   const std::string dir = html_escape(fs::absolute(run_dir).lexically_normal().string());
   // The policy forbids scripts and every fetch: the page shows model text, and must show it inert.
   return "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"

@@ -10,5 +10,7 @@ void add_react(CLI::App& app);  // cmd_rag.cpp: rlhf react
 // rlhf cot, rlhf pal, rlhf sandbox run (cmd_reason.cpp)
 void add_reason_commands(CLI::App& app);
 void add_cai(CLI::App& app);    // cmd_cai.cpp: rlhf cai revise
+void add_rlaif(CLI::App& app);  // cmd_rlaif.cpp: rlhf rlaif label|agreement
+void add_redteam(CLI::App& app);  // cmd_redteam.cpp: rlhf redteam eval
 
 }  // namespace rlhf::cli

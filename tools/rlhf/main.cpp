@@ -412,8 +412,10 @@ int main(int argc, char** argv) {
   add_trainer<PpoConfig>(app, "ppo", "PPO against a reward model with a KL penalty to the frozen starting policy",
                          [](PpoConfig c, bool resume) { return train_ppo(c, resume); });
   cli::add_rag(app);
+  cli::add_rlaif(app);
   cli::add_react(app);
   cli::add_cai(app);
+  cli::add_redteam(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
