@@ -194,7 +194,8 @@ std::vector<std::vector<Completion>> EndpointLlm::complete(const std::vector<std
       try {
         nlohmann::json req = {{"model", model}, {"prompt", prompts[i]}, {"max_tokens", params.max_tokens},
                               {"temperature", params.temperature}, {"top_p", params.top_p}, {"n", params.n},
-                              {"seed", params.seed + i * params.n}};
+                              // OpenAI's seed is a signed 64-bit integer: the top bit is dropped.
+                              {"seed", static_cast<int64_t>((params.seed + i * params.n) & 0x7fffffffffffffffULL)}};
         if (!params.stop.empty()) req["stop"] = params.stop;
         auto j = impl_->call(base_, "/v1/completions", &req);
         check(j.contains("choices") && j["choices"].is_array(), base_ + "/v1/completions: no choices in the reply");

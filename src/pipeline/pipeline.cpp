@@ -11,6 +11,7 @@
 #include "data/datasets.h"
 #include "feedback/ai_feedback.h"
 #include "feedback/label_server.h"
+#include "feedback/redteam.h"
 #include "feedback/labeler.h"
 #include "generate/generator.h"
 #include "model/model.h"
@@ -33,7 +34,13 @@ struct Split {
 
 // Held-out prompts first (a seeded shuffle), the rest for labeling and PPO.
 Split split_prompts(const PipelineConfig& cfg) {
-  auto all = read_prompts(cfg.prompts);
+  // JSONL prompts, or a red-team set (advbench, xstest, a .csv) for RL-CAI: its prompts, whatever their label.
+  std::vector<std::string> all;
+  const std::string ext = fs::path(cfg.prompts).extension().string();
+  if (cfg.prompts == "advbench" || cfg.prompts == "xstest" || ext == ".csv")
+    for (const auto& p : read_prompt_set(prompt_set_path(cfg.prompts))) all.push_back(p.prompt);
+  else
+    all = read_prompts(cfg.prompts);
   std::mt19937_64 rng(static_cast<uint64_t>(cfg.seed) + 101);
   for (size_t i = all.size(); i > 1; --i) std::swap(all[i - 1], all[rng() % i]);
   const size_t n_eval = std::min<size_t>(cfg.eval_prompts, all.size() / 2);
@@ -298,6 +305,22 @@ json run_pipeline(const PipelineConfig& cfg, bool force) {
                   {"length_after", after.mean_length},
                   {"eval_samples", before.texts.size()},
                   {"samples", samples}};
+  // 6. Red-team evaluation, before and after: harmful compliance and over-refusal.
+  if (cfg.redteam_eval) {
+    std::cerr << "[run]  red-team evaluation -> " << (run / "redteam.json").string() << "\n";
+    RedTeamConfig rc = cfg.redteam;
+    rc.seed = cfg.seed;
+    const auto prompts = load_redteam_prompts(rc, lo);
+    const auto options = redteam_options(rc);
+    auto judge = open_redteam_judge(rc, lo);
+    for (const auto& [key, path] : {std::pair<std::string, std::string>{"before", cfg.policy},
+                                    std::pair<std::string, std::string>{"after", (ppo_dir / "model").string()}}) {
+      LocalLlm policy(path, lo);
+      const json result = redteam_eval(policy, judge.get(), prompts, options);
+      save_redteam_run(run, key, result);
+      summary["redteam"][key] = result["summary"];
+    }
+  }
   write_file_atomic(run / "summary.json", dump_json(summary, 2) + "\n");  // samples: model text, maybe not UTF-8
   const fs::path report = write_report(run);
 
@@ -313,6 +336,9 @@ json run_pipeline(const PipelineConfig& cfg, bool force) {
   for (size_t i = 0; i < std::min<size_t>(3, samples.size()); ++i)
     std::printf("\n> %s\n  before: %s\n  after:  %s\n", samples[i]["prompt"].get<std::string>().c_str(),
                 samples[i]["before"].get<std::string>().c_str(), samples[i]["after"].get<std::string>().c_str());
+  if (summary.contains("redteam"))
+    for (const char* key : {"before", "after"})
+      std::printf("\nred-team evaluation, %s:\n%s", key, redteam_markdown(summary["redteam"][key]).c_str());
   std::printf("\nreport: %s\n", report.string().c_str());
   return summary;
 }

@@ -7,6 +7,7 @@
 #include <set>
 #include <string>
 
+#include "feedback/redteam.h"        // RedTeamConfig
 #include "train/config_fields.h"     // visit_stage
 #include "trainers/ppo_trainer.h"    // PpoConfig
 #include "trainers/reward_trainer.h" // RewardConfig
@@ -15,7 +16,7 @@ namespace rlhf {
 
 struct PipelineConfig {
   std::string policy;                   // starting policy (and the frozen reference)
-  std::string prompts;                  // JSONL {"prompt": ...}
+  std::string prompts;                  // JSONL {"prompt": ...}, or a red-team set: advbench, xstest, a .csv
   std::string run_dir = "runs/pipeline";
   std::string device = "cpu", dtype = "float32";
   int64_t seed = 0;
@@ -37,6 +38,8 @@ struct PipelineConfig {
   int64_t feedback_votes = 8;
   bool feedback_cot = false;
   double ai_share = 0.5;                // labeler = mix: share of the labeling prompts the AI ranks
+  // Red-team evaluation of the starting and the trained policy ([redteam] table: sets, limit, judge)
+  bool redteam_eval = false;
   int64_t label_prompts = 160;
   int64_t k = 4;
   // Evaluation
@@ -46,19 +49,21 @@ struct PipelineConfig {
   // the fields in kRmOwned / kPpoOwned are set by the pipeline.
   RewardConfig rm;
   PpoConfig ppo;
+  RedTeamConfig redteam;
 
   // Set by the pipeline from its own fields (model, data, run directory, device, seed) or from
   // the other stage (the reward model's normalisation samples use PPO's sampling settings).
   static inline const std::set<std::string> kRmOwned = {
       "model", "train_data", "eval_data", "run_dir", "device", "dtype", "seed", "data_format",
       "norm_temperature", "norm_max_new_tokens"};
+  static inline const std::set<std::string> kRedTeamOwned = {"seed"};
   static inline const std::set<std::string> kPpoOwned = {"model", "train_data", "eval_data", "run_dir", "device",
                                                          "dtype", "seed", "reward_model"};
 
   template <class V>
   void visit(V&& v) {
     v("policy", policy, "Starting policy: HF folder, .gguf or llama2.c .bin (also the frozen reference)");
-    v("prompts", prompts, "Prompts JSONL ({\"prompt\": ...}); eval_prompts of them are held out");
+    v("prompts", prompts, "Prompts JSONL ({\"prompt\": ...}), or a red-team set (advbench, xstest, a .csv); eval_prompts of them are held out");
     v("run_dir", run_dir, "Run directory: every stage's outputs and summary.json");
     v("device", device, "cpu, cuda or cuda:N");
     v("dtype", dtype, "float32 or bfloat16");
@@ -77,12 +82,14 @@ struct PipelineConfig {
     v("feedback_votes", feedback_votes, "Sampled votes per question when voting");
     v("feedback_cot", feedback_cot, "Chain of thought before each AI label (probabilities clamped to 40-60%)");
     v("ai_share", ai_share, "labeler = mix: share of the labeling prompts ranked by the AI (the rest by people)");
+    v("redteam_eval", redteam_eval, "Red-team evaluation of the policy before and after PPO (settings in [redteam])");
     v("label_prompts", label_prompts, "Prompts whose completions are ranked");
     v("k", k, "Completions per prompt to rank");
     v("eval_prompts", eval_prompts, "Held-out prompts for the evaluation");
     v("eval_samples", eval_samples, "Samples per held-out prompt, before and after");
     visit_stage(rm, "rm", kRmOwned, v);
     visit_stage(ppo, "ppo", kPpoOwned, v);
+    visit_stage(redteam, "redteam", kRedTeamOwned, v);
   }
 };
 

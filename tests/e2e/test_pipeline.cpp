@@ -6,9 +6,11 @@
 
 #include "../euro_model.h"
 #include "../test_util.h"
+#include "core/error.h"
 #include "core/io.h"
 #include "core/utf8.h"
 #include "data/datasets.h"
+#include "feedback/redteam.h"
 #include "pipeline/pipeline.h"
 
 using namespace rlhf;
@@ -99,4 +101,76 @@ TEST(Pipeline, WritesModelTextThatEndsInsideACharacter) {
   const std::string report = read_file(tmp / "run" / "report.html");
   EXPECT_EQ(valid_utf8(report), report);
   EXPECT_NE(report.find(text), std::string::npos);
+}
+
+// RL-CAI on a small budget: the AI labeler (stories260K as the feedback model, in-process)
+// ranks the samples with soft labels, the reward model and PPO run on them, and the policy
+// is red-teamed before and after; the report shows the red-team table.
+TEST(Pipeline, AiLabelsAndRedTeamEvaluationBeforeAndAfter) {
+  test::TempDir tmp;
+  const std::string stories = (test::data_dir() / "stories260K" / "stories260K.gguf").string();
+  auto c = small_pipeline(stories, tmp / "run");
+  c.prompts = "advbench";  // RL-CAI trains on red-team prompts
+  c.labeler = "ai";
+  c.feedback_model = stories;
+  c.label_prompts = 6;
+  c.k = 3;
+  c.ppo.max_new_tokens = 12;
+  c.rm.train.eval_fraction = 0.2;
+  c.rm.norm_samples = 8;
+  c.ppo.train.max_steps = 1;
+  c.ppo.rollout_batch = 4;
+  c.ppo.minibatches = 1;
+  c.eval_prompts = 4;
+  c.redteam_eval = true;
+  c.redteam.limit = 4;
+  c.redteam.max_tokens = 12;
+  c.redteam.judge = stories;
+  auto s = run_pipeline(c, false);
+  const auto rankings = read_rankings(tmp / "run" / "rankings.jsonl");
+  ASSERT_EQ(rankings.size(), 6u);
+  const auto advbench = read_prompt_set(prompt_set_path("advbench"));
+  for (const auto& rk : rankings) {
+    EXPECT_TRUE(std::any_of(advbench.begin(), advbench.end(), [&](const auto& p) { return p.prompt == rk.prompt; }));
+    EXPECT_EQ(rk.labeler, "ai");
+    EXPECT_EQ(rk.extra["preference_probs"].size(), 3u);
+  }
+  for (const char* key : {"before", "after"}) {
+    ASSERT_TRUE(s["redteam"].contains(key)) << key;
+    const auto& overall = s["redteam"][key]["overall"];
+    EXPECT_EQ(overall["unsafe"].get<int>() + overall["safe"].get<int>(), 8) << key;  // 4 per set, 2 sets
+    EXPECT_TRUE(overall["judge"].is_object()) << key;
+    EXPECT_TRUE(std::filesystem::exists(tmp / "run" / "redteam" / (std::string(key) + ".jsonl"))) << key;
+  }
+  const auto file = json::parse(read_file(tmp / "run" / "redteam.json"));
+  EXPECT_EQ(file["after"], s["redteam"]["after"]);
+  const std::string report = read_file(tmp / "run" / "report.html");
+  EXPECT_NE(report.find("Red-team evaluation"), std::string::npos);
+  EXPECT_NE(report.find("harmful"), std::string::npos);
+}
+
+// labeler = mix with every prompt to the AI (ai_share 1): no labeling page is served.
+TEST(Pipeline, MixWithAllPromptsToTheAiNeedsNoPeople) {
+  test::TempDir tmp;
+  const std::string stories = (test::data_dir() / "stories260K" / "stories260K.gguf").string();
+  auto c = small_pipeline(stories, tmp / "run");
+  c.labeler = "mix";
+  c.ai_share = 1.0;
+  c.feedback_model = stories;
+  c.label_prompts = 4;
+  c.k = 2;
+  c.ppo.max_new_tokens = 8;
+  c.rm.norm_samples = 4;
+  c.ppo.train.max_steps = 1;
+  c.ppo.rollout_batch = 2;
+  c.ppo.minibatches = 1;
+  c.eval_prompts = 2;
+  run_pipeline(c, false);
+  EXPECT_EQ(read_rankings(tmp / "run" / "rankings.jsonl").size(), 4u);
+  EXPECT_FALSE(std::filesystem::exists(tmp / "run" / "labels.sqlite"));
+  // Without a feedback model, ai and mix stop before any stage runs.
+  c.feedback_model.clear();
+  c.run_dir = (tmp / "run2").string();
+  EXPECT_THROW(run_pipeline(c, false), Error);
+  EXPECT_FALSE(std::filesystem::exists(tmp / "run2" / "rankings.jsonl"));
 }
