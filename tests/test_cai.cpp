@@ -260,10 +260,7 @@ TEST(Cai, EachRoundRevisesTheLastRevisionUnderItsDrawnPrinciple) {
   EXPECT_EQ(llm.last_params.stop, c.stop);
   EXPECT_EQ(llm.last_params.max_tokens, 33);
   EXPECT_FLOAT_EQ(llm.last_params.temperature, 0.5f);
-  // Each call samples from its own streams; seeds fit a signed 64-bit integer, as endpoints
-  // (OpenAI's API, `rlhf serve`) require.
-  EXPECT_EQ(llm.seeds.size(), 5u);
-  for (uint64_t seed : llm.seeds) EXPECT_LE(seed, static_cast<uint64_t>(INT64_MAX));
+  EXPECT_EQ(llm.seeds.size(), 5u);  // each call samples from streams of its own
 
   const std::vector<std::string> first = {"R0", "S0"};
   for (size_t i = 0; i < 2; ++i) {

@@ -27,10 +27,9 @@ bool CaiTranscript::revised() const {
 namespace {
 
 // Independent random streams from one seed, one per purpose: the principle draws, the mixing,
-// and each Llm call (whose own seed then picks a stream per prompt). 63 bits: an endpoint
-// takes the seed as a signed 64-bit integer (OpenAI's API; `rlhf serve` rejects more).
+// and each Llm call (whose own seed then picks a stream per prompt).
 enum Stream : uint64_t { kPrinciples = 0, kMixing = 1, kCalls = 2 };
-uint64_t stream_seed(uint64_t seed, uint64_t stream) { return sequence_rng(seed, stream)() >> 1; }
+uint64_t stream_seed(uint64_t seed, uint64_t stream) { return sequence_rng(seed, stream)(); }
 
 std::string conversation(const Constitution& c, const std::string& prompt) {
   return fill_template(c.conversation, {{"prompt", prompt}});
