@@ -98,6 +98,7 @@ std::optional<std::vector<std::vector<double>>> LocalLlm::continuation_logprobs(
 #include <cmath>
 #include <cstdlib>
 #include <chrono>
+#include <functional>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -158,6 +159,29 @@ struct EndpointLlm::Impl {
     throw Error(base + path + ": " + last_error + " after " + std::to_string(opt.retries + 1) + " attempts");
   }
 
+  // request(i) for i in [0, n), `concurrency` at a time; the first error stops the rest and is
+  // rethrown once all threads are done.
+  void for_each_request(size_t n, const std::function<void(size_t)>& request) const {
+    std::atomic<size_t> next{0};
+    std::mutex err_mu;
+    std::string first_error;
+    auto worker = [&] {
+      for (size_t i; (i = next.fetch_add(1)) < n;) {
+        try {
+          request(i);
+        } catch (const std::exception& e) {
+          std::lock_guard lock(err_mu);
+          if (first_error.empty()) first_error = e.what();
+          next = n;
+        }
+      }
+    };
+    std::vector<std::thread> threads;
+    for (size_t t = 0; t < std::min<size_t>(opt.concurrency, n); ++t) threads.emplace_back(worker);
+    for (auto& t : threads) t.join();
+    if (!first_error.empty()) throw Error(first_error);
+  }
+
   std::string model_name(const std::string& base) {
     std::lock_guard lock(model_mu);
     if (model.empty()) {
@@ -186,45 +210,29 @@ std::vector<std::vector<Completion>> EndpointLlm::complete(const std::vector<std
   check(params.n >= 1, "n must be >= 1");
   const std::string model = impl_->model_name(base_);
   std::vector<std::vector<Completion>> out(prompts.size());
-  std::atomic<size_t> next{0};
-  std::mutex err_mu;
-  std::string first_error;
-  auto worker = [&] {
-    for (size_t i; (i = next.fetch_add(1)) < prompts.size();) {
-      try {
-        nlohmann::json req = {{"model", model}, {"prompt", prompts[i]}, {"max_tokens", params.max_tokens},
-                              {"temperature", params.temperature}, {"top_p", params.top_p}, {"n", params.n},
-                              // OpenAI's seed is a signed 64-bit integer: the top bit is dropped.
-                              {"seed", static_cast<int64_t>((params.seed + i * params.n) & 0x7fffffffffffffffULL)}};
-        if (!params.stop.empty()) req["stop"] = params.stop;
-        auto j = impl_->call(base_, "/v1/completions", &req);
-        check(j.contains("choices") && j["choices"].is_array(), base_ + "/v1/completions: no choices in the reply");
-        std::vector<Completion> choices(params.n);
-        size_t got = 0;
-        for (const auto& c : j["choices"]) {
-          const size_t index = c.value("index", got);
-          if (index >= choices.size()) continue;
-          choices[index].text = c.value("text", "");
-          choices[index].finish_reason = c["finish_reason"].is_string() ? c["finish_reason"].get<std::string>() : "";
-          ++got;
-        }
-        check(got == static_cast<size_t>(params.n), base_ + "/v1/completions: asked for " + std::to_string(params.n) +
-                                                        " choices, got " + std::to_string(got));
-        if (j.contains("usage") && j["usage"].contains("completion_tokens") && params.n == 1)
-          choices[0].completion_tokens = j["usage"]["completion_tokens"].get<int64_t>();
-        out[i] = std::move(choices);
-      } catch (const std::exception& e) {
-        std::lock_guard lock(err_mu);
-        if (first_error.empty()) first_error = e.what();
-        next = prompts.size();
-      }
+  impl_->for_each_request(prompts.size(), [&](size_t i) {
+    nlohmann::json req = {{"model", model}, {"prompt", prompts[i]}, {"max_tokens", params.max_tokens},
+                          {"temperature", params.temperature}, {"top_p", params.top_p}, {"n", params.n},
+                          // OpenAI's seed is a signed 64-bit integer: the top bit is dropped.
+                          {"seed", static_cast<int64_t>((params.seed + i * params.n) & 0x7fffffffffffffffULL)}};
+    if (!params.stop.empty()) req["stop"] = params.stop;
+    auto j = impl_->call(base_, "/v1/completions", &req);
+    check(j.contains("choices") && j["choices"].is_array(), base_ + "/v1/completions: no choices in the reply");
+    std::vector<Completion> choices(params.n);
+    size_t got = 0;
+    for (const auto& c : j["choices"]) {
+      const size_t index = c.value("index", got);
+      if (index >= choices.size()) continue;
+      choices[index].text = c.value("text", "");
+      choices[index].finish_reason = c["finish_reason"].is_string() ? c["finish_reason"].get<std::string>() : "";
+      ++got;
     }
-  };
-  std::vector<std::thread> threads;
-  const size_t n_threads = std::min<size_t>(impl_->opt.concurrency, prompts.size());
-  for (size_t t = 0; t < n_threads; ++t) threads.emplace_back(worker);
-  for (auto& t : threads) t.join();
-  if (!first_error.empty()) throw Error(first_error);
+    check(got == static_cast<size_t>(params.n), base_ + "/v1/completions: asked for " + std::to_string(params.n) +
+                                                    " choices, got " + std::to_string(got));
+    if (j.contains("usage") && j["usage"].contains("completion_tokens") && params.n == 1)
+      choices[0].completion_tokens = j["usage"]["completion_tokens"].get<int64_t>();
+    out[i] = std::move(choices);
+  });
   return out;
 }
 
@@ -235,41 +243,25 @@ std::optional<std::vector<std::vector<double>>> EndpointLlm::continuation_logpro
   const std::string url = base_ + "/v1/completions";
   std::vector<std::vector<double>> out(prompts.size(), std::vector<double>(candidates.size(), -INFINITY));
   std::atomic<bool> no_logprobs{false};
-  std::atomic<size_t> next{0};
-  std::mutex err_mu;
-  std::string first_error;
-  auto worker = [&] {
-    for (size_t i; (i = next.fetch_add(1)) < prompts.size();) {
-      try {
-        nlohmann::json req = {{"model", model}, {"prompt", prompts[i]}, {"max_tokens", 1}, {"temperature", 0},
-                              {"logprobs", impl_->opt.top_logprobs}};
-        auto j = impl_->call(base_, "/v1/completions", &req);
-        check(j.contains("choices") && j["choices"].is_array() && !j["choices"].empty() && j["choices"][0].is_object(),
-              url + ": no choices in the reply");
-        const auto& lp = j["choices"][0].contains("logprobs") ? j["choices"][0]["logprobs"] : nlohmann::json();
-        // No log-probabilities at all (some servers ignore the field): the caller falls back.
-        if (!lp.is_object() || !lp.contains("top_logprobs") || !lp["top_logprobs"].is_array() ||
-            lp["top_logprobs"].empty() || !lp["top_logprobs"][0].is_object()) {
-          no_logprobs = true;
-          continue;
-        }
-        for (const auto& [token, value] : lp["top_logprobs"][0].items()) {
-          check(value.is_number(), url + ": a top_logprobs value is not a number");
-          for (size_t c = 0; c < candidates.size(); ++c)
-            if (token == candidates[c]) out[i][c] = value.get<double>();
-        }
-      } catch (const std::exception& e) {
-        std::lock_guard lock(err_mu);
-        if (first_error.empty()) first_error = e.what();
-        next = prompts.size();
-      }
+  impl_->for_each_request(prompts.size(), [&](size_t i) {
+    nlohmann::json req = {{"model", model}, {"prompt", prompts[i]}, {"max_tokens", 1}, {"temperature", 0},
+                          {"logprobs", impl_->opt.top_logprobs}};
+    auto j = impl_->call(base_, "/v1/completions", &req);
+    check(j.contains("choices") && j["choices"].is_array() && !j["choices"].empty() && j["choices"][0].is_object(),
+          url + ": no choices in the reply");
+    const auto& lp = j["choices"][0].contains("logprobs") ? j["choices"][0]["logprobs"] : nlohmann::json();
+    // No log-probabilities at all (some servers ignore the field): the caller falls back.
+    if (!lp.is_object() || !lp.contains("top_logprobs") || !lp["top_logprobs"].is_array() ||
+        lp["top_logprobs"].empty() || !lp["top_logprobs"][0].is_object()) {
+      no_logprobs = true;
+      return;
     }
-  };
-  std::vector<std::thread> threads;
-  const size_t n_threads = std::min<size_t>(impl_->opt.concurrency, prompts.size());
-  for (size_t t = 0; t < n_threads; ++t) threads.emplace_back(worker);
-  for (auto& t : threads) t.join();
-  if (!first_error.empty()) throw Error(first_error);
+    for (const auto& [token, value] : lp["top_logprobs"][0].items()) {
+      check(value.is_number(), url + ": a top_logprobs value is not a number");
+      for (size_t c = 0; c < candidates.size(); ++c)
+        if (token == candidates[c]) out[i][c] = value.get<double>();
+    }
+  });
   if (no_logprobs) return std::nullopt;
   return out;
 }

@@ -2,9 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iostream>
 #include <nlohmann/json.hpp>
 #include <random>
-#include <sstream>
 
 #include "apps/app_io.h"
 #include "apps/llm.h"
@@ -76,14 +76,15 @@ std::vector<size_t> draw_principles(size_t count, int64_t rounds, uint64_t seed,
 }
 
 std::vector<CaiTranscript> critique_revise(Llm& llm, const std::vector<std::string>& prompts, const Constitution& c,
-                                           const CaiConfig& cfg) {
+                                           const CaiConfig& cfg, std::ostream* log) {
   check(!c.principles.empty(), c.source + ": no [[principles]]: supervised CAI needs critique/revision principles");
   CompletionParams params;
   params.max_tokens = cfg.max_tokens;
   params.temperature = static_cast<float>(cfg.temperature);
   params.stop = c.stop;
   uint64_t call = 0;
-  auto complete = [&](const std::vector<std::string>& batch) {
+  auto complete = [&](const std::vector<std::string>& batch, const std::string& step) {
+    if (log) *log << "cai: " << step << " (" << batch.size() << " prompts, " << llm.describe() << ")" << std::endl;
     params.seed = stream_seed(cfg.seed, kCalls + call++);
     auto out = llm.complete(batch, params);
     check(out.size() == batch.size(), llm.describe() + ": " + std::to_string(out.size()) + " answers to " +
@@ -97,7 +98,7 @@ std::vector<CaiTranscript> critique_revise(Llm& llm, const std::vector<std::stri
   std::vector<CaiTranscript> t(prompts.size());
   std::vector<std::string> batch;
   for (const auto& p : prompts) batch.push_back(conversation(c, p));
-  auto replies = complete(batch);
+  auto replies = complete(batch, "replies");
   std::vector<std::vector<size_t>> drawn;
   for (size_t i = 0; i < prompts.size(); ++i) {
     t[i].prompt = prompts[i];
@@ -112,11 +113,12 @@ std::vector<CaiTranscript> critique_revise(Llm& llm, const std::vector<std::stri
     for (size_t i = 0; i < t.size(); ++i)
       critique_prompts.push_back(
           critique_prompt(c, c.principles[drawn[i][r]], t[i].prompt, t[i].final_response, cfg.few_shot));
-    auto critiques = complete(critique_prompts);
+    const std::string round = "round " + std::to_string(r + 1) + "/" + std::to_string(cfg.rounds);
+    auto critiques = complete(critique_prompts, round + ": critiques");
     batch.clear();
     for (size_t i = 0; i < t.size(); ++i)
       batch.push_back(revision_prompt(c, c.principles[drawn[i][r]], critique_prompts[i], critiques[i]));
-    auto revisions = complete(batch);
+    auto revisions = complete(batch, round + ": revisions");
     for (size_t i = 0; i < t.size(); ++i) {
       CaiRound round{c.principles[drawn[i][r]].name, critiques[i], revisions[i], !revisions[i].empty()};
       if (round.kept) t[i].final_response = revisions[i];
@@ -148,26 +150,18 @@ json to_json(const CaiTranscript& t) {
 
 }  // namespace
 
-std::vector<std::string> read_red_team_prompts(const std::filesystem::path& path) {
-  std::string ext = path.extension().string();
-  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char ch) { return std::tolower(ch); });
-  if (ext != ".csv") return read_prompts(path);
-  std::vector<std::string> prompts;  // the red-team sets' CSV reader (AdvBench, XSTest, a 'prompt' column)
-  for (auto& p : read_prompt_set(path)) prompts.push_back(std::move(p.prompt));
-  return prompts;
-}
-
 CaiStats cai_revise(const CaiConfig& cfg, Llm* llm) {
   validate(cfg);
   const Constitution c = constitution_or_default(cfg.constitution);
-  auto prompts = read_red_team_prompts(cfg.prompts);
-  if (cfg.limit > 0 && static_cast<size_t>(cfg.limit) < prompts.size()) prompts.resize(cfg.limit);
+  std::vector<std::string> prompts;
+  for (auto& p : sample_prompts(read_prompt_set(prompt_set_path(cfg.prompts)), cfg.limit, cfg.seed))
+    prompts.push_back(std::move(p.prompt));
   std::vector<SftExample> helpful;  // read before the long loop: a bad file fails at once
   if (!cfg.helpful_data.empty()) helpful = read_sft(cfg.helpful_data, {}, cfg.helpful_chat_template);
 
   std::unique_ptr<Llm> opened;  // after the inputs, so a bad one fails before a long load
   if (!llm) llm = (opened = open_llm(cfg.model, LoadOptions{.device = cfg.device})).get();
-  auto transcripts = critique_revise(*llm, prompts, c, cfg);
+  auto transcripts = critique_revise(*llm, prompts, c, cfg, &std::cerr);
 
   CaiStats stats;
   stats.prompts = static_cast<int64_t>(transcripts.size());

@@ -6,6 +6,7 @@
 #pragma once
 #include <cstdint>
 #include <filesystem>
+#include <iosfwd>
 #include <string>
 #include <vector>
 
@@ -17,7 +18,7 @@ class Llm;
 
 struct CaiConfig {
   std::string model;              // the model that answers, critiques and revises
-  std::string prompts;            // red-team prompts
+  std::string prompts;            // red-team prompts (feedback/redteam.h's prompt sets)
   std::string constitution;       // empty: the built-in default
   std::string out_dir = "runs/cai";
   int64_t rounds = 2;
@@ -34,11 +35,11 @@ struct CaiConfig {
   template <class V>
   void visit(V&& v) {
     v("model", model, "Model that answers, critiques and revises: HF folder, .gguf, llama2.c .bin, or http(s):// endpoint");
-    v("prompts", prompts, "Red-team prompts: JSONL with a 'prompt' per line, or CSV with a 'prompt' or 'goal' column (XSTest, AdvBench)");
+    v("prompts", prompts, "Red-team prompts: advbench, xstest (the data folder's sets), or a file: JSONL with a 'prompt' per line, or CSV with a 'prompt' or 'goal' column");
     v("constitution", constitution, "Constitution TOML file (empty: the built-in default, constitutions/default.toml)");
     v("out_dir", out_dir, "Output folder: transcript.jsonl, sft.jsonl, config.toml");
     v("rounds", rounds, "Critique -> revision rounds per prompt, each under a freshly drawn principle");
-    v("limit", limit, "Use the first N prompts only; 0 = all");
+    v("limit", limit, "At most N prompts (0 = all), drawn as rlhf redteam eval draws them: safe and unsafe alternate, categories take turns");
     v("seed", seed, "Seed of the principle draws, the sampling and the mixing");
     v("max_tokens", max_tokens, "Tokens per reply, critique or revision at most");
     v("temperature", temperature, "Sampling temperature of replies, critiques and revisions; 0 = greedy");
@@ -80,18 +81,13 @@ std::string revision_prompt(const Constitution& c, const Principle& p, const std
                             const std::string& critique);
 
 // The principles (indices into a list of `count`) drawn for the rounds of prompt `index`: a
-// function of the seed and the prompt's index only, so a prompt gets the same draws whatever
-// `limit` is.
+// function of the seed and the index only (not of the other prompts, nor of the round count).
 std::vector<size_t> draw_principles(size_t count, int64_t rounds, uint64_t seed, size_t index);
 
 // The loop: one reply per prompt, then `cfg.rounds` of critique and revision; every step is
-// one Llm::complete call for all prompts.
+// one Llm::complete call for all prompts (announced on `log` when given).
 std::vector<CaiTranscript> critique_revise(Llm& llm, const std::vector<std::string>& prompts, const Constitution& c,
-                                           const CaiConfig& cfg);
-
-// Red-team prompts: JSONL (optionally gzip) with a string 'prompt' per line, or CSV (.csv,
-// RFC 4180 quoting) with a 'prompt' or 'goal' column. Errors name the file (and line).
-std::vector<std::string> read_red_team_prompts(const std::filesystem::path& path);
+                                           const CaiConfig& cfg, std::ostream* log = nullptr);
 
 // Range checks, before anything is loaded: one-line errors naming the field.
 void validate(const CaiConfig& cfg);

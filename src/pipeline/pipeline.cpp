@@ -34,7 +34,13 @@ struct Split {
 
 // Held-out prompts first (a seeded shuffle), the rest for labeling and PPO.
 Split split_prompts(const PipelineConfig& cfg) {
-  auto all = read_prompts(cfg.prompts);
+  // JSONL prompts, or a red-team set (advbench, xstest, a .csv) for RL-CAI: its prompts, whatever their label.
+  std::vector<std::string> all;
+  const std::string ext = fs::path(cfg.prompts).extension().string();
+  if (cfg.prompts == "advbench" || cfg.prompts == "xstest" || ext == ".csv")
+    for (const auto& p : read_prompt_set(prompt_set_path(cfg.prompts))) all.push_back(p.prompt);
+  else
+    all = read_prompts(cfg.prompts);
   std::mt19937_64 rng(static_cast<uint64_t>(cfg.seed) + 101);
   for (size_t i = all.size(); i > 1; --i) std::swap(all[i - 1], all[rng() % i]);
   const size_t n_eval = std::min<size_t>(cfg.eval_prompts, all.size() / 2);

@@ -16,7 +16,7 @@ namespace rlhf {
 
 struct PipelineConfig {
   std::string policy;                   // starting policy (and the frozen reference)
-  std::string prompts;                  // JSONL {"prompt": ...}
+  std::string prompts;                  // JSONL {"prompt": ...}, or a red-team set: advbench, xstest, a .csv
   std::string run_dir = "runs/pipeline";
   std::string device = "cpu", dtype = "float32";
   int64_t seed = 0;
@@ -63,7 +63,7 @@ struct PipelineConfig {
   template <class V>
   void visit(V&& v) {
     v("policy", policy, "Starting policy: HF folder, .gguf or llama2.c .bin (also the frozen reference)");
-    v("prompts", prompts, "Prompts JSONL ({\"prompt\": ...}); eval_prompts of them are held out");
+    v("prompts", prompts, "Prompts JSONL ({\"prompt\": ...}), or a red-team set (advbench, xstest, a .csv); eval_prompts of them are held out");
     v("run_dir", run_dir, "Run directory: every stage's outputs and summary.json");
     v("device", device, "cpu, cuda or cuda:N");
     v("dtype", dtype, "float32 or bfloat16");

@@ -10,6 +10,7 @@
 #include "core/io.h"
 #include "core/utf8.h"
 #include "data/datasets.h"
+#include "feedback/redteam.h"
 #include "pipeline/pipeline.h"
 
 using namespace rlhf;
@@ -109,6 +110,7 @@ TEST(Pipeline, AiLabelsAndRedTeamEvaluationBeforeAndAfter) {
   test::TempDir tmp;
   const std::string stories = (test::data_dir() / "stories260K" / "stories260K.gguf").string();
   auto c = small_pipeline(stories, tmp / "run");
+  c.prompts = "advbench";  // RL-CAI trains on red-team prompts
   c.labeler = "ai";
   c.feedback_model = stories;
   c.label_prompts = 6;
@@ -127,7 +129,9 @@ TEST(Pipeline, AiLabelsAndRedTeamEvaluationBeforeAndAfter) {
   auto s = run_pipeline(c, false);
   const auto rankings = read_rankings(tmp / "run" / "rankings.jsonl");
   ASSERT_EQ(rankings.size(), 6u);
+  const auto advbench = read_prompt_set(prompt_set_path("advbench"));
   for (const auto& rk : rankings) {
+    EXPECT_TRUE(std::any_of(advbench.begin(), advbench.end(), [&](const auto& p) { return p.prompt == rk.prompt; }));
     EXPECT_EQ(rk.labeler, "ai");
     EXPECT_EQ(rk.extra["preference_probs"].size(), 3u);
   }

@@ -78,13 +78,17 @@ void add_rlaif_label(CLI::App& rlaif) {
       "label", "AI rankings under a constitution: every pair of completions judged in both orders, soft labels kept");
   add_feedback_options(*cmd, a->fb);
   cmd->add_option("--input", a->input,
-                  "JSONL to rank: {prompt, completions: [...]} lines, or preference pairs (prompt/chosen/rejected, HH)");
-  cmd->add_option("--policy", a->policy, "Or sample the completions: a policy model (with --prompts)");
-  cmd->add_option("--prompts", a->prompts, "Prompts JSONL ({\"prompt\": ...}) for --policy");
+                  "JSONL to rank: {prompt, completions: [...]} lines, or preference pairs (prompt/chosen/rejected, HH)")
+      ->transform(detail::data_path_flag());
+  cmd->add_option("--policy", a->policy, "Or sample the completions: a policy model (with --prompts)")
+      ->transform(detail::data_path_flag());
+  cmd->add_option("--prompts", a->prompts, "Prompts JSONL ({\"prompt\": ...}) for --policy")
+      ->transform(detail::data_path_flag());
   cmd->add_option("--k", a->k, "Completions sampled per prompt (--policy)")->capture_default_str()->check(CLI::Range(2, 64));
   cmd->add_option("--max-new-tokens", a->max_new_tokens, "Length of the sampled completions")->capture_default_str();
   cmd->add_option("--temperature", a->temperature, "Temperature of the sampled completions")->capture_default_str();
-  cmd->add_option("--constitution", a->constitution, "Constitution TOML (default: the built-in one)");
+  cmd->add_option("--constitution", a->constitution, "Constitution TOML (default: the built-in one)")
+      ->transform(detail::data_path_flag());
   cmd->add_option("--limit", a->limit, "Rank at most this many prompts (a seeded sample; 0: all)")->capture_default_str();
   cmd->add_option("--seed", a->seed, "Seed of the principle draws, samples and votes")->capture_default_str();
   cmd->add_option("--out,-o", a->out, "Rankings JSONL with soft labels (preference_probs), for rlhf rm train")->required();
@@ -147,7 +151,8 @@ void add_rlaif_agreement(CLI::App& rlaif) {
   add_feedback_options(*cmd, a->fb);
   cmd->add_option("--pairs", a->pairs,
                   "Human preference pairs: prompt/chosen/rejected JSONL or HH-RLHF dialogues (.jsonl or .jsonl.gz)")
-      ->required();
+      ->required()
+      ->transform(detail::data_path_flag());
   cmd->add_option("--constitution", a->constitution, "Constitution TOML (default: the built-in one)");
   cmd->add_option("--limit", a->limit, "Pairs judged (a seeded sample; 0: all)")->capture_default_str();
   cmd->add_option("--seed", a->seed, "Seed of the sample, the principle draws and votes")->capture_default_str();

@@ -8,6 +8,7 @@
 
 #include "apps/llm.h"
 #include "feedback/ai_feedback.h"
+#include "train/config_fields.h"  // detail::data_path_flag: "data:..." paths
 
 namespace rlhf::cli {
 
@@ -24,7 +25,8 @@ inline void add_feedback_options(CLI::App& cmd, FeedbackArgs& a, const std::stri
                                  bool required = true) {
   auto* opt = cmd.add_option(name, a.model,
                              "Feedback model: a model path (HF folder, .gguf, llama2.c .bin) or an OpenAI-compatible "
-                             "endpoint URL (rlhf serve, llama.cpp server, vLLM, Ollama)");
+                             "endpoint URL (rlhf serve, llama.cpp server, vLLM, Ollama)")
+                 ->transform(detail::data_path_flag());
   if (required) opt->required();
   cmd.add_option("--feedback-method", a.feedback.method,
                  "auto (option log-probabilities, else sampled votes), logprobs, or votes")
