@@ -39,7 +39,9 @@ TEST(CliRlaif, LabelRanksCompletionsWithSoftLabelsThatTrainARewardModel) {
   ASSERT_EQ(P.size(), 3u);
   for (int i = 0; i < 3; ++i)
     for (int j = 0; j < 3; ++j)
-      if (i != j) EXPECT_NEAR(P[i][j].get<double>() + P[j][i].get<double>(), 1.0, 1e-9);
+      if (i != j) {
+        EXPECT_NEAR(P[i][j].get<double>() + P[j][i].get<double>(), 1.0, 1e-9);
+      }
   EXPECT_EQ(rankings[0].extra["ai_feedback"]["pairs"].size(), 3u);
   // The pairs carry the soft labels; a reward model trains on the file.
   auto pairs = rankings_to_pairs(rankings);
