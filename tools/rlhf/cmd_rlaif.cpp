@@ -124,10 +124,11 @@ void add_rlaif_label(CLI::App& rlaif) {
     const auto rankings = labeler.rank(requests);
     write_rankings(a->out, rankings);
     // How decided the labels are, and how often the two orders agree on the winner.
-    double decided = 0, consistent = 0, pairs = 0;
+    double decided = 0, consistent = 0, pairs = 0, unanswered = 0;
     for (const auto& rk : rankings)
       for (const auto& p : rk.extra["ai_feedback"]["pairs"]) {
         pairs += 1;
+        unanswered += p["method"].get<std::string>().find("unanswered") != std::string::npos;
         decided += std::abs(p["p_i"].get<double>() - 0.5);
         consistent += (p["p_i_as_a"].get<double>() > 0.5) == (p["p_i_as_b"].get<double>() > 0.5);
       }
@@ -136,6 +137,9 @@ void add_rlaif_label(CLI::App& rlaif) {
               << (fm->last_method() == "votes" ? " (sampled votes: the endpoint gave no log-probabilities)" : "")
               << "; constitution '" << constitution.name << "'\nmean |P - 0.5| " << decided / std::max(1.0, pairs)
               << "; the two orders agree on the winner in " << consistent << " of " << pairs << " pairs\n";
+    if (unanswered > 0)
+      std::cout << unanswered << " of " << pairs << " pairs unanswered in an order (no option letter among the top "
+                << "log-probabilities or the votes): P = 0.5 there\n";
   });
 }
 
@@ -168,9 +172,11 @@ void add_rlaif_agreement(CLI::App& rlaif) {
     const auto judged = judge_pairs(*fm, constitution, pairs, rng);
     // Agreement: the AI prefers the human's choice (a tie counts half).
     double agree = 0, p_sum = 0, consistent = 0;
+    size_t unanswered = 0;
     json records = json::array();
     for (size_t i = 0; i < judged.size(); ++i) {
       const double p = judged[i].p_first;
+      unanswered += judged[i].method.find("unanswered") != std::string::npos;
       agree += p > 0.5 ? 1.0 : p == 0.5 ? 0.5 : 0.0;
       p_sum += p;
       consistent += (judged[i].p_first_as_a > 0.5) == (judged[i].p_first_as_b > 0.5);
@@ -187,6 +193,7 @@ void add_rlaif_agreement(CLI::App& rlaif) {
                    {"agreement_ci95", {lo, hi}},
                    {"mean_p_chosen", p_sum / n},
                    {"order_consistency", consistent / n},
+                   {"unanswered", unanswered},
                    {"feedback_model", fm->describe()},
                    {"method", fm->last_method()},
                    {"constitution", constitution.name}};
@@ -203,6 +210,10 @@ void add_rlaif_agreement(CLI::App& rlaif) {
                 fm->last_method().c_str(),
                 fm->last_method() == "votes" ? " (sampled votes: the endpoint gave no log-probabilities)" : "",
                 constitution.name.c_str());
+    if (unanswered > 0)
+      std::printf("%zu of %zu pairs unanswered in an order (no option letter among the top log-probabilities or the "
+                  "votes): counted as P = 0.5 there\n",
+                  unanswered, judged.size());
   });
 }
 
