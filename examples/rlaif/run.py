@@ -6,7 +6,7 @@ time); a judge is fine-tuned from stories260K on multiple-choice questions shape
 FeedbackModel asks them (constitution kindness.toml); `rlhf rlaif agreement` then measures how
 often the untrained and the trained judge agree with the gold labels on held-out prompts.
 
-    .venv/bin/python examples/rlaif/run.py [--out runs/rlaif] [--seed 0] [--smoke]
+    .venv/bin/python examples/rlaif/run.py [--out runs/rlaif] [--seed 0] [--smoke] [--pipeline]
 
 Run from the repository root after building. Writes results.json in --out (and in
 examples/rlaif/ for a full run with --publish) and prints a markdown table.
@@ -215,6 +215,9 @@ def main():
     ap.add_argument("--sft-steps", type=int, default=1200, help="judge training steps")
     ap.add_argument("--sft-lr", type=float, default=2e-3, help="judge learning rate")
     ap.add_argument("--sft-batch", type=int, default=16, help="judge batch size")
+    ap.add_argument("--pipeline", action="store_true",
+                    help="also run rlhf pipeline (examples/happy_stories.toml) with labeler = ai (the judge) and simulated")
+    ap.add_argument("--pipeline-ppo-steps", type=int, default=60, help="PPO steps of each --pipeline run (same for both)")
     args = ap.parse_args()
     if args.smoke:
         args.k, args.max_new_tokens, args.sft_steps = 3, 12, 4
@@ -282,6 +285,27 @@ def main():
                      "mean_p_chosen": a["mean_p_chosen"], "order_consistency": a["order_consistency"],
                      "method": a["method"], "file": os.path.relpath(os.path.join(args.out, f"agreement_{name}.json"), ROOT)})
 
+    # 6. Optional: the whole loop with the trained judge as the labeler against the simulated
+    # person, at the same budget; the gold gain of the policy with its interval.
+    loop = []
+    if args.pipeline:
+        budget = ["--ppo.max-steps", args.pipeline_ppo_steps, "--seed", args.seed]
+        if args.smoke:
+            budget += ["--label-prompts", 8, "--eval-prompts", 4, "--ppo.rollout-batch", 4, "--ppo.minibatches", 1]
+        for name, extra in (("simulated", ["--labeler", "simulated"]),
+                            ("ai", ["--labeler", "ai", "--feedback-model", os.path.join(judge_dir, "model"),
+                                    "--constitution", CONSTITUTION])):
+            run_dir = os.path.join(args.out, f"pipeline_{name}")
+            log(f"rlhf pipeline examples/happy_stories.toml, labeler = {name}, {args.pipeline_ppo_steps} PPO steps ...")
+            run([args.rlhf, "pipeline", os.path.join(ROOT, "examples", "happy_stories.toml"), "--run-dir", run_dir,
+                 *budget, *extra], log_file=os.path.join(args.out, f"pipeline_{name}.log"))
+            with open(os.path.join(run_dir, "summary.json")) as f:
+                s = json.load(f)
+            loop.append({"labeler": name, "gold_before": s["gold_before"], "gold_after": s["gold_after"],
+                         "gold_diff": s["gold_diff"], "gold_diff_ci95": s["gold_diff_ci95"],
+                         "rm_accuracy": s.get("rm_accuracy"), "kl": s.get("kl"),
+                         "summary": os.path.relpath(os.path.join(run_dir, "summary.json"), ROOT)})
+
     results = {
         "date": datetime.date.today().isoformat(), "commit": git_commit(), "machine": f"{os.cpu_count()}-core CPU",
         "command": "examples/rlaif/run.py" + (" --smoke" if args.smoke else ""), "seed": args.seed,
@@ -291,7 +315,7 @@ def main():
         "samples": {"k": args.k, "max_new_tokens": args.max_new_tokens},
         "judge_sft": {"examples": len(sft), "steps": args.sft_steps, "lr": args.sft_lr, "batch_size": args.sft_batch,
                       "final_loss": final_loss, "minutes": round(sft_secs / 60, 2)},
-        "rows": rows, "minutes_total": round((time.time() - T0) / 60, 2),
+        "rows": rows, "pipeline": loop, "minutes_total": round((time.time() - T0) / 60, 2),
     }
     text = json.dumps(results, indent=1) + "\n"
     with open(os.path.join(args.out, "results.json"), "w") as f:
@@ -306,6 +330,13 @@ def main():
         lo, hi = r["agreement_ci95"]
         print(f"| {r['judge']} | {r['pairs']} | {r['n']} | {r['agreement']:.3f} | [{lo:.3f}, {hi:.3f}] "
               f"| {r['mean_p_chosen']:.3f} | {r['order_consistency']:.3f} |")
+    if loop:
+        print("\n| labeler | gold before -> after | gold gain | 95% interval | RM held-out accuracy | KL |")
+        print("|---|---|---|---|---|---|")
+        for r in loop:
+            lo, hi = r["gold_diff_ci95"]
+            print(f"| {r['labeler']} | {r['gold_before']:.3f} -> {r['gold_after']:.3f} | {r['gold_diff']:.3f} "
+                  f"| [{lo:.3f}, {hi:.3f}] | {r['rm_accuracy']:.3f} | {r['kl']:.2f} |")
     log(f"done in {(time.time() - T0) / 60:.1f} min; {os.path.join(args.out, 'results.json')}")
 
 
