@@ -105,3 +105,33 @@ def send_raw(port, head, pieces=(), timeout=20):
     s.close()
     status = int(raw.split(b" ", 2)[1]) if raw.startswith(b"HTTP/1.1 ") else None
     return sent, status, raw.partition(b"\r\n\r\n")[2]
+
+
+class PipelineRun:
+    """`rlhf pipeline CFG` in the background, its stdout collected in `out`; `wait_for_page()`
+    returns the port of the labeling page it serves (from its "serving http://HOST:PORT" line)."""
+
+    def __init__(self, cfg, env=None):
+        self.proc = subprocess.Popen([RLHF, "pipeline", cfg], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=env)
+        self.out, self._port, self._ready = [], [], threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.out.append(line)
+            if line.startswith("serving http://"):
+                self._port.append(int(line.split()[1].rstrip("/").rsplit(":", 1)[1]))
+                self._ready.set()
+
+    def wait_for_page(self, timeout):
+        assert self._ready.wait(timeout), ("the pipeline never served the labeling page", self.out,
+                                           self.proc.stderr.read() if self.proc.poll() is not None else "")
+        return self._port[0]
+
+    def finish(self, timeout=600):
+        """Waits for the exit; returns (exit code, stdout, stderr)."""
+        rc = self.proc.wait(timeout)
+        self._reader.join(10)
+        return rc, "".join(self.out), self.proc.stderr.read()

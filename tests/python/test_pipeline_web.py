@@ -1,10 +1,10 @@
 """The pipeline with labeler = "web": it serves the labeling page, waits until the configured
 number of rankings exists (two labelers rank over the API while it waits), exports them and
 goes on through the reward model, PPO and the evaluation. Rerunning skips the labeling."""
-import json, os, subprocess, sys, tempfile, threading, time
+import json, os, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from label_util import DATA, RLHF, Client, ranking_best_first  # noqa: E402
+from label_util import DATA, RLHF, Client, PipelineRun, ranking_best_first  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOKEN = "pipeline-token"
@@ -38,25 +38,14 @@ rollout_batch = 4
 minibatches = 2
 ppo_epochs = 1
 ''')
-        proc = subprocess.Popen([RLHF, "pipeline", cfg], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        out, port = [], []
-        ready = threading.Event()
-
-        def read():
-            for line in proc.stdout:
-                out.append(line)
-                if line.startswith("serving http://"):
-                    port.append(int(line.split()[1].rstrip("/").rsplit(":", 1)[1]))
-                    ready.set()
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        assert ready.wait(120), ("the pipeline never served the page", out, proc.stderr.read() if proc.poll() is not None else "")
+        run_ = PipelineRun(cfg)
+        port = run_.wait_for_page(120)
+        out = run_.out
         assert any("waiting for 12 rankings" in l for l in out), out
 
         ranked = {}
         for name in ("ann", "bob"):
-            c = Client(port[0])
+            c = Client(port)
             c.sign_in(name, TOKEN)
             deadline = time.time() + 120
             while True:
@@ -76,10 +65,8 @@ ppo_epochs = 1
                 ranked[(name, t["prompt"])] = [next(x["text"] for x in t["completions"] if x["id"] == i) for i in ranking]
         assert len(ranked) == 12, len(ranked)
 
-        rc = proc.wait(600)
-        reader.join(10)
-        err = proc.stderr.read()
-        assert rc == 0, (rc, "".join(out), err)
+        rc, stdout, err = run_.finish()
+        assert rc == 0, (rc, stdout, err)
         rows = [json.loads(l) for l in open(os.path.join(run, "rankings.jsonl"))]
         assert len(rows) == 12
         for r in rows:

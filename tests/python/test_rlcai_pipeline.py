@@ -4,10 +4,10 @@ and the pipeline with labeler = "mix" (half the prompts ranked by a person on th
 half by the AI through the endpoint) -> reward model on soft labels -> PPO -> red-team evaluation
 before and after, judged through the endpoint too. Every artefact is checked, and the server's
 own counters show the feedback really went through it."""
-import json, os, subprocess, sys, tempfile, threading, time
+import json, os, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from label_util import Client, ranking_best_first  # noqa: E402
+from label_util import Client, PipelineRun, ranking_best_first  # noqa: E402
 from test_openai_server import DATA, MODEL, RLHF, Server  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -84,24 +84,13 @@ rollout_batch = 4
 minibatches = 1
 ppo_epochs = 1
 ''')
-    proc = subprocess.Popen([RLHF, "pipeline", cfg], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    out, port, ready = [], [], threading.Event()
-
-    def read():
-        for line in proc.stdout:
-            out.append(line)
-            if line.startswith("serving http://"):
-                port.append(int(line.split()[1].rstrip("/").rsplit(":", 1)[1]))
-                ready.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    assert ready.wait(300), ("the pipeline never served the labeling page", out,
-                             proc.stderr.read() if proc.poll() is not None else "")
+    pipeline = PipelineRun(cfg, env)
+    page = pipeline.wait_for_page(300)
+    out = pipeline.out
     # The AI ranked its half before the page opened; a person ranks the other half.
     assert any("2 prompts ranked by the AI labeler" in l for l in out), out
     assert any("waiting for 2 rankings" in l for l in out), out
-    c = Client(port[0])
+    c = Client(page)
     c.sign_in("ann", TOKEN)
     done, deadline = 0, time.time() + 120
     while done < 2:
@@ -115,10 +104,8 @@ ppo_epochs = 1
         st, body = c.call("POST", "/api/submit", {"prompt_id": t["prompt_id"], "ranking": ranking_best_first(t)})
         assert st == 200, body
         done += 1
-    rc = proc.wait(600)
-    reader.join(10)
-    stderr = proc.stderr.read()
-    assert rc == 0, ("".join(out), stderr)
+    rc, stdout, stderr = pipeline.finish()
+    assert rc == 0, (stdout, stderr)
 
     rankings = jsonl(os.path.join(run_dir, "rankings.jsonl"))
     assert sorted(r.get("labeler") for r in rankings) == ["ai", "ai", "ann", "ann"], rankings
@@ -137,7 +124,7 @@ ppo_epochs = 1
         assert overall["judge"]["harmful_compliance"]["n"] + overall.get("judge_unanswered", 0) >= 1, overall
     report = open(os.path.join(run_dir, "report.html")).read()
     assert "Red-team evaluation" in report and "advbench" in report and "xstest" in report
-    assert "red-team evaluation, after" in "".join(out), out
+    assert "red-team evaluation, after" in stdout, stdout
 
 
 def main():
