@@ -161,8 +161,20 @@ json run_pipeline(const PipelineConfig& cfg, bool force) {
   check_range(cfg.eval_samples > 0, "eval_samples", cfg.eval_samples, "> 0");
   validate(cfg.rm);
   validate(cfg.ppo);
+  check(cfg.feedback_method == "auto" || cfg.feedback_method == "logprobs" || cfg.feedback_method == "votes",
+        "pipeline: feedback_method must be auto, logprobs or votes, got '" + cfg.feedback_method + "'");
   const auto split = split_prompts(cfg);
   const LoadOptions lo{cfg.device, cfg.dtype};
+  // The red-team prompts and templates are read now, so a bad path fails before the first
+  // stage, not after PPO. (Prompts a generator writes are written now too.)
+  RedTeamConfig redteam_cfg = cfg.redteam;
+  redteam_cfg.seed = cfg.seed;
+  std::vector<RedTeamPrompt> redteam_prompts;
+  RedTeamOptions redteam_opts;
+  if (cfg.redteam_eval) {
+    redteam_prompts = load_redteam_prompts(redteam_cfg, lo);
+    redteam_opts = redteam_options(redteam_cfg);
+  }
   auto stage = [&](const char* name, const fs::path& output) {
     const bool skip = !force && fs::exists(output);
     std::cerr << (skip ? "[skip] " : "[run]  ") << name << " -> " << output.string() << "\n";
@@ -308,15 +320,11 @@ json run_pipeline(const PipelineConfig& cfg, bool force) {
   // 6. Red-team evaluation, before and after: harmful compliance and over-refusal.
   if (cfg.redteam_eval) {
     std::cerr << "[run]  red-team evaluation -> " << (run / "redteam.json").string() << "\n";
-    RedTeamConfig rc = cfg.redteam;
-    rc.seed = cfg.seed;
-    const auto prompts = load_redteam_prompts(rc, lo);
-    const auto options = redteam_options(rc);
-    auto judge = open_redteam_judge(rc, lo);
+    auto judge = open_redteam_judge(redteam_cfg, lo);
     for (const auto& [key, path] : {std::pair<std::string, std::string>{"before", cfg.policy},
                                     std::pair<std::string, std::string>{"after", (ppo_dir / "model").string()}}) {
       LocalLlm policy(path, lo);
-      const json result = redteam_eval(policy, judge.get(), prompts, options);
+      const json result = redteam_eval(policy, judge.get(), redteam_prompts, redteam_opts);
       save_redteam_run(run, key, result);
       summary["redteam"][key] = result["summary"];
     }

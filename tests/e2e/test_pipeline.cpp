@@ -173,4 +173,10 @@ TEST(Pipeline, MixWithAllPromptsToTheAiNeedsNoPeople) {
   c.run_dir = (tmp / "run2").string();
   EXPECT_THROW(run_pipeline(c, false), Error);
   EXPECT_FALSE(std::filesystem::exists(tmp / "run2" / "rankings.jsonl"));
+  // Nor does a red-team set that is not there wait until after PPO to fail.
+  c.feedback_model = stories;
+  c.redteam_eval = true;
+  c.redteam.prompts = (tmp / "no_such_set.jsonl").string();
+  EXPECT_THROW(run_pipeline(c, false), Error);
+  EXPECT_FALSE(std::filesystem::exists(tmp / "run2" / "rankings.jsonl"));
 }
