@@ -1,6 +1,10 @@
 // Generation throughput of rlhf.cpp: tokens/s for each batch size, as one JSON line each.
-// Driven by bench/generate_vs_transformers.py, which runs transformers on the same work.
-//   bench_generate MODEL MAX_NEW_TOKENS BATCH [BATCH...]
+// Driven by bench/generate_vs_transformers.py and bench/shapes_vs_peers.py, which run the
+// peers on the same work.
+//   bench_generate MODEL MAX_NEW_TOKENS BATCH [BATCH...] [--prompt-tokens N]
+// Without --prompt-tokens every row's prompt is "Once upon a time"; with it, N token ids drawn
+// at random (seed 0) from the tokenizer's range, the same for every row. Each line also gives
+// the prefill time of the batch's prompts alone (a run with one new token).
 #include <chrono>
 #include <iostream>
 
@@ -8,30 +12,52 @@
 #include "model/model.h"
 
 int main(int argc, char** argv) {
-  if (argc < 4) {
-    std::cerr << "usage: bench_generate MODEL MAX_NEW_TOKENS BATCH [BATCH...]\n";
+  std::vector<std::string> pos;
+  int64_t prompt_tokens = 0;
+  for (int a = 1; a < argc; ++a) {
+    const std::string arg = argv[a];
+    if (arg == "--prompt-tokens" && a + 1 < argc) prompt_tokens = std::stol(argv[++a]);
+    else pos.push_back(arg);
+  }
+  if (pos.size() < 3) {
+    std::cerr << "usage: bench_generate MODEL MAX_NEW_TOKENS BATCH [BATCH...] [--prompt-tokens N]\n";
     return 2;
   }
   try {
-    auto lm = rlhf::load_model(argv[1]);
+    auto lm = rlhf::load_model(pos[0]);
     rlhf::GenerateOptions opt;
-    opt.max_new_tokens = std::stoi(argv[2]);
+    opt.max_new_tokens = std::stoi(pos[1]);
     opt.sampling.temperature = 1.0f;  // plain sampling, as transformers' do_sample with top_k=0
     opt.stop_at_eos = false;          // every sequence runs the full length on both sides
-    rlhf::EncodeOptions enc;
-    enc.add_bos = true;
-    auto prompt = lm.tokenizer->encode("Once upon a time", enc);
-    for (int a = 3; a < argc; ++a) {
-      const int batch = std::stoi(argv[a]);
+    std::vector<int32_t> prompt;
+    if (prompt_tokens > 0) {
+      torch::manual_seed(0);
+      const int64_t hi = std::min<int64_t>(lm.tokenizer->vocab_size(), lm.config.vocab_size);
+      auto ids = torch::randint(3, hi, {prompt_tokens}, torch::kLong);
+      for (int64_t i = 0; i < prompt_tokens; ++i) prompt.push_back(static_cast<int32_t>(ids[i].item<int64_t>()));
+    } else {
+      rlhf::EncodeOptions enc;
+      enc.add_bos = true;
+      prompt = lm.tokenizer->encode("Once upon a time", enc);
+    }
+    auto seconds = [](auto t0) { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
+    for (size_t a = 2; a < pos.size(); ++a) {
+      const int batch = std::stoi(pos[a]);
       opt.max_batch = batch;
       std::vector<std::vector<int32_t>> prompts(batch, prompt);
       rlhf::generate(lm.model, *lm.tokenizer, prompts, {.max_new_tokens = 8, .max_batch = batch});  // warm-up
       auto t0 = std::chrono::steady_clock::now();
+      rlhf::generate(lm.model, *lm.tokenizer, prompts, {.max_new_tokens = 1, .max_batch = batch});
+      const double prefill_s = seconds(t0);
+      t0 = std::chrono::steady_clock::now();
       auto out = rlhf::generate(lm.model, *lm.tokenizer, prompts, opt);
-      double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      const double s = seconds(t0);
       size_t n = 0;
       for (const auto& g : out) n += g.tokens.size();
-      std::cout << nlohmann::json{{"batch", batch}, {"tokens", n}, {"seconds", s}, {"tokens_per_s", n / s}}.dump()
+      std::cout << nlohmann::json{{"batch", batch},           {"tokens", n},
+                                  {"seconds", s},             {"tokens_per_s", n / s},
+                                  {"prompt_tokens", prompt.size()}, {"prefill_s", prefill_s}}
+                       .dump()
                 << std::endl;
     }
   } catch (const std::exception& e) {
