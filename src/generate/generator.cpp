@@ -54,7 +54,9 @@ void generate_batch(Transformer& model, const Tokenizer& tok, std::vector<Slot>&
   // 2. Prefill, then decode one token per step for the sequences still running.
   std::vector<int64_t> rows(B);  // batch row -> slot
   std::iota(rows.begin(), rows.end(), 0);
-  auto logits = model->forward(tokens.to(dev), positions, mask.narrow(1, 0, P), &cache).select(1, -1);
+  // The LM head runs on the last prompt position only: at a 150K vocabulary, logits for the
+  // whole prompt would cost more than the prefill itself.
+  auto logits = model->logits(model->hidden_states(tokens.to(dev), positions, mask.narrow(1, 0, P), &cache).select(1, -1));
   auto last_pos = positions.select(1, -1);  // (B)
   for (int64_t step = 0; step < opt.max_new_tokens && !rows.empty(); ++step) {
     auto cpu_logits = logits.to(torch::kCPU).contiguous();  // (B', V) float32

@@ -222,7 +222,8 @@ void Engine::admit(const std::shared_ptr<EngineRequest>& req) {
   auto cache = KVCache::allocate(cfg, 1, P, torch::TensorOptions().dtype(model_->dtype()).device(dev));
   std::vector<int64_t> ids(req->prompt.begin(), req->prompt.end());
   auto tokens = torch::tensor(ids, torch::kLong).view({1, P}).to(dev);
-  auto logits = model_->forward(tokens, {}, {}, &cache).select(1, -1).to(torch::kCPU).contiguous();  // (1, V)
+  auto logits = model_->logits(model_->hidden_states(tokens, {}, {}, &cache).select(1, -1))  // the last position only
+                    .to(torch::kCPU).contiguous();  // (1, V)
   const int64_t V = logits.size(1);
 
   auto sampler = std::make_shared<const Sampler>(req->sampling);
