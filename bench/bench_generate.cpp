@@ -1,7 +1,7 @@
 // Generation throughput of rlhf.cpp: tokens/s for each batch size, as one JSON line each.
 // Driven by bench/generate_vs_transformers.py and bench/shapes_vs_peers.py, which run the
 // peers on the same work.
-//   bench_generate MODEL MAX_NEW_TOKENS BATCH [BATCH...] [--prompt-tokens N]
+//   bench_generate MODEL MAX_NEW_TOKENS BATCH [BATCH...] [--prompt-tokens N] [--device cpu|cuda]
 // Without --prompt-tokens every row's prompt is "Once upon a time"; with it, N token ids drawn
 // at random (seed 0) from the tokenizer's range, the same for every row. Each line also gives
 // the prefill time of the batch's prompts alone (a run with one new token).
@@ -14,17 +14,19 @@
 int main(int argc, char** argv) {
   std::vector<std::string> pos;
   int64_t prompt_tokens = 0;
+  rlhf::LoadOptions load;
   for (int a = 1; a < argc; ++a) {
     const std::string arg = argv[a];
     if (arg == "--prompt-tokens" && a + 1 < argc) prompt_tokens = std::stol(argv[++a]);
+    else if (arg == "--device" && a + 1 < argc) load.device = argv[++a];
     else pos.push_back(arg);
   }
   if (pos.size() < 3) {
-    std::cerr << "usage: bench_generate MODEL MAX_NEW_TOKENS BATCH [BATCH...] [--prompt-tokens N]\n";
+    std::cerr << "usage: bench_generate MODEL MAX_NEW_TOKENS BATCH [BATCH...] [--prompt-tokens N] [--device D]\n";
     return 2;
   }
   try {
-    auto lm = rlhf::load_model(pos[0]);
+    auto lm = rlhf::load_model(pos[0], load);
     rlhf::GenerateOptions opt;
     opt.max_new_tokens = std::stoi(pos[1]);
     opt.sampling.temperature = 1.0f;  // plain sampling, as transformers' do_sample with top_k=0

@@ -120,7 +120,8 @@ def run_trl(kind, hf_dir, pairs, args, out_dir):
                   learning_rate=args.rm_lr if kind == "rm" else args.dpo_lr, max_steps=args.steps,
                   max_length=args.max_length, lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0,
                   max_grad_norm=1.0, eval_strategy="no", save_strategy="no", logging_strategy="no",
-                  report_to="none", use_cpu=True, dataloader_num_workers=0, disable_tqdm=True,
+                  report_to="none", use_cpu=getattr(args, "use_cpu", True), dataloader_num_workers=0,
+                  disable_tqdm=True,
                   # TRL defaults that would make the two sides do different work: rlhf.cpp trains in
                   # float32 without activation checkpointing.
                   bf16=False, gradient_checkpointing=False)
