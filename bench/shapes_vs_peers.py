@@ -38,6 +38,7 @@ SHAPES = {  # name: hidden, layers, heads, kv heads, FF, vocab, tied, rope theta
     "86m": (768, 12, 12, 12, 2048, 512, False, 10000.0),
     "smollm2-135m": (576, 30, 9, 3, 1536, 49152, True, 100000.0),
     "qwen2.5-0.5b": (896, 24, 14, 2, 4864, 151936, True, 1000000.0),
+    "tiny": (64, 2, 4, 2, 128, 512, True, 10000.0),  # a smoke run of the script itself, not a figure
 }
 PROMPT, NEW = 64, 128
 
@@ -299,7 +300,7 @@ def median_steps(run_dir, warmup=2):
 def main():
     global RLHF
     ap = argparse.ArgumentParser()
-    ap.add_argument("--shapes", default=",".join(SHAPES))
+    ap.add_argument("--shapes", default="26m,86m,smollm2-135m,qwen2.5-0.5b", help=f"of {', '.join(SHAPES)}")
     ap.add_argument("--workloads", default="generate,sft,rm,dpo,ppo")
     ap.add_argument("--batches", default="1,16,64")
     ap.add_argument("--weights", default="bf16,q8_0", help="extra rlhf.cpp weight formats at batch 1 (if supported)")
