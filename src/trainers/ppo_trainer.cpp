@@ -275,7 +275,7 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
     // forward, train/side_by_side.h); the policy's old and the reference's log-probs side by
     // side; responses that never ended get the missing-EOS penalty, and each pays length_penalty per token.
     t0 = Clock::now();
-    torch::Tensor old_logp, ref_logp, old_values;
+    torch::Tensor old_logp, ref_logp, old_values, guard_logp;
     std::vector<double> raw_scores;
     const auto all_rows = torch::arange(B, torch::TensorOptions().dtype(torch::kLong).device(dev));
     {
@@ -288,8 +288,13 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
       };
       auto reward_part = [&] { raw_scores = reward(prompt_texts, responses, response_tokens); };
       auto logprobs_part = [&] {
-        const auto autocast = training_autocast(tc);
-        old_logp = response_logprobs(policy.model, r, all_rows, cfg.temperature).first;
+        {
+          const auto autocast = training_autocast(tc);
+          old_logp = response_logprobs(policy.model, r, all_rows, cfg.temperature).first;
+        }
+        // The generator samples in float32; under bf16 the guard below compares it with a float32
+        // forward (bf16 rounding alone moves log-probs by 0.1 and more, far above the tolerance).
+        guard_logp = tc.precision == "bf16" ? response_logprobs(policy.model, r, all_rows, cfg.temperature).first : old_logp;
       };
       auto ref_part = [&] {
         const auto autocast = training_autocast(tc);
@@ -315,7 +320,7 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
     m["objective/scores"] = scores.mean().item<double>();
     scores = scores.to(dev);
 
-    const double gap = ((old_logp.to(torch::kCPU) - r.gen_logprobs) * r.response_mask.to(torch::kCPU)).abs().max().item<double>();
+    const double gap = ((guard_logp.to(torch::kCPU) - r.gen_logprobs) * r.response_mask.to(torch::kCPU)).abs().max().item<double>();
     check(gap <= cfg.logprob_tolerance,
           "ppo: the generator's and the trainer's log-probabilities differ by " + std::to_string(gap) +
               " (tolerance " + std::to_string(cfg.logprob_tolerance) + "): the two forward passes disagree");
