@@ -1,11 +1,12 @@
 // One training step's forward and backward, timed and profiled by operator: where a step of
 // the trainers goes. Not a comparison with a peer (bench/train_vs_trl.py is); a tool for
 // finding what to speed up next.
-//   bench_step MODEL BATCH LENGTH [ITERS] [--profile | --attention]
+//   bench_step MODEL BATCH LENGTH [ITERS] [--bf16] [--checkpoint] [--profile | --attention]
 // Runs the reward-model shape (scores at the last token; the LM head is not used) on random
 // tokens, right-padded rows of LENGTH tokens. Prints seconds per forward+backward; with
 // --profile, libtorch's per-operator self times (ms per step); with --attention, our attention
-// kernel alone at the model's head shape, forward and backward.
+// kernel alone at the model's head shape, forward and backward. --bf16: the forward under bf16
+// autocast (precision = "bf16"); --checkpoint: activation checkpointing (checkpoint_activations).
 #include <algorithm>
 #include <chrono>
 #include <iostream>
@@ -13,6 +14,7 @@
 
 #include "kernels/attention_kernel.h"
 #include "kernels/cpu_kernels.h"
+#include "model/autocast.h"
 #include "model/model.h"
 #include "train/profile.h"
 
@@ -30,9 +32,16 @@ int main(int argc, char** argv) {
     torch::manual_seed(0);
     auto tokens = torch::randint(1, lm.config.vocab_size, {B, T}, torch::kLong);
     auto mask = torch::ones({B, T}, torch::kLong);
+    auto has = [&](const std::string& flag) { return std::find(argv + 4, argv + argc, flag) != argv + argc; };
+    const bool bf16 = has("--bf16");
+    lm.model->set_checkpoint_activations(has("--checkpoint"));
     auto step = [&] {
-      auto h = lm.model->hidden_states(tokens, {}, mask);
-      auto loss = h.select(1, T - 1).square().sum();
+      torch::Tensor loss;
+      {
+        const rlhf::Autocast autocast(lm.model->device(), bf16);  // the forward only, as the trainers do
+        auto h = lm.model->hidden_states(tokens, {}, mask);
+        loss = h.select(1, T - 1).square().sum();
+      }
       loss.backward();
     };
     if (std::string(argv[argc - 1]) == "--attention") {  // the attention kernel alone, at this model's heads
@@ -73,6 +82,7 @@ int main(int argc, char** argv) {
     {
       torch::NoGradGuard no_grad;
       auto t1 = std::chrono::steady_clock::now();
+      const rlhf::Autocast autocast(lm.model->device(), bf16);
       for (int i = 0; i < iters; ++i) lm.model->hidden_states(tokens, {}, mask);
       std::cout << "seconds per forward without gradients: "
                 << std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count() / iters << "\n";

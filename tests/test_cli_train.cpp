@@ -88,6 +88,7 @@ TEST(CliTrain, OutOfRangeHyperparametersStopBeforeTraining) {
            {"sft", "--epochs 0", "epochs"},
            {"sft", "--max-length 0", "max_length"},
            {"sft", "--warmup-steps -5", "warmup_steps"},
+           {"sft", "--precision fp16", "precision"},
            {"rm train", "--eval-fraction 1.5", "eval_fraction"},
            {"dpo", "--label-smoothing 2", "label_smoothing"},
            {"ppo", "--gamma 2 --reward-model x", "gamma"},

@@ -595,6 +595,10 @@ torch::Tensor decode_step_cpu(const torch::Tensor& qkv_in, int64_t H, int64_t Hk
 
 torch::Tensor causal_attention_cpu(const torch::Tensor& qkv, int64_t H, int64_t Hkv, const torch::Tensor& cos,
                                    const torch::Tensor& sin, const AttentionWindows& windows) {
+  // Mixed precision (model/autocast.h) hands us bf16 projections: attention runs in float32
+  // here all the same; the cast is recorded, so the gradient goes back in bf16.
+  if (qkv.is_floating_point() && qkv.scalar_type() != torch::kFloat32)
+    return causal_attention_cpu(qkv.to(torch::kFloat32), H, Hkv, cos, sin, windows);
   check(qkv.device().is_cpu() && qkv.scalar_type() == torch::kFloat32, "causal_attention_cpu: float32 CPU tensors only");
   check(qkv.dim() == 4 && qkv.size(3) <= kMaxHeadDim && qkv.size(3) % 2 == 0,
         "causal_attention_cpu: head size must be even and at most " + std::to_string(kMaxHeadDim));

@@ -3,6 +3,8 @@
 
 #include "kernels/attention_kernel.h"
 #include "kernels/cpu_kernels.h"
+#include "model/autocast.h"
+#include "model/checkpoint.h"
 
 #include <cmath>
 #include <limits>
@@ -271,8 +273,15 @@ torch::Tensor TransformerImpl::hidden_states(const torch::Tensor& tokens, const 
     mask = allowed().unsqueeze(1);
   }
 
-  for (int64_t l = 0; l < cfg_.num_layers; ++l)
-    x = model->layers[l]->as<Block>()->forward(x, cos, sin, mask, windows, cache, l);
+  for (int64_t l = 0; l < cfg_.num_layers; ++l) {
+    if (checkpoint_activations_ && !cache && torch::GradMode::is_enabled()) {  // keep only the block's input
+      auto block = model->layers->ptr<BlockImpl>(l);
+      x = checkpoint([=](const torch::Tensor& h) { return block->forward(h, cos, sin, mask, windows, nullptr, l); }, x,
+                     block->parameters());
+    } else {
+      x = model->layers[l]->as<Block>()->forward(x, cos, sin, mask, windows, cache, l);
+    }
+  }
   if (cache) cache->length = S;
   return model->norm(x);
 }
@@ -285,6 +294,7 @@ torch::Tensor TransformerImpl::token_scores(const torch::Tensor& tokens, const t
 
 torch::Tensor TransformerImpl::score_head(const torch::Tensor& hidden) {
   check(!score.is_empty(), "score_head: this model has no classification head (num_labels = 0)");
+  const Autocast float32_products(hidden.device(), false);  // mixed precision keeps scores float32
   return score(hidden).to(torch::kFloat32);
 }
 
@@ -301,6 +311,7 @@ torch::Tensor TransformerImpl::scores(const torch::Tensor& tokens, const torch::
 torch::Tensor TransformerImpl::logits(const torch::Tensor& hidden) {
   check(score.is_empty(), "logits: a sequence-classification model has no language-model head");
   const auto& w = lm_head ? lm_head->weight : model->embed_tokens->weight;  // (V, C)
+  const Autocast float32_products(hidden.device(), false);  // mixed precision keeps logits float32
   return torch::matmul(hidden, w.t()).to(torch::kFloat32);
 }
 

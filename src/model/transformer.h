@@ -133,11 +133,15 @@ class TransformerImpl : public torch::nn::Module {
   void load_weights(const TensorMap& weights, const std::string& source);
   TensorMap weights();               // canonical name -> parameter (shares storage)
   const ModelConfig& config() const { return cfg_; }
+  // Activation checkpointing: while gradients are on, each block keeps only its input and is
+  // recomputed in the backward pass (model/checkpoint.h). Off by default.
+  void set_checkpoint_activations(bool on) { checkpoint_activations_ = on; }
   torch::Device device() const;
   torch::Dtype dtype() const;
 
  private:
   ModelConfig cfg_;
+  bool checkpoint_activations_ = false;
   Body model{nullptr};
   torch::nn::Linear lm_head{nullptr};  // null when tied to embed_tokens or a classifier
   torch::nn::Linear score{nullptr};    // (num_labels, C) classification head, or null

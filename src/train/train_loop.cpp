@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "model/autocast.h"
 #include "train/profile.h"
 
 namespace rlhf {
@@ -40,7 +41,12 @@ void validate(const TrainConfig& c) {
   check_range(c.save_every >= 0, "save_every", c.save_every, ">= 0");
   check(c.lr_schedule == "linear" || c.lr_schedule == "cosine" || c.lr_schedule == "constant",
         "lr_schedule must be linear, cosine or constant, got '" + c.lr_schedule + "'");
+  check(c.precision == "float32" || c.precision == "bf16", "precision must be float32 or bf16, got '" + c.precision + "'");
+  check(c.precision != "bf16" || c.dtype == "float32",
+        "precision = bf16 needs dtype = float32 (its master weights), got dtype = '" + c.dtype + "'");
 }
+
+Autocast training_autocast(const TrainConfig& c) { return Autocast(torch::Device(c.device), c.precision == "bf16"); }
 
 TrainLoop::TrainLoop(const TrainConfig& cfg, AdamW::NamedParams params, std::string config_toml, size_t num_examples)
     : cfg_(cfg),
@@ -91,7 +97,11 @@ Metrics TrainLoop::run(const TrainHooks& hooks, bool resume, int64_t stop_after)
     for (size_t begin = 0; begin < examples.size(); begin += micro) {
       std::vector<size_t> chunk(examples.begin() + begin,
                                 examples.begin() + std::min(examples.size(), begin + size_t(micro)));
-      auto r = hooks.micro_step(chunk);
+      MicroStep r;
+      {
+        const auto autocast = training_autocast(cfg_);  // the forward pass only, as with torch.autocast
+        r = hooks.micro_step(chunk);
+      }
       (r.loss_sum / count).backward();
       loss_sum += r.loss_sum.item<double>();
       for (const auto& [k, v] : r.sums) sums[k] += v;
@@ -108,8 +118,10 @@ Metrics TrainLoop::run(const TrainHooks& hooks, bool resume, int64_t stop_after)
     for (const auto& [k, v] : sums) m[k] = v / count;
     m["time/step_s"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - ts).count();
     const bool at_end = step + 1 == total_steps_;
-    if (hooks.evaluate && (at_end || (cfg_.eval_every > 0 && (step + 1) % cfg_.eval_every == 0)))
+    if (hooks.evaluate && (at_end || (cfg_.eval_every > 0 && (step + 1) % cfg_.eval_every == 0))) {
+      const auto autocast = training_autocast(cfg_);
       for (const auto& [k, v] : hooks.evaluate()) m["eval/" + k] = v;
+    }
     run_.log(m);
     last = m;
     char figures[64];

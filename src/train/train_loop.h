@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "model/autocast.h"
 #include "train/optimizer.h"
 #include "train/run_dir.h"
 
@@ -26,6 +27,8 @@ struct TrainConfig {
   std::string run_dir = "runs/run";
   std::string device = "cpu";
   std::string dtype = "float32";
+  std::string precision = "float32";  // matrix products: "float32" or "bf16" (autocast; master weights stay float32)
+  bool checkpoint_activations = false;  // recompute each transformer block in the backward pass
   int64_t seed = 0;
   int64_t batch_size = 8;            // examples per optimizer step (across accumulation)
   int64_t grad_accum_steps = 1;      // micro-batches per optimizer step
@@ -54,6 +57,12 @@ void visit_train_fields(TrainConfig& c, V&& v) {
   v("run_dir", c.run_dir, "Run directory: config, metrics.jsonl, checkpoint/, model/");
   v("device", c.device, "cpu, cuda or cuda:N");
   v("dtype", c.dtype, "Parameter dtype: float32 or bfloat16");
+  v("precision", c.precision,
+    "Matrix products: float32, or bf16 (mixed precision: bf16 products under autocast; float32 weights, "
+    "optimizer state, logits and losses)");
+  v("checkpoint_activations", c.checkpoint_activations,
+    "Keep only each transformer block's input and recompute the block in the backward pass (less memory, "
+    "about one more forward pass of compute)");
   v("seed", c.seed, "Seed of the data order and of everything random");
   v("batch_size", c.batch_size, "Examples per optimizer step (split over grad_accum_steps micro-batches)");
   v("grad_accum_steps", c.grad_accum_steps, "Micro-batches per optimizer step");
@@ -80,6 +89,11 @@ void visit_train_fields(TrainConfig& c, V&& v) {
 void validate(const TrainConfig& c);
 // The one shape of a range error: "NAME must be RULE, got VALUE" (an Error unless `ok`).
 void check_range(bool ok, const std::string& name, double value, const std::string& rule);
+
+// The autocast scope of a training forward pass on this thread: bf16 products when precision is
+// bf16, else none. The loop opens it around each micro-step and evaluation (not the backward
+// pass); a trainer that runs forwards itself (PPO) opens it there.
+Autocast training_autocast(const TrainConfig& c);
 
 struct MicroStep {
   torch::Tensor loss_sum;   // scalar: the micro-batch's loss SUMMED over its items

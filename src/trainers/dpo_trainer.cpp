@@ -39,6 +39,7 @@ Metrics train_dpo(DpoConfig cfg, bool resume, int64_t stop_after) {
 
   auto lm = load_model(tc.model, {tc.device, tc.dtype});
   check(lm.tokenizer != nullptr, tc.model + ": no tokenizer found with the model");
+  lm.model->set_checkpoint_activations(tc.checkpoint_activations);
   const Tokenizer& tok = *lm.tokenizer;
   const auto dev = lm.model->device();
   const int32_t pad = training_pad_id(tok);

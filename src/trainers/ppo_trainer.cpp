@@ -164,6 +164,8 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
   for (auto& p : ref.model->parameters()) p.set_requires_grad(false);
   const uint64_t ref_fingerprint = weights_fingerprint(*ref.model);
   ValueModel value = make_value_model(cfg, lo);
+  policy.model->set_checkpoint_activations(tc.checkpoint_activations);
+  value.net->set_checkpoint_activations(tc.checkpoint_activations);
   const auto dev = policy.model->device();
   RewardFn reward = reward_in;
   std::shared_ptr<LoadedModel> rm;
@@ -273,15 +275,31 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
     // forward, train/side_by_side.h); the policy's old and the reference's log-probs side by
     // side; responses that never ended get the missing-EOS penalty, and each pays length_penalty per token.
     t0 = Clock::now();
-    torch::Tensor old_logp, ref_logp, old_values;
+    torch::Tensor old_logp, ref_logp, old_values, guard_logp;
     std::vector<double> raw_scores;
     const auto all_rows = torch::arange(B, torch::TensorOptions().dtype(torch::kLong).device(dev));
     {
       torch::NoGradGuard ng;
-      auto values_part = [&] { old_values = response_values(value, r, all_rows); };
+      // The old log-probs and values under the update's precision (training_autocast), so the
+      // first update's ratio starts at 1.
+      auto values_part = [&] {
+        const auto autocast = training_autocast(tc);
+        old_values = response_values(value, r, all_rows);
+      };
       auto reward_part = [&] { raw_scores = reward(prompt_texts, responses, response_tokens); };
-      auto logprobs_part = [&] { old_logp = response_logprobs(policy.model, r, all_rows, cfg.temperature).first; };
-      auto ref_part = [&] { ref_logp = response_logprobs(ref.model, r, all_rows, cfg.temperature).first; };
+      auto logprobs_part = [&] {
+        {
+          const auto autocast = training_autocast(tc);
+          old_logp = response_logprobs(policy.model, r, all_rows, cfg.temperature).first;
+        }
+        // The generator samples in float32; under bf16 the guard below compares it with a float32
+        // forward (bf16 rounding alone moves log-probs by 0.1 and more, far above the tolerance).
+        guard_logp = tc.precision == "bf16" ? response_logprobs(policy.model, r, all_rows, cfg.temperature).first : old_logp;
+      };
+      auto ref_part = [&] {
+        const auto autocast = training_autocast(tc);
+        ref_logp = response_logprobs(ref.model, r, all_rows, cfg.temperature).first;
+      };
       if (dev.is_cpu()) {
         side_by_side(values_part, reward_part);
         side_by_side(logprobs_part, ref_part);
@@ -302,7 +320,7 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
     m["objective/scores"] = scores.mean().item<double>();
     scores = scores.to(dev);
 
-    const double gap = ((old_logp.to(torch::kCPU) - r.gen_logprobs) * r.response_mask.to(torch::kCPU)).abs().max().item<double>();
+    const double gap = ((guard_logp.to(torch::kCPU) - r.gen_logprobs) * r.response_mask.to(torch::kCPU)).abs().max().item<double>();
     check(gap <= cfg.logprob_tolerance,
           "ppo: the generator's and the trainer's log-probabilities differ by " + std::to_string(gap) +
               " (tolerance " + std::to_string(cfg.logprob_tolerance) + "): the two forward passes disagree");
@@ -351,13 +369,21 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
           torch::Tensor entropy;
           const double scale = 1.0 / double(tc.grad_accum_steps);
           auto policy_part = [&] {
-            auto [logp, logits] = response_logprobs(policy.model, r, rows, cfg.temperature);
+            torch::Tensor logp, logits;
+            {
+              const auto autocast = training_autocast(tc);  // the forward pass only
+              std::tie(logp, logits) = response_logprobs(policy.model, r, rows, cfg.temperature);
+            }
             pl = ppo_policy_loss(logp, old_logp.index_select(0, rows), advantages.index_select(0, rows), mask, cfg.clip_range);
             entropy = entropy_from_logits(logits, mask);
             ((pl.loss - cfg.ent_coef * entropy) * scale).backward();
           };
           auto value_part = [&] {
-            auto vals = response_values(value, r, rows);
+            torch::Tensor vals;
+            {
+              const auto autocast = training_autocast(tc);
+              vals = response_values(value, r, rows);
+            }
             vl = ppo_value_loss(vals, old_values.index_select(0, rows), adv.returns.index_select(0, rows), mask,
                                 cfg.clip_range_value);
             (vl.loss * (cfg.vf_coef * scale)).backward();
