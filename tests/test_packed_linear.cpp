@@ -36,8 +36,9 @@ void with_each_kernel(F body) {
 
 TEST(PackedLinear, MatchesDequantizedMatmul) {
   torch::manual_seed(0);
-  // K = 96 and 200: not multiples of 64; K = 40: not even a whole Q8_0 block; N odd.
-  const std::vector<std::pair<int64_t, int64_t>> shapes = {{37, 96}, {17, 40}, {129, 200}};
+  // K = 96 and 200: not multiples of 64; K = 40: not even a whole Q8_0 block; N odd; 301
+  // rows of 200 make two panels.
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {{37, 96}, {17, 40}, {301, 200}};
   with_each_kernel([&] {
     for (auto fmt : kFormats)
       for (auto [N, K] : shapes)
