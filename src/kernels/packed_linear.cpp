@@ -244,12 +244,13 @@ void gemv(const PackedWeight& w, int64_t M, const float* X, int64_t ldx, float* 
 }
 
 // ---- panels: many rows of x ----------------------------------------------------------
-// Panels of P weight rows are widened to float32 in a thread's buffer (~256 KiB, in L2) and
+// Panels of P weight rows are widened to float32 in a thread's buffer (~512 KiB, in L2 with
+// the rows of x) and
 // multiplied against all M rows of x by sgemm (one thread's, inside our parallel loop): the
 // packed weight is read once, the float copy never leaves the cache.
 void panels(const PackedWeight& w, const torch::Tensor& X, torch::Tensor& Y) {  // X (M, Kp), Y (M, N)
   const int64_t N = w.rows, Kp = padded_cols(w);
-  const int64_t P = std::clamp<int64_t>((65536 / Kp) / 16 * 16, 16, 256);
+  const int64_t P = std::clamp<int64_t>((131072 / Kp) / 16 * 16, 16, 256);
   const int64_t n_panels = (N + P - 1) / P;
   // InferenceMode is per thread: the workers take the caller's, or mm_out refuses to write
   // into an inference tensor (the output) from outside it.
