@@ -235,6 +235,20 @@ TEST(PackedModel, QuantizedAtLoadMatchesItsDequantizedSelf) {
   }
 }
 
+// Float32 weights: 2 to 4 rows at inference run our GEMV (transformer.cpp), the rest ATen's.
+TEST(PackedModel, FloatDecodeRowsMatchAten) {
+  auto lm = load_model(stories());
+  torch::manual_seed(7);
+  const auto tokens = torch::randint(0, 512, {3, 1}, torch::kLong);  // 3 rows through each projection
+  torch::Tensor ours;
+  {
+    torch::NoGradGuard no_grad;
+    ours = lm.model->forward(tokens);
+  }
+  const auto aten = lm.model->forward(tokens).detach();  // autograd on: ATen's linear
+  EXPECT_TRUE(torch::allclose(ours, aten, 1e-5, 1e-5)) << (ours - aten).abs().max().item<float>();
+}
+
 TEST(PackedModel, RefusesToTrainOrSave) {
   auto lm = load_model(stories(), {.weights = "q8_0"});
   const auto tokens = batch_tokens(512);
