@@ -202,6 +202,57 @@ TEST(PackedModel, Q8_0GgufLoadsPackedAndMatchesTheFloatModel) {
   EXPECT_TRUE(torch::allclose(a, b, 1e-4, 1e-4)) << (a - b).abs().max().item<float>();
 }
 
+// A one-layer GPT-2 as llama.cpp writes it (fused attn_qkv, biases, learned positions), every
+// matrix in Q8_0 (the positions too), vectors in F32.
+test::GgufBuilder q8_gpt2_gguf() {
+  test::GgufBuilder g;
+  g.str("general.architecture", "gpt2");
+  g.u32("gpt2.embedding_length", 64);
+  g.u32("gpt2.block_count", 1);
+  g.u32("gpt2.feed_forward_length", 128);
+  g.u32("gpt2.attention.head_count", 4);
+  g.u32("gpt2.context_length", 32);
+  g.f32("gpt2.attention.layer_norm_epsilon", 1e-5f);
+  torch::manual_seed(8);
+  auto matrix = [&](const std::string& name, int64_t rows, int64_t cols) {
+    const PackedWeight p = pack(torch::randn({rows, cols}) * 0.2, WeightFormat::Q8_0);
+    g.tensors.push_back({name, {uint64_t(cols), uint64_t(rows)}, 8,
+                         std::string(reinterpret_cast<const char*>(p.data.data_ptr()), p.data.nbytes())});
+  };
+  auto vec = [&](const std::string& name, int64_t n, double mean) {
+    g.f32_tensor(name, {uint64_t(n)}, mean + 0.1 * torch::randn({n}));
+  };
+  matrix("token_embd.weight", 40, 64);
+  matrix("position_embd.weight", 32, 64);
+  vec("output_norm.weight", 64, 1);
+  vec("output_norm.bias", 64, 0);
+  for (const char* n : {"attn_norm", "ffn_norm"}) {
+    vec(std::string("blk.0.") + n + ".weight", 64, 1);
+    vec(std::string("blk.0.") + n + ".bias", 64, 0);
+  }
+  matrix("blk.0.attn_qkv.weight", 192, 64);
+  vec("blk.0.attn_qkv.bias", 192, 0);
+  matrix("blk.0.attn_output.weight", 64, 64);
+  vec("blk.0.attn_output.bias", 64, 0);
+  matrix("blk.0.ffn_up.weight", 128, 64);
+  vec("blk.0.ffn_up.bias", 128, 0);
+  matrix("blk.0.ffn_down.weight", 64, 128);
+  vec("blk.0.ffn_down.bias", 64, 0);
+  return g;
+}
+
+TEST(PackedModel, Gpt2Q8_0GgufLoadsPacked) {
+  test::TempDir dir;
+  write_file_atomic(dir / "gpt2.gguf", q8_gpt2_gguf().build());
+  torch::NoGradGuard no_grad;
+  auto packed = load_model(dir / "gpt2.gguf", {.weights = "auto"});
+  auto floats = load_model(dir / "gpt2.gguf", {.weights = "f32"});
+  EXPECT_EQ(packed.model->matrix_format(), WeightFormat::Q8_0);
+  const auto tokens = batch_tokens(40);
+  auto a = packed.model->forward(tokens), b = floats.model->forward(tokens);
+  EXPECT_TRUE(torch::allclose(a, b, 1e-4, 1e-4)) << (a - b).abs().max().item<float>();
+}
+
 fs::path stories() { return test::data_dir() / "stories260K" / "stories260K.gguf"; }
 
 // stories260K (F32 in the file; its MLP width 172 is no multiple of 32) quantized at load.

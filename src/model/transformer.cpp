@@ -479,6 +479,13 @@ void TransformerImpl::load_weights(const TensorMap& weights, const std::string& 
   }
   for (auto& [name, param] : params) {
     if (used.contains(name)) continue;
+    if (auto p = packed.find(name); p != packed.end()) {  // a float parameter stored packed (GPT-2's positions)
+      check(param.dim() == 2 && p->second.rows == param.size(0) && p->second.cols == param.size(1),
+            source + ": tensor " + name + " has shape [" + std::to_string(p->second.rows) + ", " +
+                std::to_string(p->second.cols) + "], expected " + shape_str(param.sizes()));
+      param.copy_(dequantize(p->second));
+      continue;
+    }
     auto it = weights.find(name);
     check(it != weights.end(), source + ": missing tensor " + name);
     check(it->second.sizes() == param.sizes(), source + ": tensor " + name + " has shape " +
