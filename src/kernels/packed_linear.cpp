@@ -144,6 +144,9 @@ void widen_row(const PackedWeight& w, int64_t n, float* out) {
 }
 
 // ---- GEMV: few rows of x, each weight row read once for all of them --------------------
+// The weights stream through once: software prefetch this far ahead of the loads (the
+// hardware prefetcher alone left the loop waiting on memory, perf showed).
+constexpr int64_t kPrefetchBytes = 2048;
 // Y[m, n] = sum_k X[m, k] W[n, k] for n in [n0, n1); X (M, Kp) rows ldx apart, Y rows ldy apart.
 
 void gemv_portable(const PackedWeight& w, int64_t M, const float* X, int64_t ldx, float* Y, int64_t ldy, int64_t n0,
@@ -172,6 +175,7 @@ RLHF_PACKED_AVX512 void gemv_q8_0_avx512(const PackedWeight& w, const float* X, 
     for (int m = 0; m < M; ++m) acc[m] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
       const uint8_t* blk = r + b * kQ8_0BlockBytes;
+      _mm_prefetch(reinterpret_cast<const char*>(blk) + kPrefetchBytes, _MM_HINT_T0);
       const __m512 d = _mm512_set1_ps(fp16_scale(blk));
       const __m512 w0 = load_q8x16(blk + 2), w1 = load_q8x16(blk + 18);
       for (int m = 0; m < M; ++m) {  // acc += d * (q . x) over the block
@@ -197,6 +201,9 @@ RLHF_PACKED_AVX512 void gemv_dense_avx512(const PackedWeight& w, const float* X,
     int64_t k = 0;
     for (; k + 32 <= K; k += 32) {
       __m512 w0, w1;
+      _mm_prefetch(reinterpret_cast<const char*>(kBf16 ? static_cast<const void*>(W16 + n * K + k)
+                                                       : static_cast<const void*>(W32 + n * K + k)) + kPrefetchBytes,
+                   _MM_HINT_T0);
       if constexpr (kBf16) {
         w0 = load_bf16x16(W16 + n * K + k);
         w1 = load_bf16x16(W16 + n * K + k + 16);
