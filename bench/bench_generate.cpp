@@ -1,10 +1,13 @@
-// Generation throughput of rlhf.cpp: tokens/s for each batch size, as one JSON line each.
+// Generation throughput of rlhf.cpp: tokens/s for each batch size, as one JSON line each,
+// with the bytes of weight matrices one decoding step reads and those read per second.
 // Driven by bench/generate_vs_transformers.py and bench/shapes_vs_peers.py, which run the
 // peers on the same work.
 //   bench_generate MODEL MAX_NEW_TOKENS BATCH [BATCH...] [--prompt-tokens N] [--device cpu|cuda]
+//                  [--weights auto|f32|bf16|q8_0]
 // Without --prompt-tokens every row's prompt is "Once upon a time"; with it, N token ids drawn
 // at random (seed 0) from the tokenizer's range, the same for every row. Each line also gives
 // the prefill time of the batch's prompts alone (a run with one new token).
+#include <algorithm>
 #include <chrono>
 #include <iostream>
 
@@ -14,19 +17,22 @@
 int main(int argc, char** argv) {
   std::vector<std::string> pos;
   int64_t prompt_tokens = 0;
-  rlhf::LoadOptions load;
+  rlhf::LoadOptions load;  // float32 unless --weights says otherwise
   for (int a = 1; a < argc; ++a) {
     const std::string arg = argv[a];
     if (arg == "--prompt-tokens" && a + 1 < argc) prompt_tokens = std::stol(argv[++a]);
     else if (arg == "--device" && a + 1 < argc) load.device = argv[++a];
+    else if (arg == "--weights" && a + 1 < argc) load.weights = argv[++a];
     else pos.push_back(arg);
   }
   if (pos.size() < 3) {
-    std::cerr << "usage: bench_generate MODEL MAX_NEW_TOKENS BATCH [BATCH...] [--prompt-tokens N] [--device D]\n";
+    std::cerr << "usage: bench_generate MODEL MAX_NEW_TOKENS BATCH [BATCH...] [--prompt-tokens N] [--device D] "
+                 "[--weights auto|f32|bf16|q8_0]\n";
     return 2;
   }
   try {
     auto lm = rlhf::load_model(pos[0], load);
+    const int64_t weight_bytes = lm.model->matrix_bytes();
     rlhf::GenerateOptions opt;
     opt.max_new_tokens = std::stoi(pos[1]);
     opt.sampling.temperature = 1.0f;  // plain sampling, as transformers' do_sample with top_k=0
@@ -56,9 +62,16 @@ int main(int argc, char** argv) {
       const double s = seconds(t0);
       size_t n = 0;
       for (const auto& g : out) n += g.tokens.size();
-      std::cout << nlohmann::json{{"batch", batch},           {"tokens", n},
-                                  {"seconds", s},             {"tokens_per_s", n / s},
-                                  {"prompt_tokens", prompt.size()}, {"prefill_s", prefill_s}}
+      const double steps_per_s = double(n) / batch / s;  // one step decodes every row
+      std::cout << nlohmann::json{{"batch", batch},
+                                  {"tokens", n},
+                                  {"seconds", s},
+                                  {"tokens_per_s", n / s},
+                                  {"prompt_tokens", prompt.size()},
+                                  {"prefill_s", prefill_s},
+                                  {"weights", rlhf::weight_format_name(lm.model->matrix_format())},
+                                  {"weight_bytes", weight_bytes},
+                                  {"weight_gb_per_s", weight_bytes * steps_per_s / 1e9}}
                        .dump()
                 << std::endl;
     }

@@ -137,7 +137,7 @@ def write_gguf(hf_dir, out, qtype):
             elif mod == "self_attn.k_proj":
                 t = permute(t, KV)
         if qtype == "q8_0" and t.ndim == 2:
-            g.add_tensor(n, gguf.quants.quantize(t, gguf.GGMLQuantizationType.Q8_0), raw_shape=t.shape,
+            g.add_tensor(n, gguf.quants.quantize(t, gguf.GGMLQuantizationType.Q8_0),
                          raw_dtype=gguf.GGMLQuantizationType.Q8_0)
         else:
             g.add_tensor(n, np.ascontiguousarray(t, dtype=np.float32))

@@ -52,7 +52,8 @@ void validate_weights(const ModelConfig& config, const TensorMap& weights, const
   throw Error(msg);
 }
 
-ModelFiles read_model_files(const std::filesystem::path& path, const std::filesystem::path& tokenizer_path) {
+ModelFiles read_model_files(const std::filesystem::path& path, const std::filesystem::path& tokenizer_path,
+                            bool keep_stored) {
   namespace fs = std::filesystem;
   if (!fs::exists(path)) throw Error(path.string() + ": no such file or folder");
   ModelFiles out;
@@ -67,7 +68,7 @@ ModelFiles read_model_files(const std::filesystem::path& path, const std::filesy
     }
     const std::string ext = path.extension().string();
     if (head == "GGUF" || ext == ".gguf") {
-      out = read_gguf(path);
+      out = read_gguf(path, keep_stored);
     } else if (head.rfind("PK", 0) == 0) {
       throw Error(path.string() + ": a PyTorch pickle (zip) checkpoint, which is not supported; save the model "
                   "as safetensors (save_pretrained) or convert it to GGUF");

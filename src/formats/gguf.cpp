@@ -245,12 +245,20 @@ uint64_t data_bytes(const GgufTensorInfo& t, const MappedFile& file, uint64_t da
 }
 
 // The tensor's values as float32 in torch order (ggml's ne reversed); `nbytes` from data_bytes().
-torch::Tensor load_tensor(const GgufTensorInfo& t, const MappedFile& file, uint64_t data_start, uint64_t nbytes) {
+// keep_stored: a Q8_0 matrix comes as its blocks, (rows, row length / 32 * 34) uint8, and BF16
+// as bf16, both copied as stored.
+torch::Tensor load_tensor(const GgufTensorInfo& t, const MappedFile& file, uint64_t data_start, uint64_t nbytes,
+                          bool keep_stored) {
   const uint8_t* src = file.data() + data_start + t.offset;
   uint64_t numel = 1;
   for (int64_t n : t.ne) numel *= static_cast<uint64_t>(n);
 
   std::vector<int64_t> shape(t.ne.rbegin(), t.ne.rend());  // ne=[C, V] is a (V, C) matrix
+  if (t.type == kGgmlQ8_0 && keep_stored && shape.size() == 2) {
+    torch::Tensor blocks = torch::empty({shape[0], shape[1] / kQ8Block * static_cast<int64_t>(kQ8BlockBytes)}, torch::kUInt8);
+    if (nbytes) std::memcpy(blocks.data_ptr(), src, nbytes);
+    return blocks;
+  }
   if (t.type == kGgmlQ8_0) {
     torch::Tensor out = torch::empty(shape, torch::kFloat32);
     float* y = out.data_ptr<float>();
@@ -267,7 +275,7 @@ torch::Tensor load_tensor(const GgufTensorInfo& t, const MappedFile& file, uint6
   const auto stored = t.type == kGgmlF32 ? torch::kFloat32 : t.type == kGgmlF16 ? torch::kFloat16 : torch::kBFloat16;
   torch::Tensor raw = torch::empty(shape, stored);
   if (nbytes) std::memcpy(raw.data_ptr(), src, nbytes);
-  return raw.to(torch::kFloat32);
+  return keep_stored && stored == torch::kBFloat16 ? raw : raw.to(torch::kFloat32);
 }
 
 // Typed metadata lookups; errors name the key and what was found.
@@ -463,7 +471,7 @@ std::unique_ptr<Tokenizer> tokenizer_from_metadata(const Meta& meta, int64_t voc
 
 }  // namespace
 
-ModelFiles read_gguf(const std::filesystem::path& path) try {
+ModelFiles read_gguf(const std::filesystem::path& path, bool keep_stored) try {
   MappedFile file(path);
   const std::string& name = file.name();
   ByteReader r(file.data(), file.size(), name);
@@ -487,11 +495,14 @@ ModelFiles read_gguf(const std::filesystem::path& path) try {
   }
   check_disjoint(ranges, name);
 
-  // 3. Tensors, dequantized and renamed; llama's q/k rows go back to HF's rotate_half layout.
+  // 3. Tensors, dequantized (or kept as Q8_0 blocks) and renamed; llama's q/k rows go back to
+  // HF's rotate_half layout (row permutations, the same for blocks).
   ModelFiles out;
+  std::map<std::string, int64_t> q8_cols;  // Q8_0 matrices kept as blocks: canonical name -> row length
   for (size_t k = 0; k < g.tensors.size(); ++k) {
     const GgufTensorInfo& t = g.tensors[k];
-    torch::Tensor w = load_tensor(t, file, g.data_start, nbytes[k]);
+    torch::Tensor w = load_tensor(t, file, g.data_start, nbytes[k], keep_stored);
+    const bool blocks = w.scalar_type() == torch::kUInt8;
     std::smatch m;
     static const std::regex qkv_re(R"(blk\.(\d+)\.attn_qkv\.(weight|bias))");
     if (arch == "gpt2" && std::regex_match(t.name, m, qkv_re)) {
@@ -504,6 +515,8 @@ ModelFiles read_gguf(const std::filesystem::path& path) try {
       out.weights[p + "q_proj." + kind] = parts[0].contiguous();
       out.weights[p + "k_proj." + kind] = parts[1].contiguous();
       out.weights[p + "v_proj." + kind] = parts[2].contiguous();
+      if (blocks)
+        for (const char* n : {"q_proj.", "k_proj.", "v_proj."}) q8_cols[p + n + kind] = t.ne[0];
       continue;
     }
     std::string cname = canonical_name(t.name);
@@ -519,6 +532,7 @@ ModelFiles read_gguf(const std::filesystem::path& path) try {
     }
     if (out.weights.count(cname)) throw Error(name + ": tensor '" + t.name + "' appears twice");
     out.weights[cname] = w;
+    if (blocks) q8_cols[cname] = t.ne[0];
   }
   // llama.cpp's converters write output.weight even for tied models (llama2.c's stories
   // models among them); a bit-identical copy of the embedding means the model is tied.
@@ -527,10 +541,20 @@ ModelFiles read_gguf(const std::filesystem::path& path) try {
   if (head != out.weights.end() && embed != out.weights.end() && head->second.sizes() == embed->second.sizes() &&
       torch::equal(head->second, embed->second))
     out.weights.erase(head);
+  // Blocks become packed weights; checks see a float stand-in of each one's shape.
+  TensorMap shapes = out.weights;
+  for (const auto& [cname, cols] : q8_cols) {
+    auto it = out.weights.find(cname);
+    if (it == out.weights.end()) continue;  // the tied copy of the embedding, dropped above
+    const int64_t rows = it->second.size(0);
+    shapes[cname] = torch::empty_strided({rows, cols}, {0, 0});
+    out.packed[cname] = q8_0_from_blocks(it->second, rows, cols);
+    out.weights.erase(it);
+  }
 
   // 4. Config and tokenizer from the metadata.
-  out.config = config_from_metadata(meta, arch, out.weights);
-  validate_weights(out.config, out.weights, name);
+  out.config = config_from_metadata(meta, arch, shapes);
+  validate_weights(out.config, shapes, name);
   out.tokenizer = tokenizer_from_metadata(meta, out.config.vocab_size);
   return out;
 } catch (...) {

@@ -26,13 +26,31 @@ torch::Dtype parse_dtype(const std::string& name) {
 LoadedModel load_model(const std::filesystem::path& path, const LoadOptions& options) try {
   const auto device = parse_device(options.device);
   const auto dtype = parse_dtype(options.dtype);
-  auto files = read_model_files(path, options.tokenizer);
+  // Packed matrices run on our CPU kernels with float32 activations; "auto" falls back to
+  // float32 elsewhere, an explicit format is an error there.
+  const bool can_pack = device.is_cpu() && dtype == torch::kFloat32;
+  const bool auto_format = options.weights == "auto";
+  if (!auto_format && parse_weight_format(options.weights) != WeightFormat::F32)
+    check(can_pack, "--weights " + options.weights + " needs --device cpu and --dtype float32");
+  // Q8_0 blocks are kept as stored when they are wanted as Q8_0 (or as stored).
+  const bool keep_stored = can_pack && (auto_format || options.weights == "q8_0");
+  auto files = read_model_files(path, options.tokenizer, keep_stored);
   if (!options.tokenizer.empty()) files.tokenizer = load_tokenizer(options.tokenizer);
+  WeightFormat format = WeightFormat::F32;
+  if (!auto_format) {
+    format = parse_weight_format(options.weights);
+  } else if (can_pack) {  // as stored: Q8_0 blocks, else the embedding's format stands for the matrices'
+    auto embed = files.weights.find("model.embed_tokens.weight");
+    if (!files.packed.empty()) format = WeightFormat::Q8_0;
+    else if (embed != files.weights.end() && embed->second.scalar_type() == torch::kBFloat16) format = WeightFormat::BF16;
+  }
   LoadedModel out;
   out.config = files.config;
-  out.model = Transformer(files.config);
-  out.model->load_weights(files.weights, path.string());
-  out.model->to(device, dtype);
+  out.model = Transformer(files.config, format);
+  out.model->load_weights(files.weights, path.string(), files.packed);
+  files.weights.clear();  // the float copies go before the next allocation
+  files.packed.clear();
+  if (!out.model->is_packed()) out.model->to(device, dtype);
   out.model->eval();
   out.tokenizer = std::move(files.tokenizer);
   return out;

@@ -13,7 +13,16 @@ struct LoadOptions {
   std::string device = "cpu";      // "cpu", "cuda", "cuda:N"
   std::string dtype = "float32";   // "float32" or "bfloat16"
   std::filesystem::path tokenizer; // overrides the tokenizer found with the model
+  // Format of the matrices (kernels/packed_linear.h): "f32" (a trainable model), "bf16" or
+  // "q8_0" (packed for inference: CPU, float32 dtype), or "auto": as stored when the file
+  // stores them packed (a GGUF's Q8_0 or BF16 tensors), else f32.
+  std::string weights = "f32";
 };
+
+// The help line of the inference commands' --weights option.
+inline constexpr const char* kWeightsHelp =
+    "Weight matrices for inference: auto (as stored: a GGUF's Q8_0 or BF16 kept packed, else float32), "
+    "f32, bf16 or q8_0 (quantized at load)";
 
 struct LoadedModel {
   ModelConfig config;

@@ -7,7 +7,10 @@
 #include "model/checkpoint.h"
 
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
+#include <set>
 
 #include "core/error.h"
 
@@ -23,8 +26,31 @@ std::string shape_str(torch::IntArrayRef s) {
   return out + "]";
 }
 
-torch::nn::Linear linear(int64_t in, int64_t out, bool bias) {
-  return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
+// A float parameter of `shape` that holds no memory (every element the same zero): what a
+// packed matrix leaves in its parameter's place, so names and shapes stay as they were.
+torch::Tensor placeholder(torch::IntArrayRef shape) {
+  auto t = torch::empty_strided(shape, std::vector<int64_t>(shape.size(), 0));
+  std::memset(t.data_ptr(), 0, sizeof(float));
+  return t;
+}
+
+// The canonical names (tensor_map.h) of the rows of a projection's fused weight, in order.
+std::vector<std::string> canonical_parts(const std::string& module) {
+  auto prefix = [&](const std::string& fused) { return module.substr(0, module.size() - fused.size()); };
+  auto ends_with = [&](const std::string& s) { return module.size() >= s.size() && module.ends_with(s); };
+  if (ends_with("qkv_proj"))
+    return {prefix("qkv_proj") + "q_proj.weight", prefix("qkv_proj") + "k_proj.weight",
+            prefix("qkv_proj") + "v_proj.weight"};
+  if (ends_with("gate_up_proj")) return {prefix("gate_up_proj") + "gate_proj.weight", prefix("gate_up_proj") + "up_proj.weight"};
+  return {module + ".weight"};
+}
+
+// Packed weights refuse autograd: their float values are not parameters, so training would
+// silently leave them unchanged.
+void check_inference(const PackedWeight& w, const torch::Tensor& x) {
+  check(!(torch::GradMode::is_enabled() && x.requires_grad()),
+        std::string("this model's weights are packed (") + weight_format_name(w.format) +
+            ") for inference only; load it with --weights f32 (float32) to train it");
 }
 
 // HF's rotate_half: dims [0, D/2) pair with [D/2, D).
@@ -32,6 +58,25 @@ torch::Tensor rotate_half(const torch::Tensor& x) {
   auto halves = x.chunk(2, -1);
   return torch::cat({-halves[1], halves[0]}, -1);
 }
+
+// Inference on float32 weights with 2 to 4 rows (a few sequences decoded together) runs our
+// GEMV too (packed_linear with the weight as an F32 PackedWeight, no copy): it streams the
+// weight once for all rows, measured faster than MKL there (86M shapes, one thread: 6-7 vs
+// 4.6-5.5 GB/s at 4 rows). At one row MKL's sgemv was as fast or faster, so it keeps those.
+// RLHF_GEMV=mkl in the environment keeps ATen's linear always, RLHF_GEMV=own takes ours
+// from one row on (to compare).
+bool own_kernel_applies(const torch::Tensor& x, const torch::Tensor& w) {
+  static const int mode = [] {  // 0: 2-4 rows, 1: never, 2: 1-4 rows
+    const char* e = std::getenv("RLHF_GEMV");
+    return !e ? 0 : std::strcmp(e, "mkl") == 0 ? 1 : std::strcmp(e, "own") == 0 ? 2 : 0;
+  }();
+  if (mode == 1 || torch::GradMode::is_enabled() || x.dim() == 0 || x.size(-1) == 0) return false;
+  const int64_t rows = x.numel() / x.size(-1);
+  return rows >= (mode == 2 ? 1 : 2) && rows <= 4 && x.device().is_cpu() && x.scalar_type() == torch::kFloat32 &&
+         w.scalar_type() == torch::kFloat32 && w.device().is_cpu() && w.is_contiguous() && w.dim() == 2;
+}
+
+PackedWeight float_view(const torch::Tensor& w) { return {WeightFormat::F32, w.size(0), w.size(1), w}; }
 
 }  // namespace
 
@@ -51,6 +96,39 @@ void KVCache::select_rows(const torch::Tensor& index) {
   for (auto& t : v) t = t.index_select(0, index);
 }
 
+ProjectionImpl::ProjectionImpl(int64_t in, int64_t out, bool has_bias, bool packed) {
+  // torch::nn::Linear's parameters and initialisation, in its order: weight
+  // kaiming_uniform(a = sqrt(5)), bias U(-1/sqrt(in), 1/sqrt(in)).
+  weight = register_parameter("weight", packed ? placeholder({out, in}) : torch::empty({out, in}));
+  if (has_bias) bias = register_parameter("bias", torch::empty({out}));
+  torch::NoGradGuard no_grad;
+  if (!packed) torch::nn::init::kaiming_uniform_(weight, std::sqrt(5.0));
+  if (has_bias) bias.uniform_(-1.0 / std::sqrt(double(in)), 1.0 / std::sqrt(double(in)));
+}
+
+torch::Tensor ProjectionImpl::forward(const torch::Tensor& x) {
+  if (packed_.defined()) {
+    check_inference(packed_, x);
+    return packed_linear(x, packed_, bias);
+  }
+  if (own_kernel_applies(x, weight)) return packed_linear(x, float_view(weight), bias);
+  return F::linear(x, weight, bias);
+}
+
+void ProjectionImpl::set_packed(PackedWeight w) {
+  check(w.rows == weight.size(0) && w.cols == weight.size(1),
+        "set_packed: a (" + std::to_string(w.rows) + ", " + std::to_string(w.cols) + ") packed weight for a " +
+            shape_str(weight.sizes()) + " projection");
+  packed_ = std::move(w);
+  weight.set_data(placeholder(weight.sizes()));
+}
+
+void ProjectionImpl::unpack() {
+  if (!packed_.defined()) return;
+  weight.set_data(dequantize(packed_));
+  packed_ = {};
+}
+
 NormImpl::NormImpl(NormType type, int64_t dim, double eps) : type_(type), eps_(eps) {
   weight = register_parameter("weight", torch::ones({dim}));
   if (type == NormType::LayerNorm) bias = register_parameter("bias", torch::zeros({dim}));
@@ -62,11 +140,11 @@ torch::Tensor NormImpl::forward(const torch::Tensor& x) {
   return torch::rms_norm(x, {x.size(-1)}, weight, eps_);  // computed in float32, as HF does
 }
 
-AttentionImpl::AttentionImpl(const ModelConfig& cfg)
+AttentionImpl::AttentionImpl(const ModelConfig& cfg, bool packed)
     : H_(cfg.num_heads), H_kv_(cfg.num_kv_heads), D_(cfg.head_dim) {
   const int64_t C = cfg.hidden_size;
-  qkv_proj = register_module("qkv_proj", linear(C, (H_ + 2 * H_kv_) * D_, cfg.attention_bias));
-  o_proj = register_module("o_proj", linear(H_ * D_, C, cfg.attention_out_bias));
+  qkv_proj = register_module("qkv_proj", Projection(C, (H_ + 2 * H_kv_) * D_, cfg.attention_bias, packed));
+  o_proj = register_module("o_proj", Projection(H_ * D_, C, cfg.attention_out_bias, packed));
 }
 
 torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
@@ -123,11 +201,11 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
   return o_proj(y.transpose(1, 2).reshape({B, T, H_ * D_}));
 }
 
-MlpImpl::MlpImpl(const ModelConfig& cfg) : type_(cfg.mlp), I_(cfg.intermediate_size) {
+MlpImpl::MlpImpl(const ModelConfig& cfg, bool packed) : type_(cfg.mlp), I_(cfg.intermediate_size) {
   const int64_t C = cfg.hidden_size;
   up_proj = register_module(type_ == MlpType::SwiGLU ? "gate_up_proj" : "up_proj",
-                            linear(C, (type_ == MlpType::SwiGLU ? 2 : 1) * I_, cfg.mlp_bias));
-  down_proj = register_module("down_proj", linear(I_, C, cfg.mlp_bias));
+                            Projection(C, (type_ == MlpType::SwiGLU ? 2 : 1) * I_, cfg.mlp_bias, packed));
+  down_proj = register_module("down_proj", Projection(I_, C, cfg.mlp_bias, packed));
 }
 
 torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
@@ -140,12 +218,12 @@ torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
   return down_proj(torch::gelu(h, "tanh"));
 }
 
-BlockImpl::BlockImpl(const ModelConfig& cfg) {
+BlockImpl::BlockImpl(const ModelConfig& cfg, bool packed) {
   input_layernorm = register_module("input_layernorm", Norm(cfg.norm, cfg.hidden_size, cfg.norm_eps));
-  self_attn = register_module("self_attn", Attention(cfg));
+  self_attn = register_module("self_attn", Attention(cfg, packed));
   post_attention_layernorm =
       register_module("post_attention_layernorm", Norm(cfg.norm, cfg.hidden_size, cfg.norm_eps));
-  mlp = register_module("mlp", Mlp(cfg));
+  mlp = register_module("mlp", Mlp(cfg, packed));
 }
 
 torch::Tensor BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
@@ -155,25 +233,28 @@ torch::Tensor BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& co
   return h + mlp(post_attention_layernorm(h));
 }
 
-BodyImpl::BodyImpl(const ModelConfig& cfg) {
-  embed_tokens = register_module("embed_tokens", torch::nn::Embedding(cfg.vocab_size, cfg.hidden_size));
+BodyImpl::BodyImpl(const ModelConfig& cfg, bool packed) {
+  auto embed = torch::nn::EmbeddingOptions(cfg.vocab_size, cfg.hidden_size);
+  if (packed) embed._weight(placeholder({cfg.vocab_size, cfg.hidden_size}));  // never allocated as float
+  embed_tokens = register_module("embed_tokens", torch::nn::Embedding(embed));
   if (cfg.positions == PositionType::Learned)
     embed_positions = register_module(
         "embed_positions", torch::nn::Embedding(cfg.max_position_embeddings, cfg.hidden_size));
   layers = register_module("layers", torch::nn::ModuleList());
-  for (int64_t l = 0; l < cfg.num_layers; ++l) layers->push_back(Block(cfg));
+  for (int64_t l = 0; l < cfg.num_layers; ++l) layers->push_back(Block(cfg, packed));
   norm = register_module("norm", Norm(cfg.norm, cfg.hidden_size, cfg.norm_eps));
 }
 
-TransformerImpl::TransformerImpl(const ModelConfig& cfg) : cfg_(cfg) {
-  model = register_module("model", Body(cfg));
+TransformerImpl::TransformerImpl(const ModelConfig& cfg, WeightFormat matrices) : cfg_(cfg), matrices_(matrices) {
+  const bool packed = matrices != WeightFormat::F32;
+  model = register_module("model", Body(cfg, packed));
   if (cfg.num_labels > 0) {
-    score = register_module("score", linear(cfg.hidden_size, cfg.num_labels, false));
+    score = register_module("score", torch::nn::Linear(torch::nn::LinearOptions(cfg.hidden_size, cfg.num_labels).bias(false)));
     // Reward head init N(0, 1/sqrt(C + 1)) (as lm-human-preferences initialises its reward head).
     torch::NoGradGuard no_grad;
     score->weight.normal_(0.0, 1.0 / std::sqrt(double(cfg.hidden_size + 1)));
   } else if (!cfg.tie_word_embeddings) {
-    lm_head = register_module("lm_head", linear(cfg.hidden_size, cfg.vocab_size, false));
+    lm_head = register_module("lm_head", Projection(cfg.hidden_size, cfg.vocab_size, false, packed));
   }
 }
 
@@ -214,7 +295,8 @@ torch::Tensor TransformerImpl::hidden_states(const torch::Tensor& tokens, const 
   if (!positions.defined())
     positions = torch::arange(past, S, torch::TensorOptions().dtype(torch::kLong).device(dev)).expand({B, T});
 
-  auto x = model->embed_tokens(tokens);  // (B, T, C)
+  auto x = model->embed_packed.defined() ? dequantize_rows(model->embed_packed, tokens)  // (B, T, C)
+                                         : model->embed_tokens(tokens);
   torch::Tensor cos, sin;
   if (cfg_.positions == PositionType::Learned) {
     x = x + model->embed_positions(positions);
@@ -310,8 +392,14 @@ torch::Tensor TransformerImpl::scores(const torch::Tensor& tokens, const torch::
 
 torch::Tensor TransformerImpl::logits(const torch::Tensor& hidden) {
   check(score.is_empty(), "logits: a sequence-classification model has no language-model head");
-  const auto& w = lm_head ? lm_head->weight : model->embed_tokens->weight;  // (V, C)
   const Autocast float32_products(hidden.device(), false);  // mixed precision keeps logits float32
+  if (lm_head) return lm_head(hidden).to(torch::kFloat32);
+  if (model->embed_packed.defined()) {  // tied to the packed embedding
+    check_inference(model->embed_packed, hidden);
+    return packed_linear(hidden, model->embed_packed);
+  }
+  const auto& w = model->embed_tokens->weight;  // (V, C) tied
+  if (own_kernel_applies(hidden, w)) return packed_linear(hidden, float_view(w));
   return torch::matmul(hidden, w.t()).to(torch::kFloat32);
 }
 
@@ -320,11 +408,14 @@ torch::Tensor TransformerImpl::forward(const torch::Tensor& tokens, const torch:
   return logits(hidden_states(tokens, positions, attention_mask, cache));
 }
 
-TensorMap TransformerImpl::weights() {
-  // Fused parameters are split into views under their canonical names, so readers and
-  // writers see the HF layout while the forward pass runs one matmul instead of three.
-  const int64_t q_rows = cfg_.num_heads * cfg_.head_dim, kv_rows = cfg_.num_kv_heads * cfg_.head_dim;
-  const int64_t I = cfg_.intermediate_size;
+namespace {
+
+// Every parameter under its canonical name (tensor_map.h). Fused parameters are split into
+// views, so readers and writers see the HF layout while the forward pass runs one matmul
+// instead of three. Packed matrices appear as their placeholders (their shapes).
+TensorMap canonical_parameters(torch::nn::Module& m, const ModelConfig& cfg) {
+  const int64_t q_rows = cfg.num_heads * cfg.head_dim, kv_rows = cfg.num_kv_heads * cfg.head_dim;
+  const int64_t I = cfg.intermediate_size;
   auto split = [](TensorMap& out, const std::string& prefix, const std::string& suffix, const torch::Tensor& t,
                   std::vector<std::pair<std::string, int64_t>> parts) {
     int64_t at = 0;
@@ -334,7 +425,7 @@ TensorMap TransformerImpl::weights() {
     }
   };
   TensorMap out;
-  for (const auto& p : named_parameters()) {
+  for (const auto& p : m.named_parameters()) {
     const std::string& name = p.key();
     auto cut = [&](const std::string& fused) { return name.find(fused) != std::string::npos; };
     if (cut("self_attn.qkv_proj.")) {
@@ -350,10 +441,62 @@ TensorMap TransformerImpl::weights() {
   return out;
 }
 
-void TransformerImpl::load_weights(const TensorMap& weights, const std::string& source) {
+}  // namespace
+
+TensorMap TransformerImpl::weights() {
+  check(!is_packed(), std::string("the model's weights are packed (") + weight_format_name(matrices_) +
+                          ") for inference only; load it with --weights f32 (float32) to train or save it");
+  return canonical_parameters(*this, cfg_);
+}
+
+void TransformerImpl::load_weights(const TensorMap& weights, const std::string& source,
+                                   const std::map<std::string, PackedWeight>& packed) {
   torch::NoGradGuard no_grad;
-  auto params = this->weights();
+  if (!is_packed() && !packed.empty()) {  // a float model takes packed matrices dequantized
+    TensorMap all = weights;
+    for (const auto& [name, w] : packed) all[name] = dequantize(w);
+    return load_weights(all, source);
+  }
+  auto params = canonical_parameters(*this, cfg_);
+  std::set<std::string> used;
+  // One part of a packed matrix, in the model's format, from `packed` or from `weights`.
+  auto part = [&](const std::string& name) {
+    const auto& shape = params.at(name).sizes();
+    PackedWeight w;
+    if (auto it = packed.find(name); it != packed.end()) {
+      check(it->second.rows == shape[0] && it->second.cols == shape[1],
+            source + ": tensor " + name + " has shape [" + std::to_string(it->second.rows) + ", " +
+                std::to_string(it->second.cols) + "], expected " + shape_str(shape));
+      w = it->second.format == matrices_ ? it->second : pack(dequantize(it->second), matrices_);
+    } else {
+      auto t = weights.find(name);
+      check(t != weights.end(), source + ": missing tensor " + name);
+      check(t->second.sizes() == shape, source + ": tensor " + name + " has shape " + shape_str(t->second.sizes()) +
+                                            ", expected " + shape_str(shape));
+      w = pack(t->second, matrices_);
+    }
+    used.insert(name);
+    return w;
+  };
+  if (is_packed()) {
+    for (const auto& m : named_modules()) {
+      auto* proj = m.value()->as<ProjectionImpl>();
+      if (!proj) continue;
+      std::vector<PackedWeight> parts;
+      for (const auto& name : canonical_parts(m.key())) parts.push_back(part(name));
+      proj->set_packed(parts.size() == 1 ? parts[0] : concat_rows(parts));
+    }
+    model->embed_packed = part("model.embed_tokens.weight");
+  }
   for (auto& [name, param] : params) {
+    if (used.contains(name)) continue;
+    if (auto p = packed.find(name); p != packed.end()) {  // a float parameter stored packed (GPT-2's positions)
+      check(param.dim() == 2 && p->second.rows == param.size(0) && p->second.cols == param.size(1),
+            source + ": tensor " + name + " has shape [" + std::to_string(p->second.rows) + ", " +
+                std::to_string(p->second.cols) + "], expected " + shape_str(param.sizes()));
+      param.copy_(dequantize(p->second));
+      continue;
+    }
     auto it = weights.find(name);
     check(it != weights.end(), source + ": missing tensor " + name);
     check(it->second.sizes() == param.sizes(), source + ": tensor " + name + " has shape " +
@@ -363,6 +506,29 @@ void TransformerImpl::load_weights(const TensorMap& weights, const std::string& 
   }
   for (const auto& [name, t] : weights)
     check(params.contains(name), source + ": unexpected tensor " + name + " for this architecture");
+  for (const auto& [name, w] : packed)
+    check(params.contains(name), source + ": unexpected tensor " + name + " for this architecture");
+}
+
+void TransformerImpl::unpack() {
+  torch::NoGradGuard no_grad;
+  for (const auto& m : modules())
+    if (auto* proj = m->as<ProjectionImpl>()) proj->unpack();
+  if (model->embed_packed.defined()) {
+    model->embed_tokens->weight.set_data(dequantize(model->embed_packed));
+    model->embed_packed = {};
+  }
+  matrices_ = WeightFormat::F32;
+}
+
+int64_t TransformerImpl::matrix_bytes() const {
+  int64_t n = 0;
+  for (const auto& m : modules())
+    if (const auto* proj = m->as<ProjectionImpl>())
+      n += proj->packed().defined() ? proj->packed().bytes() : proj->weight.nbytes();
+  if (lm_head.is_empty() && score.is_empty())  // the LM head is the embedding
+    n += model->embed_packed.defined() ? model->embed_packed.bytes() : model->embed_tokens->weight.nbytes();
+  return n;
 }
 
 }  // namespace rlhf

@@ -8,6 +8,7 @@
 #include <torch/torch.h>
 
 #include "kernels/attention_kernel.h"
+#include "kernels/packed_linear.h"
 #include "model/config.h"
 #include "model/tensor_map.h"
 
@@ -49,9 +50,28 @@ class NormImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Norm);
 
+// A linear layer x W^T + b (parameters "weight" (out, in) and "bias" (out), as
+// torch::nn::Linear, with its initialisation) whose weight can instead be packed for
+// inference (kernels/packed_linear.h). Packed, the float weight is a placeholder of its shape
+// that holds no memory, and forward runs only without autograd.
+class ProjectionImpl : public torch::nn::Module {
+ public:
+  // packed: the weight starts as the placeholder, to be given by set_packed().
+  ProjectionImpl(int64_t in, int64_t out, bool bias, bool packed = false);
+  torch::Tensor forward(const torch::Tensor& x);  // (..., in) -> (..., out)
+  void set_packed(PackedWeight w);  // releases the float weight's memory
+  void unpack();                    // the packed weight, dequantized, becomes the float parameter again
+  const PackedWeight& packed() const { return packed_; }
+  torch::Tensor weight;  // (out, in)
+  torch::Tensor bias;    // (out), or undefined
+ private:
+  PackedWeight packed_;  // undefined unless packed
+};
+TORCH_MODULE(Projection);
+
 class AttentionImpl : public torch::nn::Module {
  public:
-  explicit AttentionImpl(const ModelConfig& cfg);
+  explicit AttentionImpl(const ModelConfig& cfg, bool packed = false);
   // x (B, T, C); cos/sin (B, T, 1, D) or undefined (learned positions); mask as built by
   // TransformerImpl::hidden_states (T = 1: additive (B|1, 1, G, S) with G = H / H_kv;
   // T > 1: bool (B|1, 1, T, S), or undefined for plain causal); windows, when their start
@@ -63,25 +83,25 @@ class AttentionImpl : public torch::nn::Module {
   int64_t H_, H_kv_, D_;
   // q, k and v projections fused into one (H + 2 H_kv) * D-row matrix; weights() shows
   // them under their canonical q_proj/k_proj/v_proj names.
-  torch::nn::Linear qkv_proj{nullptr}, o_proj{nullptr};
+  Projection qkv_proj{nullptr}, o_proj{nullptr};
 };
 TORCH_MODULE(Attention);
 
 class MlpImpl : public torch::nn::Module {
  public:
-  explicit MlpImpl(const ModelConfig& cfg);
+  explicit MlpImpl(const ModelConfig& cfg, bool packed = false);
   torch::Tensor forward(const torch::Tensor& x);  // (B, T, C) -> (B, T, C)
  private:
   MlpType type_;
   int64_t I_;
   // SwiGLU: gate and up fused into one (2I, C) matrix ("gate_up_proj"); GELU: up (I, C).
-  torch::nn::Linear up_proj{nullptr}, down_proj{nullptr};
+  Projection up_proj{nullptr}, down_proj{nullptr};
 };
 TORCH_MODULE(Mlp);
 
 class BlockImpl : public torch::nn::Module {
  public:
-  explicit BlockImpl(const ModelConfig& cfg);
+  explicit BlockImpl(const ModelConfig& cfg, bool packed = false);
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                         const torch::Tensor& mask, const AttentionWindows& windows, KVCache* cache, int64_t layer);
  private:
@@ -94,8 +114,9 @@ TORCH_MODULE(Block);
 // The embeddings, blocks and final norm: registered as "model" so names read model.layers.0...
 class BodyImpl : public torch::nn::Module {
  public:
-  explicit BodyImpl(const ModelConfig& cfg);
-  torch::nn::Embedding embed_tokens{nullptr};
+  explicit BodyImpl(const ModelConfig& cfg, bool packed = false);
+  torch::nn::Embedding embed_tokens{nullptr};  // its weight a placeholder when embed_packed is defined
+  PackedWeight embed_packed;                      // (V, C), or undefined
   torch::nn::Embedding embed_positions{nullptr};  // learned positions only
   torch::nn::ModuleList layers{nullptr};
   Norm norm{nullptr};
@@ -104,7 +125,11 @@ TORCH_MODULE(Body);
 
 class TransformerImpl : public torch::nn::Module {
  public:
-  explicit TransformerImpl(const ModelConfig& cfg);
+  // matrices: the format of the projection matrices, the token embedding and the LM head.
+  // Other than F32 they are packed (kernels/packed_linear.h) and never allocated as float:
+  // the model runs inference only (forward under autograd, weights() and so training and
+  // saving fail with an Error) until unpack().
+  explicit TransformerImpl(const ModelConfig& cfg, WeightFormat matrices = WeightFormat::F32);
 
   // tokens, positions: (B, T) int64 (positions undefined: past + 0..T-1). attention_mask:
   // (B, S) with 1 for real tokens and 0 for padding, S = cache length + T (undefined: all
@@ -129,9 +154,17 @@ class TransformerImpl : public torch::nn::Module {
 
   // Copies `weights` (canonical names) into the parameters, converting dtype and device.
   // Every parameter must be present with its shape and nothing may be left over; the
-  // Error names `source` and the tensor.
-  void load_weights(const TensorMap& weights, const std::string& source);
-  TensorMap weights();               // canonical name -> parameter (shares storage)
+  // Error names `source` and the tensor. `packed`: matrices already packed (Q8_0 blocks
+  // from a GGUF), by canonical name, instead of in `weights`; a packed model keeps them as
+  // they are when they are in its format, else they are dequantized (and repacked).
+  void load_weights(const TensorMap& weights, const std::string& source,
+                    const std::map<std::string, PackedWeight>& packed = {});
+  TensorMap weights();               // canonical name -> parameter (shares storage); Error when packed
+  bool is_packed() const { return matrices_ != WeightFormat::F32; }
+  WeightFormat matrix_format() const { return matrices_; }
+  void unpack();  // packed matrices -> float32 parameters (dequantized); the model can train and save again
+  // Bytes of the projection and LM-head matrices as held: what one decoding step reads.
+  int64_t matrix_bytes() const;
   const ModelConfig& config() const { return cfg_; }
   // Activation checkpointing: while gradients are on, each block keeps only its input and is
   // recomputed in the backward pass (model/checkpoint.h). Off by default.
@@ -142,8 +175,9 @@ class TransformerImpl : public torch::nn::Module {
  private:
   ModelConfig cfg_;
   bool checkpoint_activations_ = false;
+  WeightFormat matrices_ = WeightFormat::F32;
   Body model{nullptr};
-  torch::nn::Linear lm_head{nullptr};  // null when tied to embed_tokens or a classifier
+  Projection lm_head{nullptr};         // null when tied to embed_tokens or a classifier
   torch::nn::Linear score{nullptr};    // (num_labels, C) classification head, or null
 };
 TORCH_MODULE(Transformer);

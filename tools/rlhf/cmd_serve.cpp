@@ -17,7 +17,7 @@ std::atomic<bool> g_serve_stop{false};
 void add_serve(CLI::App& app) {
   struct Args {
     ServeOptions opt;
-    std::string model, tokenizer, device = "cpu", dtype = "float32";
+    std::string model, tokenizer, device = "cpu", dtype = "float32", weights = "auto";
     double max_body_mb = 1;
     std::string rag_template;
   };
@@ -49,10 +49,11 @@ void add_serve(CLI::App& app) {
                                                      "(default: a one-shot template for instruction-following models)");
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
   cmd->add_option("--dtype", a->dtype, "float32 or bfloat16")->capture_default_str();
+  cmd->add_option("--weights", a->weights, kWeightsHelp)->capture_default_str();
   cmd->callback([a] {
     a->opt.max_body = static_cast<size_t>(a->max_body_mb * (1 << 20));
     if (!a->rag_template.empty()) a->opt.rag.prompt_template = read_file(a->rag_template);
-    auto lm = load_model(a->model, {a->device, a->dtype, a->tokenizer});
+    auto lm = load_model(a->model, {a->device, a->dtype, a->tokenizer, a->weights});
     std::signal(SIGINT, [](int) { g_serve_stop = true; });
     std::signal(SIGTERM, [](int) { g_serve_stop = true; });
     std::signal(SIGPIPE, SIG_IGN);  // a client that hangs up mid-stream is the write's error, not the process's end

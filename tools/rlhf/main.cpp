@@ -42,7 +42,7 @@ std::string read_stdin() {
 
 // ---- rlhf generate -------------------------------------------------------------------
 struct GenerateArgs {
-  std::string model, tokenizer, prompt, chat, system, device = "cpu", dtype = "float32";
+  std::string model, tokenizer, prompt, chat, system, device = "cpu", dtype = "float32", weights = "auto";
   int n = 1;
   bool json_out = false, no_bos = false;
   GenerateOptions gen;
@@ -73,8 +73,9 @@ void add_generate(CLI::App& app) {
   cmd->add_flag("--json", args->json_out, "Print one JSON object per sequence (text, tokens, logprobs)");
   cmd->add_option("--device", args->device, "cpu, cuda or cuda:N")->capture_default_str();
   cmd->add_option("--dtype", args->dtype, "float32 or bfloat16")->capture_default_str();
+  cmd->add_option("--weights", args->weights, kWeightsHelp)->capture_default_str();
   cmd->callback([args] {
-    auto lm = load_model(args->model, {args->device, args->dtype, args->tokenizer});
+    auto lm = load_model(args->model, {args->device, args->dtype, args->tokenizer, args->weights});
     check(lm.tokenizer != nullptr, args->model + ": no tokenizer found with the model; pass --tokenizer");
     const Tokenizer& tok = *lm.tokenizer;
     bool raw_ids = args->no_bos;  // else the prompt-encoding rule (encode_prompt) adds BOS
