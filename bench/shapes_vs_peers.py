@@ -21,7 +21,8 @@ Limits, measured in the same run through the same libtorch both sides use: memor
 bandwidth (sum over a 1 GiB tensor) and the sgemm peak (float32 matmul, best of several
 shapes). Shares: batch-1 decode = weight bytes read per token x tokens/s / bandwidth; the rest =
 model FLOPs / sgemm peak, with FLOPs = 2 x matmul params x tokens for generation and
-6 x params x tokens + 6 x layers x length x hidden x tokens (attention) for training.
+6 x params x tokens + 6 x layers x length x hidden x tokens (attention) for training, counting
+the tokens rlhf.cpp computes (a pair's prompt once: share_prompt).
     env -u OMP_WAIT_POLICY .venv/bin/python bench/shapes_vs_peers.py [--shapes 26m,86m,smollm2-135m,qwen2.5-0.5b]
         [--workloads generate,sft,rm,dpo,ppo] [--batches 1,16,64] [--steps 5] [--device cpu|cuda] [--out results.json]
 With --device cuda (bench/gpu_check.sh) both sides run on the GPU and the limits are the GPU's
@@ -372,7 +373,8 @@ def main():
                 add(f"decode batch {b} (tokens/s)", o, t, "tok/s", share, ro, rt)
                 po, pt = ours[b]["prefill_s"], theirs[str(b)]["prefill_s"]
                 add(f"prefill batch {b} x {PROMPT} (s)", po, pt, "s",
-                    2 * mat * b * PROMPT / po / 1e9 / lim["sgemm_gflops"], ro, rt, higher=False)
+                    2 * (cnt["body"] * PROMPT + cnt["head"]) * b / po / 1e9 / lim["sgemm_gflops"], ro, rt,
+                    higher=False)  # the LM head runs on the last prompt position only
             if "--weights" in help_gen and args.device == "cpu":
                 for wf, nbytes in (("bf16", 2), ("q8_0", 34 / 32)):
                     if wf not in args.weights.split(","):
@@ -402,7 +404,10 @@ def main():
                 f.writelines(json.dumps(p) + "\n" for p in pairs)
             with open(sft, "w") as f:
                 f.writelines(json.dumps({"prompt": p["prompt"], "completion": p["chosen"]}) + "\n" for p in pairs)
-            seq = statistics.mean(len(tok(p["prompt"] + p["chosen"])["input_ids"]) + 1 for p in pairs)
+            n = lambda t: len(tok(t, add_special_tokens=False)["input_ids"])
+            seq = statistics.mean(1 + n(p["prompt"]) + n(p["chosen"]) for p in pairs)  # one SFT row
+            # A pair as rlhf.cpp computes it (share_prompt): the prompt once, then both completions.
+            pair = statistics.mean(1 + n(p["prompt"]) + n(p["chosen"]) + n(p["rejected"]) for p in pairs)
             common = ["--train-data", None, "--max-steps", str(args.steps), "--batch-size", "8", "--max-length",
                       "256", "--progress", "false", "--device", args.device]
             for kind in ("sft", "rm", "dpo"):
@@ -419,9 +424,10 @@ def main():
                 t, rt = peer({"kind": kind, "model": cls if kind == "rm" else lm, "data": sft if kind == "sft" else prefs,
                               "steps": args.steps, "threads": args.threads, "out": os.path.join(tmp, f"trl-{kind}"),
                               "device": args.device})
-                seqs = 8 if kind == "sft" else 16
+                # rlhf.cpp's own work: 8 rows of `seq` tokens (SFT) or 8 shared-prompt rows of `pair` tokens.
+                row = seq if kind == "sft" else pair
                 params = cnt["body"] + (0 if kind == "rm" else cnt["head"])
-                flops = 6 * params * seqs * seq + 6 * cnt["L"] * seq * cnt["C"] * seqs * seq
+                flops = 8 * (6 * params * row + 6 * cnt["L"] * row * cnt["C"] * row)
                 add(f"{kind} step, batch 8 x 256 (s)", o, t["s_per_step"], "s",
                     flops / o / 1e9 / lim["sgemm_gflops"], ro, rt, higher=False)
 
