@@ -10,7 +10,8 @@
 #                                  # the build needs, as .debs in .gpu-deps/ (git-ignored), and
 #                                  # stories260K in .gpu-deps/data/
 #   bench/gpu_check.sh [OUT_DIR]   # on the GPU machine (needs python3 with a CUDA torch,
-#                                  # transformers and trl, cmake, ninja and a C++ compiler)
+#                                  # transformers and trl, cmake, ninja and a C++ compiler;
+#                                  # .gpu-deps/ is git-ignored: a copy to that machine must carry it)
 #
 # Results: OUT_DIR (default gpu-check/) gets build.log, tests.log and shapes.md / shapes.json.
 set -euo pipefail
@@ -22,7 +23,6 @@ pkgs=(nlohmann-json3-dev libtomlplusplus-dev libtomlplusplus3 libcli11-dev libpc
 
 if [ "${1:-}" = fetch ]; then
   mkdir -p "$deps/data"
-  grep -qx "/$deps/" .git/info/exclude 2>/dev/null || echo "/$deps/" >>.git/info/exclude
   (cd "$deps" && apt-get download "${pkgs[@]}")
   cp -r "${RLHF_DATA:-../shared/data}/stories260K" "$deps/data/"
   du -sh "$deps"
