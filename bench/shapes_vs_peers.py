@@ -16,7 +16,8 @@ every id. Workloads (each side in its own process, peak RSS from wait4):
             TRL's SFTTrainer / RewardTrainer / DPOTrainer (precompute_ref_log_probs).
   ppo       one PPO iteration: policy, reference, reward and value model of the shape, rollout
             batch 16, 128-token responses, 1 minibatch, 1 PPO epoch; TRL 0.29.1's PPOTrainer
-            (as bench/ppo_vs_trl.py).
+            (as bench/ppo_vs_trl.py). rlhf.cpp twice: recomputing the old log-probs (as TRL)
+            and with old_logprobs = "generator".
 Limits, measured in the same run through the same libtorch both sides use: memory read
 bandwidth (sum over a 1 GiB tensor) and the sgemm peak (float32 matmul, best of several
 shapes). Shares: batch-1 decode = weight bytes read per token x tokens/s / bandwidth; the rest =
@@ -438,16 +439,18 @@ def main():
             tmp = tempfile.mkdtemp(prefix="shapes-ppo-")
             pa = argparse.Namespace(iterations=args.ppo_iterations + 1, rollout_batch=16, minibatches=1, ppo_epochs=1,
                                     max_new_tokens=NEW, threads=args.threads)
-            cmd_env = dict(env)
-            rd = os.path.join(tmp, "ours")
-            cmd = [RLHF, "ppo", "--model", lm, "--reward-model", cls, "--train-data", ppo_vs_trl.PROMPTS,
-                   "--run-dir", rd, "--max-steps", str(pa.iterations), "--rollout-batch", "16", "--minibatches", "1",
-                   "--ppo-epochs", "1", "--max-new-tokens", str(NEW), "--temperature", "1", "--progress", "false",
-                   "--penalize-missing-eos", "false"]
-            _, ro = child(cmd, cmd_env)
-            ms = [json.loads(l) for l in open(os.path.join(rd, "metrics.jsonl")) if l.strip()]
-            ms = [m for m in ms if "time/generation_s" in m][1:]
-            o = statistics.median(m["time/generation_s"] + m["time/scoring_s"] + m["time/training_s"] for m in ms)
+            ours = {}  # old_logprobs source -> (median s per iteration, peak RSS)
+            for source in ("recompute", "generator"):
+                rd = os.path.join(tmp, "ours-" + source)
+                cmd = [RLHF, "ppo", "--model", lm, "--reward-model", cls, "--train-data", ppo_vs_trl.PROMPTS,
+                       "--run-dir", rd, "--max-steps", str(pa.iterations), "--rollout-batch", "16", "--minibatches",
+                       "1", "--ppo-epochs", "1", "--max-new-tokens", str(NEW), "--temperature", "1", "--progress",
+                       "false", "--penalize-missing-eos", "false", "--old-logprobs", source]
+                _, rss = child(cmd, dict(env))
+                ms = [json.loads(l) for l in open(os.path.join(rd, "metrics.jsonl")) if l.strip()]
+                ms = [m for m in ms if "time/generation_s" in m][1:]
+                ours[source] = (statistics.median(m["time/generation_s"] + m["time/scoring_s"] + m["time/training_s"]
+                                                  for m in ms), rss)
             trl_dir = ppo_vs_trl.ensure_trl_ppo(os.path.join(os.path.expanduser("~"), ".cache", "rlhf-bench",
                                                              f"trl-{ppo_vs_trl.TRL_PPO_VERSION}"))
             cfg = dict(policy=lm, rm=cls, out=os.path.join(tmp, "trl"), threads=args.threads, rollout_batch=16,
@@ -457,7 +460,10 @@ def main():
                      PYTHONPATH=trl_dir + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""))
             out, rt = child([sys.executable, ppo_vs_trl.__file__, "--trl-worker", json.dumps(cfg)], e)
             t = json.loads(next(l for l in out.splitlines() if l.startswith("RESULT "))[7:])
-            add(f"PPO iteration, 16 x {NEW} tokens, 1 epoch (s)", o, t["total"], "s", None, ro, rt, higher=False)
+            for source, label in (("recompute", ""), ("generator", ", old log-probs from the sampler")):
+                o, ro = ours[source]
+                add(f"PPO iteration, 16 x {NEW} tokens, 1 epoch{label} (s)", o, t["total"], "s", None, ro, rt,
+                    higher=False)
         results["shapes"][name] = rows
 
     print("\nratio: above 1, rlhf.cpp is faster. share: of the measured limit (see the docstring).")

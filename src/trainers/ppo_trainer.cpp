@@ -138,6 +138,11 @@ void validate(const PpoConfig& c) {
   check(c.kl_estimator == "k1" || c.kl_estimator == "k3", "ppo: kl_estimator must be k1 or k3, got '" + c.kl_estimator + "'");
   check_range(finite(c.logprob_tolerance) && c.logprob_tolerance >= 0, "logprob_tolerance", c.logprob_tolerance,
               "a finite number >= 0");
+  check(c.old_logprobs == "recompute" || c.old_logprobs == "generator",
+        "ppo: old_logprobs must be recompute or generator, got '" + c.old_logprobs + "'");
+  // The generator samples in float32; a bf16 update's first ratio would be off by bf16 rounding.
+  check(c.old_logprobs == "recompute" || c.train.precision == "float32",
+        "ppo: old_logprobs = \"generator\" needs precision = \"float32\" (the sampler's log-probs are float32)");
 }
 
 Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t stop_after,
@@ -276,6 +281,7 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
     // side; responses that never ended get the missing-EOS penalty, and each pays length_penalty per token.
     t0 = Clock::now();
     torch::Tensor old_logp, ref_logp, old_values, guard_logp;
+    const bool from_generator = cfg.old_logprobs == "generator";
     std::vector<double> raw_scores;
     const auto all_rows = torch::arange(B, torch::TensorOptions().dtype(torch::kLong).device(dev));
     {
@@ -288,6 +294,7 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
       };
       auto reward_part = [&] { raw_scores = reward(prompt_texts, responses, response_tokens); };
       auto logprobs_part = [&] {
+        if (from_generator) return;
         {
           const auto autocast = training_autocast(tc);
           old_logp = response_logprobs(policy.model, r, all_rows, cfg.temperature).first;
@@ -302,7 +309,8 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
       };
       if (dev.is_cpu()) {
         side_by_side(values_part, reward_part);
-        side_by_side(logprobs_part, ref_part);
+        if (from_generator) ref_part();
+        else side_by_side(logprobs_part, ref_part);
       } else {
         reward_part(), logprobs_part(), ref_part(), values_part();
       }
@@ -320,10 +328,15 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
     m["objective/scores"] = scores.mean().item<double>();
     scores = scores.to(dev);
 
-    const double gap = ((guard_logp.to(torch::kCPU) - r.gen_logprobs) * r.response_mask.to(torch::kCPU)).abs().max().item<double>();
-    check(gap <= cfg.logprob_tolerance,
-          "ppo: the generator's and the trainer's log-probabilities differ by " + std::to_string(gap) +
-              " (tolerance " + std::to_string(cfg.logprob_tolerance) + "): the two forward passes disagree");
+    if (from_generator) {
+      old_logp = r.gen_logprobs.to(dev);  // 0 outside the responses, as every use masks them
+    } else {
+      const double gap =
+          ((guard_logp.to(torch::kCPU) - r.gen_logprobs) * r.response_mask.to(torch::kCPU)).abs().max().item<double>();
+      check(gap <= cfg.logprob_tolerance,
+            "ppo: the generator's and the trainer's log-probabilities differ by " + std::to_string(gap) +
+                " (tolerance " + std::to_string(cfg.logprob_tolerance) + "): the two forward passes disagree");
+    }
     m["time/scoring_s"] = seconds_since(t0);
 
     // 6. Rewards with the per-token KL penalty, GAE, whitened advantages (mean shifted).

@@ -35,6 +35,11 @@ struct PpoConfig {
   double length_penalty = 0.0;        // subtracted from the score per response token
   std::string stop_string;            // empty: none; else responses end after its first occurrence
   double logprob_tolerance = 1e-3;    // generator vs trainer logprob guard (the two forward passes must agree)
+  // Where the old policy's log-probs come from: "recompute" runs the policy once more over
+  // each rollout after generation (as TRL does); "generator" takes the ones the sampler
+  // computed while generating, saving that forward pass (float32 only: the first minibatch's
+  // ratio check then guards them).
+  std::string old_logprobs = "recompute";
 
   PpoConfig() {
     train.run_dir = "runs/ppo";
@@ -69,6 +74,9 @@ struct PpoConfig {
     v("length_penalty", length_penalty, "Subtracted from the score per response token (EOS included): score - length_penalty * length; 0: off");
     v("stop_string", stop_string, "Responses end after the first occurrence of this text, which counts as ended like EOS (no missing-EOS penalty); empty: none");
     v("logprob_tolerance", logprob_tolerance, "Largest allowed |generator - trainer| logprob difference");
+    v("old_logprobs", old_logprobs,
+      "Old policy log-probs: recompute (one more policy forward per rollout, as TRL) or generator (the sampler's own; "
+      "float32 only)");
   }
 };
 

@@ -323,6 +323,48 @@ TEST(Ppo, RatioGuardFiresWhenRolloutAndUpdateDisagree) {
   EXPECT_EQ(run(1e-4, "within"), "");
 }
 
+TEST(Ppo, GeneratorLogprobsServeAsTheOldOnes) {
+  // old_logprobs = "generator" drops the policy's forward pass after generation: the run's
+  // numbers equal those of a recomputing run up to float error, and the old log-probs the
+  // update sees are the sampler's own (a shift injected into them reaches the ratio guard,
+  // where a recomputing run stops at the generator-vs-trainer guard instead).
+  test::TempDir tmp;
+  auto run = [&](const std::string& source, const std::string& name, double shift, std::string* error) {
+    auto cfg = one_step(tmp, name);
+    cfg.old_logprobs = source;
+    PpoProbes probes;
+    torch::Tensor seen;
+    probes.after_generation = [shift](torch::Tensor& logprobs) { logprobs += shift; };
+    probes.before_update = [&seen](torch::Tensor& logprobs) { seen = logprobs.clone(); };
+    Metrics m;
+    *error = error_of([&] { m = train_ppo(cfg, false, count_reward(5), 0, {}, probes); });
+    return std::make_pair(m, seen);
+  };
+  std::string err_recompute, err_generator;
+  const auto [m_recompute, old_recompute] = run("recompute", "recompute", 0.0, &err_recompute);
+  const auto [m_generator, old_generator] = run("generator", "generator", 0.0, &err_generator);
+  ASSERT_EQ(err_recompute, "");
+  ASSERT_EQ(err_generator, "");
+  EXPECT_LT((old_recompute - old_generator).abs().max().item<double>(), 1e-4);
+  EXPECT_FALSE(torch::equal(old_recompute, old_generator));  // really two sources
+  for (const char* k : {"loss/policy", "loss/value", "objective/kl", "objective/entropy", "policy/approxkl"})
+    EXPECT_NEAR(m_recompute.at(k), m_generator.at(k), 1e-4) << k;
+
+  std::string shifted_recompute, shifted_generator;
+  run("recompute", "shifted_recompute", 0.01, &shifted_recompute);
+  run("generator", "shifted_generator", 0.01, &shifted_generator);
+  EXPECT_NE(shifted_recompute.find("log-probabilities differ by"), std::string::npos) << shifted_recompute;
+  EXPECT_NE(shifted_generator.find("probability ratio on the first minibatch is not 1"), std::string::npos)
+      << shifted_generator;
+
+  auto cfg = one_step(tmp, "bf16");
+  cfg.old_logprobs = "generator";
+  cfg.train.precision = "bf16";
+  EXPECT_NE(error_of([&] { train_ppo(cfg, false, count_reward(5)); }).find("needs precision"), std::string::npos);
+  cfg.old_logprobs = "cached";
+  EXPECT_NE(error_of([&] { train_ppo(cfg, false, count_reward(5)); }).find("old_logprobs must be"), std::string::npos);
+}
+
 TEST(Ppo, LengthPenaltyMustBeFinite) {
   test::TempDir tmp;
   auto cfg = one_step(tmp, "nan");
