@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "tokenizer/bpe_common.h"
 #include "tokenizer/tokenizer.h"
+#include "tokenizer/vocab_export.h"
 #include "core/utf8.h"
 
 namespace rlhf {
@@ -149,6 +150,7 @@ class ByteBpeTokenizer final : public Tokenizer {
   std::string hf_tokenizer_class() const override {
     return v_.pretokenizer == "gpt2" ? "GPT2TokenizerFast" : "PreTrainedTokenizerFast";
   }
+  const ByteBpeVocab& vocab() const { return v_; }
 
  private:
   int32_t find(std::string_view token) const {
@@ -362,6 +364,11 @@ std::vector<std::string> byte_bpe_pretokenize(const std::string& pretokenizer, c
   std::vector<std::string_view> chunks;
   regex.split(text, chunks);
   return {chunks.begin(), chunks.end()};
+}
+
+const ByteBpeVocab* byte_bpe_vocab_of(const Tokenizer& tok) {
+  const auto* bpe = dynamic_cast<const ByteBpeTokenizer*>(&tok);
+  return bpe ? &bpe->vocab() : nullptr;
 }
 
 std::unique_ptr<Tokenizer> make_byte_bpe_tokenizer(ByteBpeVocab vocab, const std::string& source) {

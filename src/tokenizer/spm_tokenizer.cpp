@@ -9,6 +9,7 @@
 #include "core/io.h"
 #include "tokenizer/bpe_common.h"
 #include "tokenizer/tokenizer.h"
+#include "tokenizer/vocab_export.h"
 #include "core/utf8.h"
 
 namespace rlhf {
@@ -58,6 +59,7 @@ class SpmTokenizer final : public Tokenizer {
   }
   nlohmann::json to_hf_json() const override;
   std::string hf_tokenizer_class() const override { return "LlamaTokenizerFast"; }
+  const SpmVocab& vocab() const { return v_; }
 
  private:
   int32_t find(std::string_view piece) const {
@@ -293,6 +295,11 @@ nlohmann::json SpmTokenizer::to_hf_json() const {
 }
 
 }  // namespace
+
+const SpmVocab* spm_vocab_of(const Tokenizer& tok) {
+  const auto* spm = dynamic_cast<const SpmTokenizer*>(&tok);
+  return spm ? &spm->vocab() : nullptr;
+}
 
 std::unique_ptr<Tokenizer> make_spm_tokenizer(SpmVocab vocab, const std::string& source) {
   return std::make_unique<SpmTokenizer>(std::move(vocab), source);

@@ -18,6 +18,7 @@
 #include "generate/generator.h"
 #include "kernels/cpu_kernels.h"
 #include "formats/formats.h"
+#include "formats/gguf_writer.h"
 #include "model/model.h"
 #include "tokenizer/chat_template.h"
 #include "train/config_fields.h"
@@ -185,18 +186,30 @@ void add_tokenize(CLI::App& app) {
 
 // ---- rlhf convert --------------------------------------------------------------------
 void add_convert(CLI::App& app) {
-  struct Args { std::string in, out, tokenizer, dtype = "float32"; };
+  struct Args { std::string in, out, tokenizer, dtype = "float32", type = "f16"; };
   auto args = std::make_shared<Args>();
-  auto* cmd = app.add_subcommand("convert", "Convert any readable model to the Hugging Face layout");
+  auto* cmd = app.add_subcommand("convert", "Convert any readable model to the Hugging Face layout or to GGUF");
   cmd->add_option("--in,-i", args->in, "Source: HF folder, .gguf, or llama2.c .bin")->required();
-  cmd->add_option("--out,-o", args->out, "Destination folder (created; files replaced atomically)")->required();
+  cmd->add_option("--out,-o", args->out,
+                  "Destination: a folder (Hugging Face layout), or a .gguf file (llama.cpp, Ollama); written atomically")
+      ->required();
   cmd->add_option("--tokenizer", args->tokenizer, "Tokenizer for sources without one");
-  cmd->add_option("--dtype", args->dtype, "float32 or bfloat16")->capture_default_str();
+  cmd->add_option("--dtype", args->dtype, "Hugging Face output: float32 or bfloat16")->capture_default_str();
+  cmd->add_option("--type", args->type, "GGUF output: the matrices' type, f32, f16, bf16 or q8_0")->capture_default_str();
   cmd->callback([args] {
+    const bool gguf = std::filesystem::path(args->out).extension() == ".gguf";
     const auto dtype = parse_dtype(args->dtype);
+    const auto gguf_type = parse_gguf_file_type(args->type);  // bad values fail before anything is read
     auto files = read_model_files(args->in, args->tokenizer);
     if (!args->tokenizer.empty()) files.tokenizer = load_tokenizer(args->tokenizer);
     validate_weights(files.config, files.weights, args->in);
+    if (gguf) {
+      write_gguf(args->out, files.config, files.weights, files.tokenizer.get(), gguf_type,
+                 std::filesystem::path(args->in).filename().string());
+      std::cerr << "wrote " << args->out << " (GGUF " << args->type << ", " << files.config.num_parameters()
+                << " parameters)\n";
+      return;
+    }
     for (auto& [name, t] : files.weights) t = t.to(dtype);
     write_hf_dir(args->out, files.config, files.weights, files.tokenizer.get());
     std::cerr << "wrote " << args->out << " (" << files.weights.size() << " tensors, "
