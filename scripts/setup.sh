@@ -16,7 +16,7 @@ say() { printf '==> %s\n' "$*"; }
 
 # 1. Debian packages (compiler, CMake, the -dev libraries of DESIGN.md).
 pkgs=(build-essential cmake ninja-build ccache pkg-config git python3 python3-venv
-      nlohmann-json3-dev libtomlplusplus-dev libcli11-dev libpcre2-dev libsqlite3-dev
+      libgloo-dev nlohmann-json3-dev libtomlplusplus-dev libcli11-dev libpcre2-dev libsqlite3-dev
       libcpp-httplib-dev liblua5.4-dev zlib1g-dev libgtest-dev libgmock-dev libbenchmark-dev
       chromium chromium-driver)  # the last two: browser tests of the labeling page and reports
 missing=()

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "dist/process_group.h"
 #include "model/autocast.h"
 #include "train/profile.h"
 
@@ -22,6 +23,11 @@ void check_range(bool ok, const std::string& name, double value, const std::stri
 }
 
 void validate(const TrainConfig& c) {
+  // dist/process_group.h has the process group and `rlhf launch`; until the trainers shard
+  // their data and average their gradients, N ranks would be N copies of one run writing one
+  // run_dir.
+  check(dist_env_from_environment().world == 1,
+        "training: the trainers do not run data-parallel yet (WORLD_SIZE > 1); run one process");
   auto finite = [](double v) { return std::isfinite(v); };
   check_range(finite(c.lr) && c.lr >= 0, "lr", c.lr, "a finite number >= 0");
   check_range(c.batch_size > 0, "batch_size", c.batch_size, "> 0");

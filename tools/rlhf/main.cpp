@@ -17,6 +17,7 @@
 #include "feedback/label_server.h"
 #include "generate/generator.h"
 #include "kernels/cpu_kernels.h"
+#include "dist/process_group.h"
 #include "formats/formats.h"
 #include "formats/gguf_writer.h"
 #include "model/model.h"
@@ -397,6 +398,22 @@ void add_report(CLI::App& app) {
   cmd->callback([args] { std::cout << write_report(args->run_dir, args->out).string() << "\n"; });
 }
 
+// ---- rlhf launch --nproc N -- COMMAND ... ------------------------------------------------
+void add_launch(CLI::App& app) {
+  struct Args { int nproc = 2, master_port = 0; std::vector<std::string> command; };
+  auto args = std::make_shared<Args>();
+  auto* cmd = app.add_subcommand("launch", "Run a command as N data-parallel processes on this machine (as torchrun)");
+  cmd->add_option("--nproc", args->nproc, "Processes (ranks)")->capture_default_str();
+  cmd->add_option("--master-port", args->master_port, "Rendezvous port on 127.0.0.1 (default: a free one)");
+  cmd->add_option("command", args->command, "The command, after --: rlhf launch --nproc 2 -- rlhf sft ...")
+      ->required()
+      ->expected(-1);
+  cmd->callback([args] {
+    const int status = launch_local(args->nproc, args->command, args->master_port);
+    if (status != 0) std::exit(status);
+  });
+}
+
 // c10 errors carry a backtrace after the first line; users need only the first line.
 std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
 
@@ -409,6 +426,7 @@ int main(int argc, char** argv) {
   add_generate(app);
   add_tokenize(app);
   add_convert(app);
+  add_launch(app);
   add_trainer<SftConfig>(app, "sft", "Supervised fine-tuning on prompt/completion or messages JSONL",
                          [](SftConfig c, bool resume) { return train_sft(c, resume); });
   auto* rm = app.add_subcommand("rm", "Reward models: train one from preferences or rankings, score texts");
