@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 deps=.gpu-deps
 pkgs=(nlohmann-json3-dev libtomlplusplus-dev libtomlplusplus3 libcli11-dev libpcre2-dev libpcre2-8-0
       libsqlite3-dev libsqlite3-0 libcpp-httplib-dev libcpp-httplib0.11 liblua5.4-dev liblua5.4-0 zlib1g-dev
-      libgtest-dev libgmock-dev libssl-dev libbrotli-dev)
+      libgtest-dev libgmock-dev libssl-dev libbrotli-dev libgloo-dev)  # gloo: headers only (torch links its own)
 
 if [ "${1:-}" = fetch ]; then
   mkdir -p "$deps/data"
