@@ -143,6 +143,8 @@ std::vector<double> ProcessGroup::allreduce_sum(const std::vector<double>& value
 
 void ProcessGroup::broadcast(const std::vector<torch::Tensor>& tensors, int root) {
   if (env_.world == 1 || tensors.empty()) return;
+  for (const auto& t : tensors)
+    check(t.scalar_type() == tensors[0].scalar_type() && t.device().is_cpu(), "broadcast: CPU tensors of one dtype only");
   std::vector<at::Tensor> buf{flatten(tensors)};
   c10d::BroadcastOptions o;
   o.rootRank = root;
@@ -156,7 +158,11 @@ void ProcessGroup::barrier() {
 }
 
 ProcessGroup& default_process_group() {
-  static ProcessGroup group(dist_env_from_environment());
+  // A dead peer closes its sockets and fails the others' collectives at once; the timeout only
+  // bounds a live rank that stops taking part, and must outlast rank 0's evaluations and saves
+  // (RLHF_DIST_TIMEOUT_S, default 30 minutes).
+  static ProcessGroup group(dist_env_from_environment(),
+                            std::chrono::seconds(env_int("RLHF_DIST_TIMEOUT_S", 1800, 1, 7 * 24 * 3600)));
   return group;
 }
 

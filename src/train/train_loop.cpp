@@ -23,11 +23,6 @@ void check_range(bool ok, const std::string& name, double value, const std::stri
 }
 
 void validate(const TrainConfig& c) {
-  // dist/process_group.h has the process group and `rlhf launch`; until the trainers shard
-  // their data and average their gradients, N ranks would be N copies of one run writing one
-  // run_dir.
-  check(dist_env_from_environment().world == 1,
-        "training: the trainers do not run data-parallel yet (WORLD_SIZE > 1); run one process");
   auto finite = [](double v) { return std::isfinite(v); };
   check_range(finite(c.lr) && c.lr >= 0, "lr", c.lr, "a finite number >= 0");
   check_range(c.batch_size > 0, "batch_size", c.batch_size, "> 0");
@@ -60,12 +55,16 @@ TrainLoop::TrainLoop(const TrainConfig& cfg, AdamW::NamedParams params, std::str
       optimizer_(std::move(params), AdamWOptions{cfg.adam_beta1, cfg.adam_beta2, cfg.adam_eps, cfg.weight_decay,
                                                  cfg.adam_tf_epsilon}),
       num_examples_(num_examples),
-      run_(cfg.run_dir, std::move(config_toml)) {
+      run_(cfg.run_dir, std::move(config_toml)),
+      group_(default_process_group()) {
   validate(cfg);
   check(num_examples > 0, "no training examples");
   check(cfg.batch_size % cfg.grad_accum_steps == 0,
         "batch_size (" + std::to_string(cfg.batch_size) + ") must be a multiple of grad_accum_steps (" +
             std::to_string(cfg.grad_accum_steps) + ")");
+  check(cfg.batch_size % (cfg.grad_accum_steps * group_.world()) == 0,
+        "batch_size (" + std::to_string(cfg.batch_size) + ") must be a multiple of grad_accum_steps x ranks (" +
+            std::to_string(cfg.grad_accum_steps) + " x " + std::to_string(group_.world()) + ")");
   steps_per_epoch_ = (static_cast<int64_t>(num_examples) + cfg.batch_size - 1) / cfg.batch_size;
   total_steps_ = cfg.max_steps > 0 ? cfg.max_steps : steps_per_epoch_ * std::max<int64_t>(cfg.epochs, 1);
 }
@@ -83,20 +82,42 @@ std::vector<size_t> TrainLoop::step_examples(int64_t step) const {
 
 Metrics TrainLoop::run(const TrainHooks& hooks, bool resume, int64_t stop_after) {
   torch::AutoGradMode grad_on(true);  // whatever the caller's mode, training needs gradients
+  const bool main_rank = group_.is_main(), parallel = group_.world() > 1;
   int64_t start = 0;
-  if (auto ck = run_.start(resume, total_steps_)) {
-    run_.restore(*ck, params_, optimizer_);
-    start = ck->step;
+  if (main_rank) {
+    if (auto ck = run_.start(resume, total_steps_)) {
+      run_.restore(*ck, params_, optimizer_);
+      start = ck->step;
+    }
   }
-  ProgressLine progress(cfg_.progress, total_steps_, start);
-  const int64_t micro = cfg_.batch_size / cfg_.grad_accum_steps;
+  if (parallel) {  // every rank starts from rank 0's weights, moments and step
+    torch::NoGradGuard no_grad;
+    std::vector<torch::Tensor> weights;
+    for (const auto& [name, p] : params_) weights.push_back(p);
+    group_.broadcast(weights);
+    auto state = optimizer_.state();
+    std::vector<torch::Tensor> moments;
+    for (const auto& [name, t] : state)
+      if (name != "step") moments.push_back(t);
+    group_.broadcast(moments);
+    const auto counts = group_.allreduce_sum(
+        std::vector<double>{main_rank ? double(start) : 0.0, main_rank ? double(optimizer_.steps()) : 0.0});
+    start = static_cast<int64_t>(counts[0]);
+    state["step"] = torch::tensor(static_cast<int64_t>(counts[1]), torch::kInt64);
+    optimizer_.load_state(state, "rank 0");
+  }
+  ProgressLine progress(cfg_.progress && main_rank, total_steps_, start);
+  const int64_t share = cfg_.batch_size / group_.world(), micro = share / cfg_.grad_accum_steps;
   Metrics last;
   for (int64_t step = start; step < total_steps_; ++step) {
     const auto ts = std::chrono::steady_clock::now();
     std::optional<StepProfiler> profile(std::in_place, step + 1);  // RLHF_PROFILE=N (train/profile.h)
-    const auto examples = step_examples(step);
-    const double count = hooks.count(examples);
+    const auto batch = step_examples(step);
+    const double count = hooks.count(batch);  // of the whole batch, on every rank
     check(count > 0, "step " + std::to_string(step + 1) + ": the batch has nothing to train on");
+    // This rank's share (a last, short batch of an epoch may leave a rank nothing).
+    const size_t first = std::min(batch.size(), size_t(group_.rank() * share));
+    const std::vector<size_t> examples(batch.begin() + first, batch.begin() + std::min(batch.size(), first + share));
     optimizer_.zero_grad();
     double loss_sum = 0.0;
     Metrics sums;
@@ -112,6 +133,21 @@ Metrics TrainLoop::run(const TrainHooks& hooks, bool resume, int64_t stop_after)
       loss_sum += r.loss_sum.item<double>();
       for (const auto& [k, v] : r.sums) sums[k] += v;
     }
+    if (parallel) {
+      // Gradients summed over ranks: each rank's is its share of (sum of losses) / count.
+      std::vector<torch::Tensor> grads;
+      for (auto& [name, p] : params_) {
+        if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);  // a rank that saw nothing still takes part
+        grads.push_back(p.grad());
+      }
+      group_.allreduce_sum(grads);
+      std::vector<double> figures{loss_sum};
+      for (const auto& [k, v] : sums) figures.push_back(v);
+      figures = group_.allreduce_sum(figures);
+      loss_sum = figures[0];
+      size_t i = 1;
+      for (auto& [k, v] : sums) v = figures[i++];
+    }
     check_finite(loss_sum, "the loss", step + 1, run_);
     const double norm = grad_norm(params_);
     check_finite(norm, "the gradient norm", step + 1, run_);
@@ -124,20 +160,22 @@ Metrics TrainLoop::run(const TrainHooks& hooks, bool resume, int64_t stop_after)
     for (const auto& [k, v] : sums) m[k] = v / count;
     m["time/step_s"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - ts).count();
     const bool at_end = step + 1 == total_steps_;
-    if (hooks.evaluate && (at_end || (cfg_.eval_every > 0 && (step + 1) % cfg_.eval_every == 0))) {
+    if (main_rank && hooks.evaluate && (at_end || (cfg_.eval_every > 0 && (step + 1) % cfg_.eval_every == 0))) {
       const auto autocast = training_autocast(cfg_);
       for (const auto& [k, v] : hooks.evaluate()) m["eval/" + k] = v;
     }
-    run_.log(m);
+    if (main_rank) run_.log(m);
     last = m;
     char figures[64];
     std::snprintf(figures, sizeof(figures), "loss %.4f lr %.2e", m["loss"], lr);
     progress.update(step + 1, figures);
     const bool stop = stop_after > 0 && step + 1 - start == stop_after && !at_end;
-    if (at_end || stop || (cfg_.save_every > 0 && (step + 1) % cfg_.save_every == 0)) run_.save(step + 1, params_, optimizer_);
+    if (main_rank && (at_end || stop || (cfg_.save_every > 0 && (step + 1) % cfg_.save_every == 0)))
+      run_.save(step + 1, params_, optimizer_);
     if (stop) return last;
   }
-  if (hooks.save_model) hooks.save_model(run_.model_dir());
+  if (main_rank && hooks.save_model) hooks.save_model(run_.model_dir());
+  group_.barrier();  // the model is on disk before any rank reports the run done
   return last;
 }
 

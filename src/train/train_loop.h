@@ -2,6 +2,13 @@
 // accumulation with an exact normalizer, clipping, AdamW with a schedule, evaluation, and the
 // run directory's metrics, progress line and crash-safe checkpoints (train/run_dir.h, which
 // PPO uses too). A trainer supplies the per-micro-batch loss; the loop owns everything else.
+//
+// Data-parallel (dist/process_group.h: WORLD_SIZE ranks, e.g. under `rlhf launch`): every
+// rank takes its contiguous share of each global batch, in the same global order as one
+// process; the loss is normalized by the whole batch's count and gradients are summed over
+// ranks, so each optimizer step is one process's step on the same batch, and the ranks' weights
+// stay identical. Rank 0 alone evaluates and writes metrics, checkpoints and the model; on
+// resume it reads the checkpoint and sends weights and optimizer state to the others.
 #pragma once
 #include <torch/torch.h>
 
@@ -11,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "dist/process_group.h"
 #include "model/autocast.h"
 #include "train/optimizer.h"
 #include "train/run_dir.h"
@@ -134,6 +142,7 @@ class TrainLoop {
   size_t num_examples_;
   int64_t steps_per_epoch_, total_steps_;
   RunDir run_;
+  ProcessGroup& group_;
 };
 
 }  // namespace rlhf

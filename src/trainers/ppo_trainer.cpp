@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "data/datasets.h"
+#include "dist/process_group.h"
 #include "formats/formats.h"
 #include "generate/generator.h"
 #include "losses/ppo.h"
@@ -138,6 +139,8 @@ void validate(const PpoConfig& c) {
   check(c.kl_estimator == "k1" || c.kl_estimator == "k3", "ppo: kl_estimator must be k1 or k3, got '" + c.kl_estimator + "'");
   check_range(finite(c.logprob_tolerance) && c.logprob_tolerance >= 0, "logprob_tolerance", c.logprob_tolerance,
               "a finite number >= 0");
+  // PPO runs its own loop (not train/train_loop.h's): N ranks would be N copies of one run.
+  check(dist_env_from_environment().world == 1, "ppo: PPO does not run data-parallel yet (WORLD_SIZE > 1); run one process");
   check(c.old_logprobs == "recompute" || c.old_logprobs == "generator",
         "ppo: old_logprobs must be recompute or generator, got '" + c.old_logprobs + "'");
   // The generator samples in float32; a bf16 update's first ratio would be off by bf16 rounding.

@@ -102,15 +102,3 @@ TEST(DistEnv, ReadsTorchrunVariablesAndRefusesBadOnes) {
     EXPECT_NE(error_of().find("MASTER_PORT"), std::string::npos);
   }
 }
-
-TEST(Launch, TrainersRefuseToRunAsCopies) {
-  // Until the trainers shard data and average gradients, two ranks would be two copies of one
-  // run writing one run_dir: they must refuse.
-  test::TempDir dir;
-  const auto r = test::run_cli("launch --nproc 2 -- " + std::string(RLHF_CLI_PATH) + " sft --model " +
-                               (test::data_dir() / "stories260K" / "stories260K.gguf").string() +
-                               " --train-data x.jsonl --run-dir " + (dir / "run").string());
-  EXPECT_NE(r.exit_code, 0);
-  EXPECT_NE(r.output.find("do not run data-parallel yet"), std::string::npos) << r.output;
-  EXPECT_FALSE(std::filesystem::exists(dir / "run" / "metrics.jsonl"));
-}
