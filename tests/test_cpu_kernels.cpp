@@ -199,6 +199,46 @@ TEST(AttentionKernel, ModelSkipMatchesTheMaskPath) {
   EXPECT_GT((again[0].narrow(0, 6, 7) - ours[0].narrow(0, 6, 7)).abs().max().item<double>(), 1e-3);
 }
 
+// Greedy decoding at head size 64 with grouped-query attention, left-padded prompts: our
+// decoding kernel against ATen's route, taken when one more row's mask has a hole (no window);
+// that row does not change the others.
+TEST(AttentionKernel, GreedyDecodingAtHeadSize64MatchesAten) {
+  SKIP_WITHOUT_AVX512();
+  ModelConfig cfg;
+  cfg.architecture = "LlamaForCausalLM";
+  cfg.vocab_size = 97, cfg.hidden_size = 256, cfg.num_layers = 2, cfg.num_heads = 4, cfg.num_kv_heads = 2;
+  cfg.head_dim = 64, cfg.intermediate_size = 256, cfg.max_position_embeddings = 128;
+  ASSERT_TRUE(decode_step_cpu_applies(torch::zeros({1}), cfg.head_dim));
+  torch::manual_seed(11);
+  Transformer m(cfg);
+  m->eval();
+  torch::NoGradGuard no_grad;
+  const int64_t T = 9, steps = 40;
+  auto tokens = torch::randint(0, 97, {3, T}, torch::kLong);
+  auto mask = torch::ones({3, T}, torch::kLong);
+  mask[0].narrow(0, 0, 4).zero_();  // prompts of 5, 9 and (row 2, with a hole) 8 tokens
+  mask[2][3] = 0;
+  // Prefill, then greedy steps: the chosen tokens (B, steps) and each step's logits (B, steps, V).
+  auto greedy = [&](int64_t B) {
+    auto cache = KVCache::allocate(cfg, B, T + steps, torch::kFloat32);
+    auto attn = mask.narrow(0, 0, B);
+    auto last = m->forward(tokens.narrow(0, 0, B), positions_from_mask(attn), attn, &cache).select(1, T - 1);
+    std::vector<torch::Tensor> chosen, logits;
+    for (int64_t t = 0; t < steps; ++t) {
+      auto next = last.argmax(-1, /*keepdim=*/true);  // (B, 1)
+      chosen.push_back(next), logits.push_back(last);
+      attn = torch::cat({attn, torch::ones({B, 1}, torch::kLong)}, 1);
+      last = m->forward(next, positions_from_mask(attn).narrow(1, -1, 1), attn, &cache).select(1, 0);
+    }
+    return std::make_pair(torch::cat(chosen, 1), torch::stack(logits, 1));
+  };
+  const auto [ours, our_logits] = greedy(2);
+  const auto [theirs, their_logits] = greedy(3);
+  EXPECT_TRUE(torch::equal(ours, theirs.narrow(0, 0, 2)));
+  EXPECT_LT((our_logits - their_logits.narrow(0, 0, 2)).abs().max().item<double>(), 1e-4)
+      << "largest logit " << our_logits.abs().max().item<double>();
+}
+
 TEST(FusedKernels, RmsNormAndSwigluMatchAtenInValueAndGradient) {
   SKIP_WITHOUT_AVX512();
   torch::manual_seed(2);
@@ -225,36 +265,47 @@ TEST(FusedKernels, RmsNormAndSwigluMatchAtenInValueAndGradient) {
   }
 }
 
+// Head sizes small and large, one to nine query heads per K/V head (more than one pass of
+// the scores), windows ending inside a block of sixteen keys, left padding of different
+// lengths, a row of padding only. The cache past the new position holds NaN: never read.
 TEST(AttentionKernel, DecodeStepMatchesTheDefinition) {
   SKIP_WITHOUT_AVX512();
   torch::manual_seed(3);
-  const int64_t B = 3, H = 4, Hkv = 2, D = 8, cap = 50;
-  for (const int64_t past : {0, 16, 32, 49}) {
-    SCOPED_TRACE("past=" + std::to_string(past));
-    const int64_t S = past + 1;
-    auto qkv = torch::randn({B, 1, H + 2 * Hkv, D});
-    auto angles = torch::rand({B, 1, 1, D / 2}) * 6;
-    auto emb = torch::cat({angles, angles}, -1);
-    auto cos = emb.cos(), sin = emb.sin();
-    auto k = torch::randn({B, Hkv, D, cap}), v = torch::randn({B, Hkv, D, cap});
-    auto k0 = k.clone(), v0 = v.clone();
-    auto start = torch::tensor({int64_t(0), std::min<int64_t>(5, past), S + 3}, torch::kLong);  // last: padding only
-    auto out = decode_step_cpu(qkv, H, Hkv, cos, sin, k, v, past, start);
-    // The cache gains the rotated key and the value at `past`, and nothing else changes.
-    auto rot = [&](const torch::Tensor& x) { return x * cos + rotate_half(x) * sin; };
-    auto q = rot(qkv.narrow(2, 0, H)), k_new = rot(qkv.narrow(2, H, Hkv)), v_new = qkv.narrow(2, H + Hkv, Hkv);
-    EXPECT_LT((k.select(3, past) - k_new.squeeze(1)).abs().max().item<double>(), 1e-6);
-    EXPECT_TRUE(torch::equal(v.select(3, past), v_new.squeeze(1)));
-    EXPECT_TRUE(torch::equal(k.narrow(3, 0, past), k0.narrow(3, 0, past)));
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t h = 0; h < H; ++h) {
-        const int64_t g = h / (H / Hkv), lo = std::min(start[b].item<int64_t>(), S - 1);
-        auto keys = k[b][g].narrow(1, lo, S - lo), values = v[b][g].narrow(1, lo, S - lo);  // (D, n)
-        auto p = torch::softmax(torch::matmul(q[b][0][h], keys) / std::sqrt(double(D)), -1);
-        auto want = torch::matmul(values, p);
-        EXPECT_LT((out[b][0][h] - want).abs().max().item<double>(), 1e-5) << "row " << b << " head " << h;
+  const int64_t B = 4, cap = 120;
+  for (const int64_t D : {8, 64, 128, 38})
+    for (const auto [H, Hkv] : {std::pair<int64_t, int64_t>{4, 2}, {3, 3}, {6, 2}, {14, 2}, {9, 1}})
+      for (const int64_t past : {0, 16, 37, 49, 100}) {
+        SCOPED_TRACE("D=" + std::to_string(D) + " H=" + std::to_string(H) + "/" + std::to_string(Hkv) +
+                     " past=" + std::to_string(past));
+        const int64_t S = past + 1;
+        auto qkv = torch::randn({B, 1, H + 2 * Hkv, D});
+        auto angles = torch::rand({B, 1, 1, D / 2}) * 6;
+        auto emb = torch::cat({angles, angles}, -1);
+        auto cos = emb.cos(), sin = emb.sin();
+        auto k = torch::randn({B, Hkv, D, cap}), v = torch::randn({B, Hkv, D, cap});
+        k.narrow(3, S, cap - S).fill_(NAN), v.narrow(3, S, cap - S).fill_(NAN);
+        auto k0 = k.clone(), v0 = v.clone();
+        // Rows: no padding, 5 (or all but the new token) of left padding, padding only, 13.
+        auto start = torch::tensor({int64_t(0), std::min<int64_t>(5, past), S + 3, std::min<int64_t>(13, past)},
+                                   torch::kLong);
+        auto out = decode_step_cpu(qkv, H, Hkv, cos, sin, k, v, past, start);
+        // The cache gains the rotated key and the value at `past`, and nothing else changes.
+        auto rot = [&](const torch::Tensor& x) { return x * cos + rotate_half(x) * sin; };
+        auto q = rot(qkv.narrow(2, 0, H)), k_new = rot(qkv.narrow(2, H, Hkv)), v_new = qkv.narrow(2, H + Hkv, Hkv);
+        EXPECT_LT((k.select(3, past) - k_new.squeeze(1)).abs().max().item<double>(), 1e-6);
+        EXPECT_TRUE(torch::equal(v.select(3, past), v_new.squeeze(1)));
+        EXPECT_TRUE(torch::equal(k.narrow(3, 0, past), k0.narrow(3, 0, past)));
+        EXPECT_TRUE(torch::equal(v.narrow(3, 0, past), v0.narrow(3, 0, past)));
+        auto want = torch::empty_like(out);
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t h = 0; h < H; ++h) {
+            const int64_t g = h / (H / Hkv), lo = std::min(start[b].item<int64_t>(), S - 1);
+            auto keys = k[b][g].narrow(1, lo, S - lo), values = v[b][g].narrow(1, lo, S - lo);  // (D, n)
+            auto p = torch::softmax(torch::matmul(q[b][0][h], keys) / std::sqrt(double(D)), -1);
+            want[b][0][h] = torch::matmul(values, p);
+          }
+        EXPECT_LT((out - want).abs().max().item<double>(), 1e-5);
       }
-  }
 }
 
 // Denormals: our kernels flush them inside (and leave the caller's floating-point mode as it

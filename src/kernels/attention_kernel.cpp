@@ -23,6 +23,7 @@ namespace {
 
 constexpr int64_t kLanes = 16;      // one AVX-512 register of floats
 constexpr int64_t kMaxHeadDim = 32;  // larger heads go to ATen's kernel, which is built for them
+constexpr int64_t kMaxDecodeHeadDim = 256;  // decoding steps (decode_heads)
 
 using avx512::exp_nonpositive;
 
@@ -211,6 +212,138 @@ RLHF_AVX512 void backward_block16(const float* qT, const float* gT, const float*
     _mm256_storeu_ps(dK + j * kD, _mm256_fmadd_ps(ak, sc8, _mm256_loadu_ps(dK + j * kD)));
     _mm256_storeu_ps(dV + j * kD, _mm256_add_ps(av, _mm256_loadu_ps(dV + j * kD)));
   }
+}
+
+// Decoding: the G query heads that share one K/V head, at any even head size up to 256, in
+// three passes over the window's keys, each vectorized over key positions (the caches are
+// (D, capacity): contiguous over positions). The scores read every key column once for all
+// G heads; the values are taken sixteen d-rows at a time, whose accumulators are summed
+// across lanes by one transpose-add (reduce16) instead of sixteen horizontal sums.
+
+// r[i] = sum of the lanes of a[i]: pairs of vectors are interleaved and added four times,
+// halving the count of vectors each time, 45 instructions for the sixteen sums.
+RLHF_AVX512 inline __m512 reduce16(const __m512 (&a)[kLanes]) {
+  __m512 b[8], c[4], d[2];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i)  // per 128-bit lane: a2i[0]+a2i[2], a2i+1[0]+a2i+1[2], a2i[1]+a2i[3], ...
+    b[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i)  // per 128-bit lane: the lane's sums of a4i .. a4i+3
+    c[i] = _mm512_add_ps(_mm512_shuffle_ps(b[2 * i], b[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm512_shuffle_ps(b[2 * i], b[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+#pragma GCC unroll 2
+  for (int i = 0; i < 2; ++i)  // 128-bit lanes added in pairs
+    d[i] = _mm512_add_ps(_mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(d[0], d[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_f32x4(d[0], d[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// Scores of kG query heads q (kG, D), already scaled, against the kU blocks of keys from j0
+// (kT rows `ld` apart): s (kG, ls). The last block's lanes outside `in` score -inf and read
+// nothing. Several blocks at once for few heads, so enough accumulators are in flight to
+// hide the latency of the multiply-adds.
+template <int kG, int kU>
+RLHF_AVX512 inline void decode_scores_block(const float* q, int64_t D, const float* kT, int64_t ld, int64_t j0,
+                                            __mmask16 in, float* s, int64_t ls) {
+  // The loops over heads and blocks are unrolled by hand (GCC 12 otherwise keeps a copy of
+  // the accumulators on the stack, stored on every step).
+  __m512 acc[kG * kU];  // (kG, kU)
+#pragma GCC unroll 32
+  for (int i = 0; i < kG * kU; ++i) acc[i] = _mm512_setzero_ps();
+  for (int64_t d = 0; d < D; ++d) {
+    __m512 k[kU];
+#pragma GCC unroll 4
+    for (int u = 0; u < kU; ++u)
+      k[u] = _mm512_maskz_loadu_ps(u == kU - 1 ? in : __mmask16(0xFFFF), kT + d * ld + j0 + u * kLanes);
+#pragma GCC unroll 8
+    for (int g = 0; g < kG; ++g) {
+      const __m512 qd = _mm512_set1_ps(q[g * D + d]);
+#pragma GCC unroll 4
+      for (int u = 0; u < kU; ++u) acc[g * kU + u] = _mm512_fmadd_ps(qd, k[u], acc[g * kU + u]);
+    }
+  }
+  const __m512 neg_inf = _mm512_set1_ps(-INFINITY);
+#pragma GCC unroll 8
+  for (int g = 0; g < kG; ++g)
+#pragma GCC unroll 4
+    for (int u = 0; u < kU; ++u)
+      _mm512_storeu_ps(s + g * ls + j0 + u * kLanes,
+                       u == kU - 1 ? _mm512_mask_mov_ps(neg_inf, in, acc[g * kU + u]) : acc[g * kU + u]);
+}
+
+// Scores of kG heads against keys [0, n).
+template <int kG>
+RLHF_AVX512 void decode_scores(const float* q, int64_t D, const float* kT, int64_t ld, int64_t n, float* s,
+                               int64_t ls) {
+  constexpr int kU = kG == 1 ? 4 : kG <= 4 ? 2 : 1;
+  int64_t j0 = 0;
+  for (; j0 + kU * kLanes <= n; j0 += kU * kLanes) decode_scores_block<kG, kU>(q, D, kT, ld, j0, 0xFFFF, s, ls);
+  for (; j0 < n; j0 += kLanes) decode_scores_block<kG, 1>(q, D, kT, ld, j0, lanes_in(j0, n), s, ls);
+}
+
+using DecodeScores = void (*)(const float*, int64_t, const float*, int64_t, int64_t, float*, int64_t);
+constexpr DecodeScores kDecodeScores[] = {decode_scores<1>, decode_scores<2>, decode_scores<3>, decode_scores<4>,
+                                          decode_scores<5>, decode_scores<6>, decode_scores<7>, decode_scores<8>};
+
+// Softmax of one head's scores s[0, n) in place, shifted by their maximum; the lanes after n
+// in the last block become 0. Returns 1 / the sum of the exponentials.
+RLHF_AVX512 float decode_softmax(float* s, int64_t n) {
+  __m512 mx = _mm512_set1_ps(-INFINITY);
+  for (int64_t j0 = 0; j0 < n; j0 += kLanes) mx = _mm512_max_ps(mx, _mm512_loadu_ps(s + j0));  // tail lanes: -inf
+  const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+  __m512 sum = _mm512_setzero_ps();
+  for (int64_t j0 = 0; j0 < n; j0 += kLanes) {
+    const __m512 e = _mm512_maskz_mov_ps(lanes_in(j0, n), exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(s + j0), m)));
+    sum = _mm512_add_ps(sum, e);
+    _mm512_storeu_ps(s + j0, e);
+  }
+  return 1.0f / _mm512_reduce_add_ps(sum);
+}
+
+// out[r] = inv sum_j p[j] vT[r ld + j] over keys [0, n) for kRows <= 16 rows of the values.
+// Lanes past n are read masked: the cache holds no values there yet.
+template <int kRows>
+RLHF_AVX512 void decode_values(const float* p, const float* vT, int64_t ld, int64_t n, float inv, float* out) {
+  __m512 acc[kLanes];  // rows kRows.. stay 0; loops unrolled by hand, as in decode_scores_block
+#pragma GCC unroll 16
+  for (int r = 0; r < kLanes; ++r) acc[r] = _mm512_setzero_ps();
+  int64_t j0 = 0;
+  for (; j0 + kLanes <= n; j0 += kLanes) {
+    const __m512 pj = _mm512_loadu_ps(p + j0);
+#pragma GCC unroll 16
+    for (int r = 0; r < kRows; ++r) acc[r] = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vT + r * ld + j0), acc[r]);
+  }
+  if (j0 < n) {
+    const __mmask16 in = lanes_in(j0, n);
+    const __m512 pj = _mm512_maskz_loadu_ps(in, p + j0);
+#pragma GCC unroll 16
+    for (int r = 0; r < kRows; ++r) acc[r] = _mm512_fmadd_ps(pj, _mm512_maskz_loadu_ps(in, vT + r * ld + j0), acc[r]);
+  }
+  _mm512_mask_storeu_ps(out, __mmask16((1u << kRows) - 1), _mm512_mul_ps(reduce16(acc), _mm512_set1_ps(inv)));
+}
+
+// Attention of G query heads q (G, D) (rotated, scaled) over keys [0, n) of one K/V head
+// (kT, vT (D, ld), offset to the window's start). s: scratch of G x ls floats, ls >= n
+// rounded up to a block; inv: of G. Writes out (G, D).
+RLHF_AVX512 void decode_heads(const float* q, int64_t G, int64_t D, const float* kT, const float* vT, int64_t ld,
+                              int64_t n, float* s, int64_t ls, float* inv, float* out) {
+  for (int64_t g0 = 0; g0 < G; g0 += 8) {
+    const int64_t nh = std::min<int64_t>(8, G - g0);
+    kDecodeScores[nh - 1](q + g0 * D, D, kT, ld, n, s + g0 * ls, ls);
+  }
+  for (int64_t h = 0; h < G; ++h) inv[h] = decode_softmax(s + h * ls, n);
+  // Sixteen d-rows at a time for every head, so the rows' block of V is read from memory
+  // once and from cache by the other heads; even head sizes end in 8, 4 or 2 rows.
+  int64_t d0 = 0;
+  auto rows = [&](auto values, int64_t count) {
+    for (; d0 + count <= D; d0 += count)
+      for (int64_t h = 0; h < G; ++h) values(s + h * ls, vT + d0 * ld, ld, n, inv[h], out + h * D + d0);
+  };
+  rows(decode_values<16>, 16);
+  rows(decode_values<8>, 8);
+  rows(decode_values<4>, 4);
+  rows(decode_values<2>, 2);
 }
 
 using ForwardRow = float (*)(const float*, const float*, const float*, int64_t, int64_t, int64_t, float, float*, float*);
@@ -533,13 +666,27 @@ struct CausalAttentionFn : torch::autograd::Function<CausalAttentionFn> {
 
 }  // namespace
 
-bool causal_attention_cpu_applies(const torch::Tensor& x, int64_t head_dim) {
+namespace {
+
+// Whether our kernels take activations like `x`: float32 on a CPU with AVX-512, unless
+// RLHF_ATTENTION=sdpa (to compare against ATen's kernels).
+bool own_attention_allowed(const torch::Tensor& x) {
   static const bool disabled = [] {
     const char* e = std::getenv("RLHF_ATTENTION");
     return e && std::strcmp(e, "sdpa") == 0;
   }();
   static const bool avx512 = __builtin_cpu_supports("avx512f");
-  return !disabled && avx512 && x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && head_dim <= kMaxHeadDim;
+  return !disabled && avx512 && x.device().is_cpu() && x.scalar_type() == torch::kFloat32;
+}
+
+}  // namespace
+
+bool causal_attention_cpu_applies(const torch::Tensor& x, int64_t head_dim) {
+  return own_attention_allowed(x) && head_dim <= kMaxHeadDim;
+}
+
+bool decode_step_cpu_applies(const torch::Tensor& x, int64_t head_dim) {
+  return own_attention_allowed(x) && head_dim <= kMaxDecodeHeadDim && head_dim % 2 == 0;
 }
 
 torch::Tensor decode_step_cpu(const torch::Tensor& qkv_in, int64_t H, int64_t Hkv, const torch::Tensor& cos,
@@ -550,9 +697,9 @@ torch::Tensor decode_step_cpu(const torch::Tensor& qkv_in, int64_t H, int64_t Hk
             qkv_in.size(0) == k_cache.size(0) && k_cache.size(1) == Hkv && qkv_in.size(3) == k_cache.size(2) &&
             H % Hkv == 0 && past >= 0 && past < k_cache.size(3),
         "decode_step_cpu: qkv (B, 1, H + 2 H_kv, D) and contiguous caches (B, H_kv, D, capacity) with room for one more");
-  check(qkv_in.scalar_type() == torch::kFloat32 && k_cache.scalar_type() == torch::kFloat32 && qkv_in.size(3) <= kMaxHeadDim &&
-            qkv_in.size(3) % 2 == 0,
-        "decode_step_cpu: float32, even head size at most " + std::to_string(kMaxHeadDim));
+  check(qkv_in.scalar_type() == torch::kFloat32 && k_cache.scalar_type() == torch::kFloat32 &&
+            qkv_in.size(3) <= kMaxDecodeHeadDim && qkv_in.size(3) % 2 == 0,
+        "decode_step_cpu: float32, even head size at most " + std::to_string(kMaxDecodeHeadDim));
   const auto qkv = d_contiguous(qkv_in);
   const int64_t B = qkv.size(0), D = qkv.size(3), G = H / Hkv, cap = k_cache.size(3), S = past + 1;
   Shapes shapes{B, 1, H, Hkv, D, G, static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)))};
@@ -568,26 +715,28 @@ torch::Tensor decode_step_cpu(const torch::Tensor& qkv_in, int64_t H, int64_t Hk
   float *K = k_cache.data_ptr<float>(), *V = v_cache.data_ptr<float>();
   const int64_t* stp = st.data_ptr<int64_t>();
   float* O = out.data_ptr<float>();
-  const auto [fwd, bwd] = row_kernels(D);
-  at::parallel_for(0, B * Hkv, 4, [&](int64_t begin, int64_t end) {
+  const int64_t ls = (S + kLanes - 1) / kLanes * kLanes;
+  at::parallel_for(0, B * Hkv, 1, [&](int64_t begin, int64_t end) {
     const avx512::FlushDenormals flush;
-    std::vector<float> w(S + kLanes);
-    float y[kMaxHeadDim], qr[kMaxHeadDim];
+    std::vector<float> q(G * D), s(G * ls + G);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / Hkv, g = task % Hkv;
       float *kT = K + task * D * cap, *vT = V + task * D * cap;
       // The new position's key (rotated) and value go into the cache first.
-      rope.apply(X.at(b, 0, H + g), b, 0, y);
+      rope.apply(X.at(b, 0, H + g), b, 0, q.data());
       const float* v = X.at(b, 0, H + Hkv + g);
       for (int64_t d = 0; d < D; ++d) {
-        kT[d * cap + past] = y[d];
+        kT[d * cap + past] = q[d];
         vT[d * cap + past] = v[d];
       }
-      const int64_t lo = std::min(stp[b], S - 1);  // a row of padding only: itself
-      for (int64_t h = g * G; h < (g + 1) * G; ++h) {
-        rope.apply(X.at(b, 0, h), b, 0, qr);
-        fwd(qr, kT + lo, vT + lo, cap, S - lo, D, shapes.scale, w.data(), O + (b * H + h) * D);
+      for (int64_t h = 0; h < G; ++h) {
+        float* qh = q.data() + h * D;
+        rope.apply(X.at(b, 0, g * G + h), b, 0, qh);
+        for (int64_t d = 0; d < D; ++d) qh[d] *= shapes.scale;
       }
+      const int64_t lo = std::min(stp[b], S - 1);  // a row of padding only: itself
+      decode_heads(q.data(), G, D, kT + lo, vT + lo, cap, S - lo, s.data(), ls, s.data() + G * ls,
+                   O + (b * H + g * G) * D);
     }
   });
   return out;

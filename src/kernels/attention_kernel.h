@@ -7,6 +7,10 @@
 // (T x T) probabilities are never stored: the backward recomputes them from the saved
 // log-sum-exp, as flash attention does.
 //
+// A decoding step (one new token per row against the KV cache) has its own kernel, for head
+// sizes up to 256: there ATen's route is a dozen small ops per layer (rotary, cache copies,
+// two matmuls, mask, softmax) whose dispatch costs more than their arithmetic.
+//
 // Row b attends over a window: query i sees keys j with start[b] <= j <= i, and always
 // itself (rows of left padding, i < start[b], see only themselves and stay finite). That
 // covers plain causal attention (start 0), right-padded batches (real rows never look past
@@ -38,14 +42,19 @@ torch::Tensor causal_attention_cpu(const torch::Tensor& qkv, int64_t H, int64_t 
 // One decoding step from the fused projection of the new token, qkv (B, 1, H + 2 H_kv, D):
 // rotates its key (cos/sin (B or 1, 1, 1, D), or undefined) and writes key and value at
 // position `past` of the transposed caches k and v (B, H_kv, D, capacity), then attends from
-// the rotated queries over positions [start[b], past]. No gradients. Returns (B, 1, H, D).
+// the rotated queries over positions [start[b], past] (a row with start[b] > past, padding
+// only, sees its own position). Any even head size up to 256: the G = H / H_kv query heads
+// of a K/V head are done together, reading its cache once. No gradients. Returns (B, 1, H, D).
 torch::Tensor decode_step_cpu(const torch::Tensor& qkv, int64_t H, int64_t Hkv, const torch::Tensor& cos,
                               const torch::Tensor& sin, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
                               int64_t past, const torch::Tensor& start);
 
 // Whether causal_attention_cpu takes activations like `x` (float32, CPU) at this head size
-// (at most 32) on this CPU (AVX-512). RLHF_ATTENTION=sdpa in the environment turns it off everywhere (to compare
-// against ATen's kernel).
+// (at most 32) on this CPU (AVX-512). RLHF_ATTENTION=sdpa in the environment turns it off
+// everywhere, as it does decode_step_cpu (to compare against ATen's kernels).
 bool causal_attention_cpu_applies(const torch::Tensor& x, int64_t head_dim);
+
+// The same for decode_step_cpu: even head sizes up to 256.
+bool decode_step_cpu_applies(const torch::Tensor& x, int64_t head_dim);
 
 }  // namespace rlhf

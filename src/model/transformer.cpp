@@ -334,10 +334,12 @@ torch::Tensor TransformerImpl::hidden_states(const torch::Tensor& tokens, const 
   // causal attention over [first real token, i], with a skipped span when given. Real rows
   // see exactly what the mask gives them; rows of right padding attend to nothing (output 0,
   // no work; the mask path gives them something else), and their outputs are unused.
-  // Decoding (one new token per row, no gradients) takes the same window from the cache.
+  // Decoding (one new token per row, no gradients) takes the same window from the cache,
+  // through its own kernel, which also takes larger heads (kernels/attention_kernel.h).
   const bool prefill = T > 1 && past == 0, decode = T == 1 && past > 0 && cache && !torch::GradMode::is_enabled();
   AttentionWindows windows;
-  if ((prefill || decode) && causal_attention_cpu_applies(x, cfg_.head_dim)) windows = row_windows(attention_mask, B);
+  if ((prefill && causal_attention_cpu_applies(x, cfg_.head_dim)) || (decode && decode_step_cpu_applies(x, cfg_.head_dim)))
+    windows = row_windows(attention_mask, B);
   if (decode) windows.end = torch::Tensor();  // the window ends at the new token
   if (skip && windows.start.defined()) windows.skip_begin = skip->begin, windows.skip_end = skip->end;
   torch::Tensor mask;
