@@ -70,7 +70,11 @@ bool own_kernel_applies(const torch::Tensor& x, const torch::Tensor& w) {
     const char* e = std::getenv("RLHF_GEMV");
     return !e ? 0 : std::strcmp(e, "mkl") == 0 ? 1 : std::strcmp(e, "own") == 0 ? 2 : 0;
   }();
-  if (mode == 1 || torch::GradMode::is_enabled() || x.dim() == 0 || x.size(-1) == 0) return false;
+  // Under autocast ATen's linear runs in bf16: ours would compute another function (and a
+  // checkpointed block's no-grad forward would not match its recomputation).
+  if (mode == 1 || torch::GradMode::is_enabled() || at::autocast::is_autocast_enabled(at::kCPU) || x.dim() == 0 ||
+      x.size(-1) == 0)
+    return false;
   const int64_t rows = x.numel() / x.size(-1);
   return rows >= (mode == 2 ? 1 : 2) && rows <= kPackedLinearOwnRows && x.device().is_cpu() &&
          x.scalar_type() == torch::kFloat32 && w.scalar_type() == torch::kFloat32 && w.device().is_cpu() &&
