@@ -55,6 +55,28 @@ TEST(PackedLinear, MatchesDequantizedMatmul) {
   });
 }
 
+// 5 to 64 rows run the register-blocked kernel (4 weight rows by up to 6 rows of x): rows
+// that split unevenly into chunks (7 = 4 + 3, 17 = 6 + 6 + 5), N not a multiple of 4, K with
+// a tail past the last 16 columns (35, 579) and K in several chunks (2100).
+TEST(PackedLinear, BlockedRowsMatchDequantizedMatmul) {
+  torch::manual_seed(3);
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {{13, 35}, {38, 579}, {9, 2100}, {64, 64}};
+  with_each_kernel([&] {
+    for (auto fmt : kFormats)
+      for (auto [N, K] : shapes)
+        for (int64_t M : {5, 6, 7, 16, 17, 64}) {
+          SCOPED_TRACE(std::string(weight_format_name(fmt)) + " N=" + std::to_string(N) + " K=" +
+                       std::to_string(K) + " M=" + std::to_string(M));
+          auto w = torch::randn({N, K}) * 0.1, x = torch::randn({M, K});
+          const PackedWeight p = pack(w, fmt);
+          const auto ref = torch::matmul(x.to(torch::kDouble), dequantize(p).t().to(torch::kDouble)).to(torch::kFloat);
+          const auto y = packed_linear(x, p);
+          ASSERT_EQ(y.sizes(), ref.sizes());
+          EXPECT_TRUE(torch::allclose(y, ref, 1e-5, 1e-5)) << (y - ref).abs().max().item<float>();
+        }
+  });
+}
+
 TEST(PackedLinear, KeepsLeadingDimsAndReadsStridedInput) {
   torch::manual_seed(1);
   const PackedWeight p = pack(torch::randn({33, 64}), WeightFormat::Q8_0);
@@ -286,18 +308,49 @@ TEST(PackedModel, QuantizedAtLoadMatchesItsDequantizedSelf) {
   }
 }
 
-// Float32 weights: 2 to 4 rows at inference run our GEMV (transformer.cpp), the rest ATen's.
+// Float32 weights: 2 to kPackedLinearOwnRows rows at inference run our kernels
+// (transformer.cpp), the rest ATen's. stories260K's MLP width 172 leaves a K tail in down_proj.
 TEST(PackedModel, FloatDecodeRowsMatchAten) {
   auto lm = load_model(stories());
   torch::manual_seed(7);
-  const auto tokens = torch::randint(0, 512, {3, 1}, torch::kLong);  // 3 rows through each projection
-  torch::Tensor ours;
-  {
-    torch::NoGradGuard no_grad;
-    ours = lm.model->forward(tokens);
+  for (int64_t rows : {3, 16, 64}) {  // GEMV, the blocked kernel at 6 + 5 + 5 and 11 chunks
+    SCOPED_TRACE(rows);
+    const auto tokens = torch::randint(0, 512, {rows, 1}, torch::kLong);  // rows through each projection
+    torch::Tensor ours;
+    {
+      torch::NoGradGuard no_grad;
+      ours = lm.model->forward(tokens);
+    }
+    const auto aten = lm.model->forward(tokens).detach();  // autograd on: ATen's linear
+    EXPECT_TRUE(torch::allclose(ours, aten, 1e-5, 1e-5)) << (ours - aten).abs().max().item<float>();
   }
-  const auto aten = lm.model->forward(tokens).detach();  // autograd on: ATen's linear
-  EXPECT_TRUE(torch::allclose(ours, aten, 1e-5, 1e-5)) << (ours - aten).abs().max().item<float>();
+}
+
+// Greedy decoding of 16 different prompts on float32 weights: each step's 16 rows through our
+// blocked kernel, against the same with the portable switch on (which hands those rows to
+// torch::matmul, MKL's sgemm, as RLHF_GEMV=mkl does), token for token and log-prob for log-prob.
+TEST(PackedModel, FloatBatchedGreedyMatchesSgemm) {
+  auto lm = load_model(stories());
+  const char* starts[] = {"Once upon a time", "The cat", "Lily wanted", "One day, a big", "Tom and Sue",
+                          "The sun was", "A little bird", "There was a girl", "Mom said", "The dog ran",
+                          "Ben had a red", "In the park", "Sam", "The old man saw", "It was a cold", "Anna liked"};
+  std::vector<std::vector<int32_t>> prompts;
+  for (const char* s : starts) prompts.push_back(lm.tokenizer->encode(s, {.add_bos = true}));
+  GenerateOptions opt;
+  opt.max_new_tokens = 24;
+  opt.sampling.temperature = 0;
+  opt.stop_at_eos = false;
+  packed_kernels_force_portable(true);
+  const auto sgemm = generate(lm.model, *lm.tokenizer, prompts, opt);
+  packed_kernels_force_portable(false);
+  const auto ours = generate(lm.model, *lm.tokenizer, prompts, opt);
+  ASSERT_EQ(ours.size(), prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    EXPECT_EQ(ours[i].tokens, sgemm[i].tokens) << "row " << i;
+    ASSERT_EQ(ours[i].logprobs.size(), sgemm[i].logprobs.size());
+    for (size_t t = 0; t < ours[i].logprobs.size(); ++t)
+      EXPECT_NEAR(ours[i].logprobs[t], sgemm[i].logprobs[t], 1e-4) << "row " << i << " token " << t;
+  }
 }
 
 TEST(PackedModel, RefusesToTrainOrSave) {

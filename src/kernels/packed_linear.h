@@ -46,10 +46,14 @@ torch::Tensor dequantize(const PackedWeight& w);  // (N, K) float32
 // Embedding lookup: index (...) int64 -> (..., K) float32, the rows dequantized.
 torch::Tensor dequantize_rows(const PackedWeight& w, const torch::Tensor& index);
 
-// x (..., K) float32 -> x @ W^T + bias (..., N) float32 (bias (N) or undefined). Few rows
-// (decoding): one pass over W, its rows split across threads. More rows: W in panels, each
-// widened once to float32 and multiplied against all rows while it is in cache. No autograd.
+// x (..., K) float32 -> x @ W^T + bias (..., N) float32 (bias (N) or undefined). Up to
+// kPackedLinearOwnRows rows (decoding a batch): one pass over W, its rows split across
+// threads, our kernels (AVX-512). More rows, or without AVX-512: W in panels, each widened
+// once to float32 and multiplied against all rows by sgemm while it is in cache. No autograd.
 torch::Tensor packed_linear(const torch::Tensor& x, const PackedWeight& w, const torch::Tensor& bias = {});
+// Rows of x up to which packed_linear runs its own AVX-512 kernels (measured faster than MKL's
+// sgemm there, bench/bench_linear.cpp); float32 inference routes these rows here as well.
+constexpr int64_t kPackedLinearOwnRows = 64;
 
 // The kernels are AVX-512 where the CPU has it, else portable C++; RLHF_PACKED=portable in
 // the environment forces the portable ones. Tests switch with this (false: back to the CPU's).
