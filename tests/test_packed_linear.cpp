@@ -193,7 +193,9 @@ TEST(PackedGguf, Q8_0BlocksAreKeptAsStored) {
   const PackedWeight& q = kept.packed.at("model.layers.0.self_attn.q_proj.weight");
   EXPECT_TRUE(torch::equal(q.data, rotary_interleaved_to_half(blocks["blk.0.attn_q.weight"].data, 4)));
   for (const auto& [name, t] : floats.weights) {
-    if (t.dim() == 2) EXPECT_TRUE(torch::equal(dequantize(kept.packed.at(name)), t)) << name;
+    if (t.dim() == 2) {
+      EXPECT_TRUE(torch::equal(dequantize(kept.packed.at(name)), t)) << name;
+    }
   }
   EXPECT_EQ(kept.config.hidden_size, floats.config.hidden_size);
   EXPECT_FALSE(kept.config.tie_word_embeddings);
