@@ -55,7 +55,7 @@ double seconds_per_call(F f) {
 int main(int argc, char** argv) {
   std::vector<int64_t> rows;
   for (int a = 1; a < argc; ++a) rows.push_back(std::stol(argv[a]));
-  if (rows.empty()) rows = {1, 4, 16, 64};
+  if (rows.empty()) rows = {1, 4, 16, 32, 64};
   torch::manual_seed(0);
   torch::NoGradGuard no_grad;
 

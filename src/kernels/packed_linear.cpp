@@ -529,7 +529,8 @@ torch::Tensor packed_linear(const torch::Tensor& x, const PackedWeight& w, const
   const int64_t K = w.cols, N = w.rows, Kp = padded_cols(w), M = x.numel() / std::max<int64_t>(K, 1);
   auto out_shape = x.sizes().vec();
   out_shape.back() = N;
-  const bool own_gemm = M > kMaxGemvRows && M <= kPackedLinearOwnRows && use_avx512();
+  const int64_t own_rows = w.format == WeightFormat::F32 ? kFloatLinearOwnRows : kPackedLinearOwnRows;
+  const bool own_gemm = M > kMaxGemvRows && M <= own_rows && use_avx512();
   if (M > kMaxGemvRows && !own_gemm && w.format == WeightFormat::F32) {  // already float: sgemm reads it directly
     auto y = torch::matmul(x, w.data.t());
     return bias.defined() ? y.add_(bias) : y;

@@ -51,9 +51,12 @@ torch::Tensor dequantize_rows(const PackedWeight& w, const torch::Tensor& index)
 // threads, our kernels (AVX-512). More rows, or without AVX-512: W in panels, each widened
 // once to float32 and multiplied against all rows by sgemm while it is in cache. No autograd.
 torch::Tensor packed_linear(const torch::Tensor& x, const PackedWeight& w, const torch::Tensor& bias = {});
-// Rows of x up to which packed_linear runs its own AVX-512 kernels (measured faster than MKL's
-// sgemm there, bench/bench_linear.cpp); float32 inference routes these rows here as well.
+// Rows of x up to which packed_linear runs its own AVX-512 kernels on bf16/Q8_0 weights, and
+// on float32 ones. bench/bench_linear.cpp: on float32 weights they are 1.1-1.75x MKL's sgemm
+// at 16 rows, but sgemm catches up by 64 (0.75-0.97x), so float32 (packed, and unpacked
+// inference through transformer.cpp) goes to sgemm above 32 rows.
 constexpr int64_t kPackedLinearOwnRows = 64;
+constexpr int64_t kFloatLinearOwnRows = 32;
 
 // The kernels are AVX-512 where the CPU has it, else portable C++; RLHF_PACKED=portable in
 // the environment forces the portable ones. Tests switch with this (false: back to the CPU's).

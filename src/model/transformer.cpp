@@ -59,14 +59,14 @@ torch::Tensor rotate_half(const torch::Tensor& x) {
   return torch::cat({-halves[1], halves[0]}, -1);
 }
 
-// Inference on float32 weights with 2 to kPackedLinearOwnRows rows (sequences decoded
+// Inference on float32 weights with 2 to kFloatLinearOwnRows rows (sequences decoded
 // together) runs our kernels too (packed_linear with the weight as an F32 PackedWeight, no
 // copy): they stream the weight once for all rows and keep 4 x 6 blocks of products in
 // registers; measured faster than MKL there (bench/bench_linear.cpp). At one row MKL's sgemv
 // was as fast or faster, so it keeps those, and prefill's many rows. RLHF_GEMV=mkl in the
 // environment keeps ATen's linear always, RLHF_GEMV=own takes ours from one row on (to compare).
 bool own_kernel_applies(const torch::Tensor& x, const torch::Tensor& w) {
-  static const int mode = [] {  // 0: 2 to kPackedLinearOwnRows rows, 1: never, 2: from 1 row
+  static const int mode = [] {  // 0: 2 to kFloatLinearOwnRows rows, 1: never, 2: from 1 row
     const char* e = std::getenv("RLHF_GEMV");
     return !e ? 0 : std::strcmp(e, "mkl") == 0 ? 1 : std::strcmp(e, "own") == 0 ? 2 : 0;
   }();
@@ -76,7 +76,7 @@ bool own_kernel_applies(const torch::Tensor& x, const torch::Tensor& w) {
       x.size(-1) == 0)
     return false;
   const int64_t rows = x.numel() / x.size(-1);
-  return rows >= (mode == 2 ? 1 : 2) && rows <= kPackedLinearOwnRows && x.device().is_cpu() &&
+  return rows >= (mode == 2 ? 1 : 2) && rows <= kFloatLinearOwnRows && x.device().is_cpu() &&
          x.scalar_type() == torch::kFloat32 && w.scalar_type() == torch::kFloat32 && w.device().is_cpu() &&
          w.is_contiguous() && w.dim() == 2;
 }
