@@ -134,19 +134,23 @@ Metrics TrainLoop::run(const TrainHooks& hooks, bool resume, int64_t stop_after)
       for (const auto& [k, v] : r.sums) sums[k] += v;
     }
     if (parallel) {
-      // Gradients summed over ranks: each rank's is its share of (sum of losses) / count.
+      // Gradients summed over ranks: each rank's is its share of (sum of losses) / count. A
+      // parameter no rank gave a gradient keeps none, as in one process (AdamW skips it).
       std::vector<torch::Tensor> grads;
+      std::vector<double> figures{loss_sum};
+      for (const auto& [k, v] : sums) figures.push_back(v);
       for (auto& [name, p] : params_) {
-        if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);  // a rank that saw nothing still takes part
+        figures.push_back(p.grad().defined() ? 1.0 : 0.0);
+        if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);  // this rank's share is 0
         grads.push_back(p.grad());
       }
       group_.allreduce_sum(grads);
-      std::vector<double> figures{loss_sum};
-      for (const auto& [k, v] : sums) figures.push_back(v);
       figures = group_.allreduce_sum(figures);
       loss_sum = figures[0];
       size_t i = 1;
       for (auto& [k, v] : sums) v = figures[i++];
+      for (auto& [name, p] : params_)
+        if (figures[i++] == 0.0) p.mutable_grad() = torch::Tensor();
     }
     check_finite(loss_sum, "the loss", step + 1, run_);
     const double norm = grad_norm(params_);
