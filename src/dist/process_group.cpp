@@ -141,6 +141,15 @@ std::vector<double> ProcessGroup::allreduce_sum(const std::vector<double>& value
   return std::vector<double>(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
 }
 
+std::vector<double> ProcessGroup::allreduce_max(const std::vector<double>& values) {
+  if (env_.world == 1 || values.empty()) return values;
+  std::vector<at::Tensor> buf{torch::tensor(values, torch::kFloat64)};
+  c10d::AllreduceOptions o;
+  o.reduceOp = c10d::ReduceOp::MAX;
+  run(env_, "all-reduce (max)", [&] { return impl_->pg->allreduce(buf, o); });
+  return std::vector<double>(buf[0].data_ptr<double>(), buf[0].data_ptr<double>() + buf[0].numel());
+}
+
 void ProcessGroup::broadcast(const std::vector<torch::Tensor>& tensors, int root) {
   if (env_.world == 1 || tensors.empty()) return;
   for (const auto& t : tensors)

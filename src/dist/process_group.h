@@ -45,6 +45,8 @@ class ProcessGroup {
   void allreduce_sum(const std::vector<torch::Tensor>& tensors);
   // Scalars (metrics, moment sums) summed over ranks, as float64.
   std::vector<double> allreduce_sum(const std::vector<double>& values);
+  // Scalars: the largest over ranks, element by element.
+  std::vector<double> allreduce_max(const std::vector<double>& values);
   // In place: every rank's tensors become rank `root`'s.
   void broadcast(const std::vector<torch::Tensor>& tensors, int root = 0);
   void barrier();

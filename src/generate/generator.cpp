@@ -161,7 +161,7 @@ std::vector<Generation> generate(Transformer& model, const Tokenizer& tokenizer,
   for (size_t start = 0; start < prompts.size(); start += options.max_batch) {
     std::vector<Slot> slots;
     for (size_t i = start; i < std::min(prompts.size(), start + options.max_batch); ++i)
-      slots.push_back(Slot{i, prompts[i], sequence_rng(options.seed, i), {}, false});
+      slots.push_back(Slot{i, prompts[i], sequence_rng(options.seed, options.first_sequence + i), {}, false});
     generate_batch(model, tokenizer, slots, prompts, options, on_token);
     for (auto& s : slots) results[s.prompt_index] = std::move(s.out);
   }

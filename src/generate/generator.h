@@ -16,7 +16,8 @@ namespace rlhf {
 struct GenerateOptions {
   int64_t max_new_tokens = 256;
   SamplingParams sampling;
-  uint64_t seed = 0;                     // sequence i draws from sequence_rng(seed, i)
+  uint64_t seed = 0;                     // sequence i draws from sequence_rng(seed, first_sequence + i)
+  uint64_t first_sequence = 0;           // index of prompts[0] in a larger batch split over processes
   std::vector<int32_t> eos_ids;          // empty: the tokenizer's EOS
   bool stop_at_eos = true;
   std::vector<std::string> stop_strings; // generation stops once the text contains one; none empty

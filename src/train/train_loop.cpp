@@ -80,6 +80,48 @@ std::vector<size_t> TrainLoop::step_examples(int64_t step) const {
   return {order.begin() + begin, order.begin() + end};
 }
 
+std::vector<double> sync_from_main(ProcessGroup& group, const AdamW::NamedParams& params, AdamW& optimizer,
+                                   std::vector<double> scalars) {
+  if (group.world() == 1) return scalars;
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> weights;
+  for (const auto& [name, p] : params) weights.push_back(p);
+  group.broadcast(weights);
+  auto state = optimizer.state();
+  std::vector<torch::Tensor> moments;
+  for (const auto& [name, t] : state)
+    if (name != "step") moments.push_back(t);
+  group.broadcast(moments);
+  // Scalars travel as a sum in which only rank 0's count.
+  scalars.push_back(double(optimizer.steps()));
+  if (!group.is_main()) std::fill(scalars.begin(), scalars.end(), 0.0);
+  scalars = group.allreduce_sum(scalars);
+  state["step"] = torch::tensor(static_cast<int64_t>(scalars.back()), torch::kInt64);
+  optimizer.load_state(state, "rank 0");
+  scalars.pop_back();
+  return scalars;
+}
+
+void allreduce_gradients(ProcessGroup& group, const AdamW::NamedParams& params, std::vector<double>& figures) {
+  if (group.world() == 1) return;
+  // Each rank's gradient is its share of (sum of losses) / (whole batch's count), so the sum
+  // over ranks is one process's gradient. A parameter no rank gave a gradient keeps none, as in
+  // one process (AdamW skips it).
+  const size_t n = figures.size();
+  std::vector<torch::Tensor> grads;
+  for (const auto& [name, p] : params) {
+    figures.push_back(p.grad().defined() ? 1.0 : 0.0);
+    if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);  // this rank's share is 0
+    grads.push_back(p.grad());
+  }
+  group.allreduce_sum(grads);
+  figures = group.allreduce_sum(figures);
+  size_t i = n;
+  for (const auto& [name, p] : params)
+    if (figures[i++] == 0.0) p.mutable_grad() = torch::Tensor();
+  figures.resize(n);
+}
+
 Metrics TrainLoop::run(const TrainHooks& hooks, bool resume, int64_t stop_after) {
   torch::AutoGradMode grad_on(true);  // whatever the caller's mode, training needs gradients
   const bool main_rank = group_.is_main(), parallel = group_.world() > 1;
@@ -90,22 +132,7 @@ Metrics TrainLoop::run(const TrainHooks& hooks, bool resume, int64_t stop_after)
       start = ck->step;
     }
   }
-  if (parallel) {  // every rank starts from rank 0's weights, moments and step
-    torch::NoGradGuard no_grad;
-    std::vector<torch::Tensor> weights;
-    for (const auto& [name, p] : params_) weights.push_back(p);
-    group_.broadcast(weights);
-    auto state = optimizer_.state();
-    std::vector<torch::Tensor> moments;
-    for (const auto& [name, t] : state)
-      if (name != "step") moments.push_back(t);
-    group_.broadcast(moments);
-    const auto counts = group_.allreduce_sum(
-        std::vector<double>{main_rank ? double(start) : 0.0, main_rank ? double(optimizer_.steps()) : 0.0});
-    start = static_cast<int64_t>(counts[0]);
-    state["step"] = torch::tensor(static_cast<int64_t>(counts[1]), torch::kInt64);
-    optimizer_.load_state(state, "rank 0");
-  }
+  if (parallel) start = static_cast<int64_t>(sync_from_main(group_, params_, optimizer_, {double(start)})[0]);
   ProgressLine progress(cfg_.progress && main_rank, total_steps_, start);
   const int64_t share = cfg_.batch_size / group_.world(), micro = share / cfg_.grad_accum_steps;
   Metrics last;
@@ -134,23 +161,12 @@ Metrics TrainLoop::run(const TrainHooks& hooks, bool resume, int64_t stop_after)
       for (const auto& [k, v] : r.sums) sums[k] += v;
     }
     if (parallel) {
-      // Gradients summed over ranks: each rank's is its share of (sum of losses) / count. A
-      // parameter no rank gave a gradient keeps none, as in one process (AdamW skips it).
-      std::vector<torch::Tensor> grads;
       std::vector<double> figures{loss_sum};
       for (const auto& [k, v] : sums) figures.push_back(v);
-      for (auto& [name, p] : params_) {
-        figures.push_back(p.grad().defined() ? 1.0 : 0.0);
-        if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);  // this rank's share is 0
-        grads.push_back(p.grad());
-      }
-      group_.allreduce_sum(grads);
-      figures = group_.allreduce_sum(figures);
+      allreduce_gradients(group_, params_, figures);
       loss_sum = figures[0];
       size_t i = 1;
       for (auto& [k, v] : sums) v = figures[i++];
-      for (auto& [name, p] : params_)
-        if (figures[i++] == 0.0) p.mutable_grad() = torch::Tensor();
     }
     check_finite(loss_sum, "the loss", step + 1, run_);
     const double norm = grad_norm(params_);

@@ -119,6 +119,15 @@ struct TrainHooks {
   std::function<void(const std::filesystem::path&)> save_model;  // final export (HF layout)
 };
 
+// Data-parallel steps shared by TrainLoop and PPO (no-ops in one process).
+// Every rank takes rank 0's parameters, optimizer moments and step counter; returns rank 0's
+// `scalars` (e.g. the step a resumed run starts at) on every rank.
+std::vector<double> sync_from_main(ProcessGroup& group, const AdamW::NamedParams& params, AdamW& optimizer,
+                                   std::vector<double> scalars);
+// After the backward passes of an optimizer step: gradients summed over ranks (one flattened
+// all-reduce), and `figures` (this rank's metric sums) summed with them.
+void allreduce_gradients(ProcessGroup& group, const AdamW::NamedParams& params, std::vector<double>& figures);
+
 class TrainLoop {
  public:
   // params: the trainable parameters under stable names (saved in checkpoints).

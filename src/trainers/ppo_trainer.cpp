@@ -139,8 +139,6 @@ void validate(const PpoConfig& c) {
   check(c.kl_estimator == "k1" || c.kl_estimator == "k3", "ppo: kl_estimator must be k1 or k3, got '" + c.kl_estimator + "'");
   check_range(finite(c.logprob_tolerance) && c.logprob_tolerance >= 0, "logprob_tolerance", c.logprob_tolerance,
               "a finite number >= 0");
-  // PPO runs its own loop (not train/train_loop.h's): N ranks would be N copies of one run.
-  check(dist_env_from_environment().world == 1, "ppo: PPO does not run data-parallel yet (WORLD_SIZE > 1); run one process");
   check(c.old_logprobs == "recompute" || c.old_logprobs == "generator",
         "ppo: old_logprobs must be recompute or generator, got '" + c.old_logprobs + "'");
   // The generator samples in float32; a bf16 update's first ratio would be off by bf16 rounding.
@@ -159,6 +157,17 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
         "ppo: rollout_batch must be a positive multiple of minibatches");
   const int64_t mb_size = cfg.rollout_batch / cfg.minibatches;
   check(mb_size % tc.grad_accum_steps == 0, "ppo: the minibatch size must be a multiple of grad_accum_steps");
+  // Data-parallel (dist/process_group.h): each rank generates and scores its contiguous share of
+  // the rollout, the shares are gathered so that every rank holds the whole rollout (and whitens
+  // and shuffles it as one process would), and each rank trains on its share of every
+  // micro-batch, with losses normalized by the whole micro-batch's token count and gradients
+  // summed over ranks: one process's update on the same rollout.
+  ProcessGroup& group = default_process_group();
+  const int64_t world = group.world(), micro = mb_size / tc.grad_accum_steps;
+  check(micro % world == 0, "ppo: the micro-batch (rollout_batch / minibatches / grad_accum_steps = " +
+                                std::to_string(micro) + ") must be a multiple of the number of ranks (" +
+                                std::to_string(world) + ")");
+  const int64_t share = cfg.rollout_batch / world, first_row = group.rank() * share;
   const auto estimator = cfg.kl_estimator == "k3" ? KlEstimator::K3 : KlEstimator::K1;
   torch::manual_seed(tc.seed);
   const LoadOptions lo{tc.device, tc.dtype};
@@ -204,30 +213,45 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
   const int64_t total_updates = iterations * cfg.ppo_epochs * cfg.minibatches;
   RunDir run(tc.run_dir, to_toml(cfg));
   int64_t start = 0;
-  if (auto ck = run.start(resume, iterations)) {
-    run.restore(*ck, params, opt);
-    check(ck->extra.contains("kl_coef") && ck->extra["kl_coef"].is_number(),
-          (run.path() / "checkpoint" / "state.json").string() + ": no kl_coef (not a PPO checkpoint)");
-    kl_ctl->load_value(ck->extra["kl_coef"].get<double>());
-    start = ck->step;
+  if (group.is_main()) {
+    if (auto ck = run.start(resume, iterations)) {
+      run.restore(*ck, params, opt);
+      check(ck->extra.contains("kl_coef") && ck->extra["kl_coef"].is_number(),
+            (run.path() / "checkpoint" / "state.json").string() + ": no kl_coef (not a PPO checkpoint)");
+      kl_ctl->load_value(ck->extra["kl_coef"].get<double>());
+      start = ck->step;
+    }
   }
-  auto save_checkpoint = [&](int64_t it) { run.save(it, params, opt, json{{"kl_coef", kl_ctl->value()}}); };
-  ProgressLine progress(tc.progress, iterations, start);
+  if (world > 1) {  // every rank starts from rank 0's weights, moments, iteration and KL coefficient
+    const auto s0 = sync_from_main(group, params, opt, {double(start), kl_ctl->value()});
+    start = static_cast<int64_t>(s0[0]);
+    kl_ctl->load_value(s0[1]);
+  }
+  auto save_checkpoint = [&](int64_t it) {
+    if (group.is_main()) run.save(it, params, opt, json{{"kl_coef", kl_ctl->value()}});
+  };
+  ProgressLine progress(tc.progress && group.is_main(), iterations, start);
 
   Metrics last;
   for (int64_t it = start; it < iterations; ++it) {
     Metrics m{{"step", double(it + 1)}, {"kl_coef", kl_ctl->value()}};
     const StepProfiler profile(it + 1);  // RLHF_PROFILE=N (train/profile.h)
-    // 3. Rollout: prompts of this iteration (seeded order), sampled with the fast generator.
+    // 3. Rollout: prompts of this iteration (a seeded order, the same on every rank), sampled
+    // with the fast generator. This rank generates and scores rows [first_row, first_row + share);
+    // sequence i samples from its own stream (generator.h), so the rows come out the same
+    // whichever rank, and however many ranks, generate them.
     auto t0 = Clock::now();
     std::mt19937_64 rng(static_cast<uint64_t>(tc.seed) * 1000003ull + static_cast<uint64_t>(it));
     std::vector<std::string> prompt_texts;
     std::vector<std::vector<int32_t>> prompt_ids;
+    Rollout r;
     for (int64_t i = 0; i < cfg.rollout_batch; ++i) {
       const auto& p = prompts[rng() % prompts.size()];
       auto ids = encode_prompt(tok, p);
       if (static_cast<int64_t>(ids.size()) > cfg.max_prompt_length)
         ids.erase(ids.begin(), ids.end() - cfg.max_prompt_length);
+      r.P = std::max<int64_t>(r.P, ids.size());  // over the whole rollout: every rank lays it out alike
+      if (i < first_row || i >= first_row + share) continue;
       prompt_texts.push_back(p);
       prompt_ids.push_back(ids);
     }
@@ -236,16 +260,15 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
     g.max_new_tokens = cfg.max_new_tokens;
     g.sampling.temperature = static_cast<float>(cfg.temperature);
     g.seed = static_cast<uint64_t>(tc.seed) + 7919ull * static_cast<uint64_t>(it);
+    g.first_sequence = static_cast<uint64_t>(first_row);
     if (!cfg.stop_string.empty()) g.stop_strings = {cfg.stop_string};
     auto gens = generate(policy.model, tok, prompt_ids, g);
     m["time/generation_s"] = seconds_since(t0);
 
-    // Lay the rollout out as tensors.
-    Rollout r;
-    const int64_t B = cfg.rollout_batch;
-    for (const auto& p : prompt_ids) r.P = std::max<int64_t>(r.P, p.size());
+    // Lay this rank's rows out as tensors, as wide as the whole rollout's.
     for (const auto& gn : gens) r.R = std::max<int64_t>(r.R, gn.tokens.size());
-    r.R = std::max<int64_t>(r.R, 1);
+    r.R = static_cast<int64_t>(group.allreduce_max(std::vector<double>{std::max<double>(double(r.R), 1.0)})[0]);
+    const int64_t B = share;  // rows on this rank; cfg.rollout_batch in all
     const int32_t pad = training_pad_id(tok);
     r.ids = torch::full({B, r.P + r.R}, pad, torch::kLong);
     r.mask = torch::zeros({B, r.P + r.R}, torch::kLong);
@@ -277,7 +300,6 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
     r.ids = r.ids.to(dev);
     r.mask = r.mask.to(dev);
     r.response_mask = r.response_mask.to(dev);
-    m["response_length"] = std::accumulate(lengths.begin(), lengths.end(), 0.0) / B;
 
     // 4. Score: the reward on the texts (on this thread, side by side with the value model's
     // forward, train/side_by_side.h); the policy's old and the reference's log-probs side by
@@ -318,17 +340,17 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
         reward_part(), logprobs_part(), ref_part(), values_part();
       }
     }
-    auto scores = torch::tensor(raw_scores, torch::kFloat64).to(torch::kFloat32);  // (B)
-    m["objective/scores_before_penalties"] = scores.mean().item<double>();
-    if (rollout_metrics)
-      for (const auto& [k, v] : rollout_metrics(prompt_texts, responses)) m[k] = v;
+    check(raw_scores.size() == static_cast<size_t>(B), "ppo: the reward gave " + std::to_string(raw_scores.size()) +
+                                                           " scores for " + std::to_string(B) + " responses");
+    auto raw = torch::tensor(raw_scores, torch::kFloat64).to(torch::kFloat32);  // (B)
+    Metrics extra;
+    if (rollout_metrics) extra = rollout_metrics(prompt_texts, responses);
+    auto scores = raw;
     if (cfg.penalize_missing_eos)
       scores = missing_eos_penalty(scores, torch::tensor(std::vector<int64_t>(ended.begin(), ended.end())).to(torch::kBool),
                                    cfg.missing_eos_penalty);
     if (cfg.length_penalty != 0.0)
       scores = scores - cfg.length_penalty * torch::tensor(lengths, torch::kFloat64).to(torch::kFloat32);
-    // The scores PPO trains on, as TRL logs them (after its missing_eos_penalty).
-    m["objective/scores"] = scores.mean().item<double>();
     scores = scores.to(dev);
 
     if (from_generator) {
@@ -340,6 +362,50 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
             "ppo: the generator's and the trainer's log-probabilities differ by " + std::to_string(gap) +
                 " (tolerance " + std::to_string(cfg.logprob_tolerance) + "): the two forward passes disagree");
     }
+    if (world > 1) {
+      // 5. Every rank gets the whole rollout (rows in global order), so what follows (rewards,
+      // GAE, whitening over the global batch, the minibatch order) is one process's computation.
+      auto whole = [&](const torch::Tensor& t, torch::Dtype dtype) {
+        auto sizes = t.sizes().vec();
+        sizes[0] = cfg.rollout_batch;
+        auto out = torch::zeros(sizes, dtype);
+        out.narrow(0, first_row, B).copy_(t.to(torch::kCPU, dtype));
+        return out;
+      };
+      std::vector<torch::Tensor> f32{whole(r.response_mask, torch::kFloat32), whole(r.gen_logprobs, torch::kFloat32),
+                                     whole(old_logp, torch::kFloat32),        whole(ref_logp, torch::kFloat32),
+                                     whole(old_values, torch::kFloat32),      whole(scores, torch::kFloat32),
+                                     whole(raw, torch::kFloat32)};
+      // Token ids and counts travel as float64, exact below 2^53.
+      std::vector<torch::Tensor> f64{whole(r.ids, torch::kFloat64), whole(r.mask, torch::kFloat64),
+                                     whole(torch::tensor(r.first, torch::kLong), torch::kFloat64),
+                                     whole(torch::tensor(lengths, torch::kFloat64), torch::kFloat64)};
+      group.allreduce_sum(f32);
+      group.allreduce_sum(f64);
+      r.response_mask = f32[0].to(dev);
+      r.gen_logprobs = f32[1];
+      old_logp = f32[2].to(dev);
+      ref_logp = f32[3].to(dev);
+      old_values = f32[4].to(dev);
+      scores = f32[5].to(dev);
+      raw = f32[6];
+      r.ids = f64[0].to(torch::kLong).to(dev);
+      r.mask = f64[1].to(torch::kLong).to(dev);
+      const auto first = f64[2].to(torch::kLong);
+      r.first.assign(first.data_ptr<int64_t>(), first.data_ptr<int64_t>() + first.numel());
+      lengths.assign(f64[3].data_ptr<double>(), f64[3].data_ptr<double>() + f64[3].numel());
+      // Rollout metrics are means over this rank's rows: weighted by its share, then summed.
+      std::vector<double> v;
+      for (const auto& [k, x] : extra) v.push_back(x * double(B) / double(cfg.rollout_batch));
+      v = group.allreduce_sum(v);
+      size_t i = 0;
+      for (auto& [k, x] : extra) x = v[i++];
+    }
+    m["response_length"] = std::accumulate(lengths.begin(), lengths.end(), 0.0) / double(cfg.rollout_batch);
+    m["objective/scores_before_penalties"] = raw.mean().item<double>();
+    for (const auto& [k, v] : extra) m[k] = v;
+    // The scores PPO trains on, as TRL logs them (after its missing_eos_penalty).
+    m["objective/scores"] = scores.mean().item<double>();
     m["time/scoring_s"] = seconds_since(t0);
 
     // 6. Rewards with the per-token KL penalty, GAE, whitened advantages (mean shifted).
@@ -366,16 +432,23 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
     Metrics sums;
     int64_t n_mb = 0;
     for (int64_t epoch = 0; epoch < cfg.ppo_epochs; ++epoch) {
-      std::vector<int64_t> order(B);
+      std::vector<int64_t> order(cfg.rollout_batch);
       std::iota(order.begin(), order.end(), 0);
       for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[rng() % i]);
       for (int64_t mb = 0; mb < cfg.minibatches; ++mb) {
         opt.zero_grad();
-        const int64_t micro = mb_size / tc.grad_accum_steps;
         for (int64_t k = 0; k < tc.grad_accum_steps; ++k) {
-          std::vector<int64_t> idx(order.begin() + mb * mb_size + k * micro, order.begin() + mb * mb_size + (k + 1) * micro);
+          // This rank's share of the micro-batch; its losses (token means) are weighted by its
+          // share of the micro-batch's tokens, so the sum over ranks is the whole micro-batch's.
+          const auto begin = order.begin() + mb * mb_size + k * micro;
+          const std::vector<int64_t> idx(begin + group.rank() * (micro / world), begin + (group.rank() + 1) * (micro / world));
           auto rows = torch::tensor(idx, torch::kLong).to(dev);
           auto mask = r.response_mask.index_select(0, rows);
+          double weight = 1.0;
+          if (world > 1) {
+            const auto all = torch::tensor(std::vector<int64_t>(begin, begin + micro), torch::kLong).to(dev);
+            weight = mask.sum().item<double>() / r.response_mask.index_select(0, all).sum().item<double>();
+          }
           // The policy's and the value model's losses share nothing (separate models, one
           // optimizer): their forwards and backwards run side by side on the CPU, each
           // backward giving exactly its part of the gradient of
@@ -383,7 +456,7 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
           PolicyLossOutput pl;
           ValueLossOutput vl;
           torch::Tensor entropy;
-          const double scale = 1.0 / double(tc.grad_accum_steps);
+          const double scale = weight / double(tc.grad_accum_steps);
           auto policy_part = [&] {
             torch::Tensor logp, logits;
             {
@@ -411,26 +484,35 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
             check(off <= cfg.logprob_tolerance, "ppo: the probability ratio on the first minibatch is not 1 (off by " +
                                                     std::to_string(off) + "): rollout and update see different models");
           }
-          sums["loss/policy"] += pl.loss.item<double>();
-          sums["loss/value"] += vl.loss.item<double>();
-          sums["policy/clipfrac"] += pl.clipfrac.item<double>();
-          sums["policy/approxkl"] += pl.approxkl.item<double>();
-          sums["val/clipfrac"] += vl.clipfrac.item<double>();
-          sums["policy/entropy_avg"] += entropy.item<double>();
+          sums["loss/policy"] += weight * pl.loss.item<double>();
+          sums["loss/value"] += weight * vl.loss.item<double>();
+          sums["policy/clipfrac"] += weight * pl.clipfrac.item<double>();
+          sums["policy/approxkl"] += weight * pl.approxkl.item<double>();
+          sums["val/clipfrac"] += weight * vl.clipfrac.item<double>();
+          sums["policy/entropy_avg"] += weight * entropy.item<double>();
           ++n_mb;
         }
+        std::vector<double> none;
+        allreduce_gradients(group, params, none);
         const double clip = clip_scale(grad_norm(params), tc.max_grad_norm);
         const int64_t update = (it * cfg.ppo_epochs + epoch) * cfg.minibatches + mb;
         opt.step(lr_at(update, total_updates, tc.warmup_steps, tc.lr, tc.lr_schedule), clip);  // anneals linearly to 0 by default
       }
     }
+    if (world > 1) {  // each rank's sums are its weighted shares
+      std::vector<double> v;
+      for (const auto& [k, x] : sums) v.push_back(x);
+      v = group.allreduce_sum(v);
+      size_t i = 0;
+      for (auto& [k, x] : sums) x = v[i++];
+    }
     for (const auto& [k, v] : sums) m[k] = v / double(n_mb);
     m["val/explained_variance"] = explained_variance(old_values, adv.returns, r.response_mask).item<double>();
     m["time/training_s"] = seconds_since(t0);
-    kl_ctl->update(kl, B);
+    kl_ctl->update(kl, cfg.rollout_batch);
 
     for (const char* k : {"loss/policy", "loss/value", "objective/kl"}) check_finite(m[k], k, it + 1, run);
-    run.log(m);
+    if (group.is_main()) run.log(m);
     last = m;
     char figures[96];
     std::snprintf(figures, sizeof(figures), "score %.3f kl %.3f len %.1f", m["objective/scores"], kl, m["response_length"]);
@@ -442,7 +524,8 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
   // The reference must leave training bit-identical (it is frozen, not just unused).
   check(weights_fingerprint(*ref.model) == ref_fingerprint, "ppo: the reference model's weights changed during training");
   last["ref/unchanged"] = 1.0;
-  write_trained_model(run.model_dir(), policy.model, policy.config, &tok);
+  if (group.is_main()) write_trained_model(run.model_dir(), policy.model, policy.config, &tok);
+  group.barrier();  // the model is on disk before any rank reports the run done
   return last;
 }
 

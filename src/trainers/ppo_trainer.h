@@ -1,7 +1,9 @@
 // PPO for language models, after lm-human-preferences and TRL: rollouts from the policy with the batched
 // generator, a reward per response, a per-token KL penalty against a frozen reference,
 // GAE over a value model's estimates, then several epochs of clipped policy and value
-// updates over reshuffled minibatches.
+// updates over reshuffled minibatches. Data-parallel over WORLD_SIZE ranks (dist/process_group.h):
+// each rank generates and scores its share of the rollout, every rank then holds the whole
+// rollout, and trains on its share of each micro-batch; the result is one process's run.
 #pragma once
 #include <functional>
 #include <string>

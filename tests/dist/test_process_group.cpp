@@ -31,9 +31,9 @@ struct EnvVar {
 TEST(Launch, CollectivesAgreeAcrossThreeProcesses) {
   const auto r = test::run_cli("launch --nproc 3 -- " + kTool + " collectives");
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  // Ranks hold 1, 2, 3: means 2 and 3 * 2 = 6, sum 6, scalars 0+1+2 and 3, rank 0's 10.
+  // Ranks hold 1, 2, 3: means 2 and 3 * 2 = 6, sum 6, scalars 0+1+2 and 3, maxima 2 and 5, rank 0's 10.
   for (int rank = 0; rank < 3; ++rank)
-    EXPECT_NE(r.output.find("rank " + std::to_string(rank) + "/3 mean 2 6 sum 6 scalars 3 3 broadcast 10"),
+    EXPECT_NE(r.output.find("rank " + std::to_string(rank) + "/3 mean 2 6 sum 6 scalars 3 3 max 2 5 broadcast 10"),
               std::string::npos)
         << r.output;
 }

@@ -1,6 +1,6 @@
 // Test helper for tests/dist: one rank of a small collective program, run as several
 // processes (by `rlhf launch` or the test itself).
-//   rlhf_dist_tool collectives   all-reduce (mean, sum, scalars) and broadcast of rank-dependent
+//   rlhf_dist_tool collectives   all-reduce (mean, sum, max, scalars) and broadcast of rank-dependent
 //                                values; rank 0 prints what every rank must agree on
 //   rlhf_dist_tool die           rank 1 exits (status 3) after joining; the others all-reduce
 //                                and must fail with an Error, not hang
@@ -20,11 +20,13 @@ int main(int argc, char** argv) try {
     pg.allreduce_mean({a, b});
     pg.allreduce_sum({c});
     const auto s = pg.allreduce_sum(std::vector<double>{r, 1.0});
+    const auto mx = pg.allreduce_max(std::vector<double>{r, 5.0 - r});
     auto d = torch::full({2}, r + 10);
     pg.broadcast({d}, 0);
     // Every rank checks its own copy: all must hold the same values.
-    std::printf("rank %d/%d mean %g %g sum %g scalars %g %g broadcast %g\n", pg.rank(), pg.world(), a[0].item<double>(),
-                b[3].item<double>(), c[0].item<double>(), s[0], s[1], d[0].item<double>());
+    std::printf("rank %d/%d mean %g %g sum %g scalars %g %g max %g %g broadcast %g\n", pg.rank(), pg.world(),
+                a[0].item<double>(), b[3].item<double>(), c[0].item<double>(), s[0], s[1], mx[0], mx[1],
+                d[0].item<double>());
     pg.barrier();
     return 0;
   }
