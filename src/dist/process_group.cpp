@@ -127,6 +127,21 @@ void ProcessGroup::allreduce_sum(const std::vector<torch::Tensor>& tensors) {
   unflatten(buf[0], tensors);
 }
 
+std::function<void()> ProcessGroup::start_allreduce_sum(const torch::Tensor& buffer) {
+  if (env_.world == 1) return [] {};
+  check(buffer.is_floating_point() && buffer.device().is_cpu() && buffer.is_contiguous(),
+        "allreduce: a contiguous CPU float tensor only");
+  std::vector<at::Tensor> buf{buffer};
+  c10::intrusive_ptr<c10d::Work> work;
+  try {
+    work = impl_->pg->allreduce(buf);
+  } catch (const std::exception& e) {
+    throw Error("rank " + std::to_string(env_.rank) + " of " + std::to_string(env_.world) +
+                ": all-reduce failed to start: " + first_line(e.what()));
+  }
+  return [env = env_, work] { run(env, "all-reduce", [&] { return work; }); };
+}
+
 void ProcessGroup::allreduce_mean(const std::vector<torch::Tensor>& tensors) {
   if (env_.world == 1 || tensors.empty()) return;
   allreduce_sum(tensors);

@@ -10,6 +10,7 @@
 #include <torch/torch.h>
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -47,6 +48,10 @@ class ProcessGroup {
   std::vector<double> allreduce_sum(const std::vector<double>& values);
   // Scalars: the largest over ranks, element by element.
   std::vector<double> allreduce_max(const std::vector<double>& values);
+  // Starts summing a contiguous CPU float tensor over ranks in place and returns at once; the
+  // returned function waits for it (Error when a rank failed). Collectives run in the order
+  // they are started, which must be the same on every rank.
+  std::function<void()> start_allreduce_sum(const torch::Tensor& buffer);
   // In place: every rank's tensors become rank `root`'s.
   void broadcast(const std::vector<torch::Tensor>& tensors, int root = 0);
   void barrier();

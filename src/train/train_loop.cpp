@@ -26,6 +26,7 @@ void validate(const TrainConfig& c) {
   auto finite = [](double v) { return std::isfinite(v); };
   check_range(finite(c.lr) && c.lr >= 0, "lr", c.lr, "a finite number >= 0");
   check_range(c.batch_size > 0, "batch_size", c.batch_size, "> 0");
+  check_range(finite(c.dist_bucket_mb) && c.dist_bucket_mb > 0, "dist_bucket_mb", c.dist_bucket_mb, "a finite number > 0");
   check_range(c.grad_accum_steps > 0, "grad_accum_steps", c.grad_accum_steps, "> 0");
   check_range(c.epochs > 0, "epochs", c.epochs, "> 0");
   check_range(c.max_steps >= 0, "max_steps", c.max_steps, ">= 0 (0: as many as epochs give)");
@@ -80,6 +81,8 @@ std::vector<size_t> TrainLoop::step_examples(int64_t step) const {
   return {order.begin() + begin, order.begin() + end};
 }
 
+int64_t dist_bucket_bytes(const TrainConfig& c) { return static_cast<int64_t>(c.dist_bucket_mb * (1 << 20)); }
+
 std::vector<double> sync_from_main(ProcessGroup& group, const AdamW::NamedParams& params, AdamW& optimizer,
                                    std::vector<double> scalars) {
   if (group.world() == 1) return scalars;
@@ -102,26 +105,6 @@ std::vector<double> sync_from_main(ProcessGroup& group, const AdamW::NamedParams
   return scalars;
 }
 
-void allreduce_gradients(ProcessGroup& group, const AdamW::NamedParams& params, std::vector<double>& figures) {
-  if (group.world() == 1) return;
-  // Each rank's gradient is its share of (sum of losses) / (whole batch's count), so the sum
-  // over ranks is one process's gradient. A parameter no rank gave a gradient keeps none, as in
-  // one process (AdamW skips it).
-  const size_t n = figures.size();
-  std::vector<torch::Tensor> grads;
-  for (const auto& [name, p] : params) {
-    figures.push_back(p.grad().defined() ? 1.0 : 0.0);
-    if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);  // this rank's share is 0
-    grads.push_back(p.grad());
-  }
-  group.allreduce_sum(grads);
-  figures = group.allreduce_sum(figures);
-  size_t i = n;
-  for (const auto& [name, p] : params)
-    if (figures[i++] == 0.0) p.mutable_grad() = torch::Tensor();
-  figures.resize(n);
-}
-
 Metrics TrainLoop::run(const TrainHooks& hooks, bool resume, int64_t stop_after) {
   torch::AutoGradMode grad_on(true);  // whatever the caller's mode, training needs gradients
   const bool main_rank = group_.is_main(), parallel = group_.world() > 1;
@@ -133,6 +116,9 @@ Metrics TrainLoop::run(const TrainHooks& hooks, bool resume, int64_t stop_after)
     }
   }
   if (parallel) start = static_cast<int64_t>(sync_from_main(group_, params_, optimizer_, {double(start)})[0]);
+  std::vector<torch::Tensor> trainable;
+  for (const auto& [name, p] : params_) trainable.push_back(p);
+  GradientReducer reducer(group_, trainable, dist_bucket_bytes(cfg_));
   ProgressLine progress(cfg_.progress && main_rank, total_steps_, start);
   const int64_t share = cfg_.batch_size / group_.world(), micro = share / cfg_.grad_accum_steps;
   Metrics last;
@@ -156,6 +142,7 @@ Metrics TrainLoop::run(const TrainHooks& hooks, bool resume, int64_t stop_after)
         const auto autocast = training_autocast(cfg_);  // the forward pass only, as with torch.autocast
         r = hooks.micro_step(chunk);
       }
+      if (begin + micro >= examples.size()) reducer.arm();  // the step's last backward pass sends the gradients
       (r.loss_sum / count).backward();
       loss_sum += r.loss_sum.item<double>();
       for (const auto& [k, v] : r.sums) sums[k] += v;
@@ -163,7 +150,7 @@ Metrics TrainLoop::run(const TrainHooks& hooks, bool resume, int64_t stop_after)
     if (parallel) {
       std::vector<double> figures{loss_sum};
       for (const auto& [k, v] : sums) figures.push_back(v);
-      allreduce_gradients(group_, params_, figures);
+      reducer.finish(figures);
       loss_sum = figures[0];
       size_t i = 1;
       for (auto& [k, v] : sums) v = figures[i++];

@@ -6,7 +6,8 @@
 // Data-parallel (dist/process_group.h: WORLD_SIZE ranks, e.g. under `rlhf launch`): every
 // rank takes its contiguous share of each global batch, in the same global order as one
 // process; the loss is normalized by the whole batch's count and gradients are summed over
-// ranks, so each optimizer step is one process's step on the same batch, and the ranks' weights
+// ranks in buckets that go out while the backward pass runs (dist/gradient_reducer.h), so
+// each optimizer step is one process's step on the same batch, and the ranks' weights
 // stay identical. Rank 0 alone evaluates and writes metrics, checkpoints and the model; on
 // resume it reads the checkpoint and sends weights and optimizer state to the others.
 #pragma once
@@ -18,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "dist/gradient_reducer.h"
 #include "dist/process_group.h"
 #include "model/autocast.h"
 #include "train/optimizer.h"
@@ -54,6 +56,7 @@ struct TrainConfig {
   int64_t save_every = 0;            // 0: only at the end
   bool skip_bad = false;
   bool progress = true;
+  double dist_bucket_mb = 25.0;      // data-parallel: gradient all-reduce bucket size
 };
 
 template <class V>
@@ -90,6 +93,9 @@ void visit_train_fields(TrainConfig& c, V&& v) {
   v("save_every", c.save_every, "Checkpoint every N steps; 0: at the end only");
   v("skip_bad", c.skip_bad, "Skip malformed data lines (and count them) instead of failing");
   v("progress", c.progress, "Show a progress bar on a terminal");
+  v("dist_bucket_mb", c.dist_bucket_mb,
+    "Data-parallel runs: MiB of gradients per all-reduce bucket; each bucket is sent as soon as its gradients are "
+    "final, overlapping the rest of the backward pass");
 }
 
 // Range checks of the shared fields (an Error naming the field and the value): a NaN or
@@ -124,9 +130,8 @@ struct TrainHooks {
 // `scalars` (e.g. the step a resumed run starts at) on every rank.
 std::vector<double> sync_from_main(ProcessGroup& group, const AdamW::NamedParams& params, AdamW& optimizer,
                                    std::vector<double> scalars);
-// After the backward passes of an optimizer step: gradients summed over ranks (one flattened
-// all-reduce), and `figures` (this rank's metric sums) summed with them.
-void allreduce_gradients(ProcessGroup& group, const AdamW::NamedParams& params, std::vector<double>& figures);
+// dist_bucket_mb in bytes (dist/gradient_reducer.h).
+int64_t dist_bucket_bytes(const TrainConfig& c);
 
 class TrainLoop {
  public:

@@ -230,6 +230,9 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
   auto save_checkpoint = [&](int64_t it) {
     if (group.is_main()) run.save(it, params, opt, json{{"kl_coef", kl_ctl->value()}});
   };
+  std::vector<torch::Tensor> trainable;
+  for (const auto& [name, p] : params) trainable.push_back(p);
+  GradientReducer reducer(group, trainable, dist_bucket_bytes(tc));
   ProgressLine progress(tc.progress && group.is_main(), iterations, start);
 
   Metrics last;
@@ -477,6 +480,7 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
                                 cfg.clip_range_value);
             (vl.loss * (cfg.vf_coef * scale)).backward();
           };
+          if (k + 1 == tc.grad_accum_steps) reducer.arm();  // the last backward passes send the gradients
           if (dev.is_cpu()) side_by_side(policy_part, value_part);
           else policy_part(), value_part();
           if (epoch == 0 && mb == 0 && k == 0) {
@@ -493,7 +497,7 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
           ++n_mb;
         }
         std::vector<double> none;
-        allreduce_gradients(group, params, none);
+        reducer.finish(none);
         const double clip = clip_scale(grad_norm(params), tc.max_grad_norm);
         const int64_t update = (it * cfg.ppo_epochs + epoch) * cfg.minibatches + mb;
         opt.step(lr_at(update, total_updates, tc.warmup_steps, tc.lr, tc.lr_schedule), clip);  // anneals linearly to 0 by default

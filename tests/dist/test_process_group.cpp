@@ -38,6 +38,21 @@ TEST(Launch, CollectivesAgreeAcrossThreeProcesses) {
         << r.output;
 }
 
+TEST(GradientBuckets, SumOverRanksWhileTheBackwardPassRuns) {
+  // One bucket per parameter, sent in reverse registration order, each as soon as its gradient
+  // (accumulated over 2 micro-batches) is final. Rank 0: all but `unused` start inside the
+  // backward pass (5 of 6); rank 1 never has `extra`'s, so `extra` and `unused` wait for
+  // finish() (4 of 6). Every rank ends with the one-process gradient; `unused` keeps none.
+  const auto r = test::run_cli("launch --nproc 2 -- " + kTool + " buckets");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (const std::string expect : {"rank 0: started 5 of 6 in backward, figures 3, undefined match 1, gap ",
+                                   "rank 1: started 4 of 6 in backward, figures 3, undefined match 1, gap "}) {
+    const auto at = r.output.find(expect);
+    ASSERT_NE(at, std::string::npos) << r.output;
+    EXPECT_LT(std::stod(r.output.substr(at + expect.size())), 1e-5) << r.output;
+  }
+}
+
 TEST(Launch, ADeadRankStopsTheRunWithItsStatus) {
   // Rank 1 exits with 3: launch reports it, stops the others and exits with 3, well within
   // the collective timeout (the test would otherwise hit CTest's).
