@@ -142,6 +142,10 @@ void validate(const PpoConfig& c) {
   check(c.old_logprobs == "recompute" || c.old_logprobs == "generator",
         "ppo: old_logprobs must be recompute or generator, got '" + c.old_logprobs + "'");
   // The generator samples in float32; a bf16 update's first ratio would be off by bf16 rounding.
+  check(c.frozen_weights == "f32" || c.frozen_weights == "bf16" || c.frozen_weights == "q8_0",
+        "ppo: frozen_weights must be f32, bf16 or q8_0, got '" + c.frozen_weights + "'");
+  check(c.frozen_weights != "q8_0" || parse_device(c.train.device).is_cpu(),
+        "ppo: frozen_weights = \"q8_0\" runs on the CPU only (device = " + c.train.device + ")");
   check(c.old_logprobs == "recompute" || c.train.precision == "float32",
         "ppo: old_logprobs = \"generator\" needs precision = \"float32\" (the sampler's log-probs are float32)");
 }
@@ -176,10 +180,17 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
   auto policy = load_model(tc.model, lo);
   check(policy.tokenizer != nullptr, tc.model + ": no tokenizer found with the model");
   const Tokenizer& tok = *policy.tokenizer;
-  auto ref = load_model(tc.model, lo);
+  // The frozen models, packed for inference when asked (kernels/packed_linear.h): a packed
+  // model cannot train (its forward refuses autograd), so it is frozen by construction.
+  LoadOptions frozen = lo;
+  if (cfg.frozen_weights != "f32") {
+    if (parse_device(lo.device).is_cpu()) frozen.weights = cfg.frozen_weights;
+    else frozen.dtype = "bfloat16";
+  }
+  auto ref = load_model(tc.model, frozen);
   ref.model->eval();
   for (auto& p : ref.model->parameters()) p.set_requires_grad(false);
-  const uint64_t ref_fingerprint = weights_fingerprint(*ref.model);
+  const uint64_t ref_fingerprint = ref.model->is_packed() ? 0 : weights_fingerprint(*ref.model);
   ValueModel value = make_value_model(cfg, lo);
   policy.model->set_checkpoint_activations(tc.checkpoint_activations);
   value.net->set_checkpoint_activations(tc.checkpoint_activations);
@@ -187,7 +198,7 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
   RewardFn reward = reward_in;
   std::shared_ptr<LoadedModel> rm;
   if (!reward) {
-    rm = std::make_shared<LoadedModel>(load_reward_model(cfg.reward_model, lo));
+    rm = std::make_shared<LoadedModel>(load_reward_model(cfg.reward_model, frozen));
     reward = [rm, &tc](const std::vector<std::string>& p, const std::vector<std::string>& r, const auto&) {
       std::vector<std::pair<std::string, std::string>> texts;
       for (size_t i = 0; i < p.size(); ++i) texts.emplace_back(p[i], r[i]);
@@ -332,7 +343,8 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
         guard_logp = tc.precision == "bf16" ? response_logprobs(policy.model, r, all_rows, cfg.temperature).first : old_logp;
       };
       auto ref_part = [&] {
-        const auto autocast = training_autocast(tc);
+        // Packed matrices compute in float32 on their own kernels (no autocast).
+        const auto autocast = ref.model->is_packed() ? Autocast(dev, false) : training_autocast(tc);
         ref_logp = response_logprobs(ref.model, r, all_rows, cfg.temperature).first;
       };
       if (dev.is_cpu()) {
@@ -526,7 +538,8 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
     if (stop && !at_end) return last;
   }
   // The reference must leave training bit-identical (it is frozen, not just unused).
-  check(weights_fingerprint(*ref.model) == ref_fingerprint, "ppo: the reference model's weights changed during training");
+  check(ref.model->is_packed() || weights_fingerprint(*ref.model) == ref_fingerprint,
+        "ppo: the reference model's weights changed during training");
   last["ref/unchanged"] = 1.0;
   if (group.is_main()) write_trained_model(run.model_dir(), policy.model, policy.config, &tok);
   group.barrier();  // the model is on disk before any rank reports the run done

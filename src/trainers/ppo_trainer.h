@@ -42,6 +42,10 @@ struct PpoConfig {
   // computed while generating, saving that forward pass (float32 only: the first minibatch's
   // ratio check then guards them).
   std::string old_logprobs = "recompute";
+  // The frozen models' (reference and reward model) matrices: "f32", or "bf16" / "q8_0" packed
+  // for inference on the CPU (half / about a quarter of the memory; on a GPU "bf16" loads them in
+  // bfloat16). Their log-probs and scores then carry that rounding: the KL starts near, not at, 0.
+  std::string frozen_weights = "f32";
 
   PpoConfig() {
     train.run_dir = "runs/ppo";
@@ -79,6 +83,9 @@ struct PpoConfig {
     v("old_logprobs", old_logprobs,
       "Old policy log-probs: recompute (one more policy forward per rollout, as TRL) or generator (the sampler's own; "
       "float32 only)");
+    v("frozen_weights", frozen_weights,
+      "Reference and reward model matrices: f32, or bf16 / q8_0 packed for inference on the CPU (less memory; their "
+      "log-probs and scores carry that rounding); on a GPU, bf16 loads them in bfloat16");
   }
 };
 

@@ -365,6 +365,38 @@ TEST(Ppo, GeneratorLogprobsServeAsTheOldOnes) {
   EXPECT_NE(error_of([&] { train_ppo(cfg, false, count_reward(5)); }).find("old_logprobs must be"), std::string::npos);
 }
 
+TEST(Ppo, FrozenModelsRunPackedInBf16AndQ8_0) {
+  // frozen_weights packs the reference and the reward model for inference. The same rollout
+  // (the policy is untouched) gets reference log-probs and scores that differ from float32's by
+  // the format's rounding only: more than float error, far less than a different model.
+  test::TempDir tmp;
+  write_reward_model(tmp / "rm", 2.0, 0.5);
+  std::map<std::string, PpoRolloutView> seen;
+  for (const std::string w : {"f32", "bf16", "q8_0"}) {
+    auto cfg = one_step(tmp, w);
+    cfg.reward_model = (tmp / "rm").string();
+    cfg.frozen_weights = w;
+    PpoProbes probes;
+    probes.on_rollout = [&seen, w](const PpoRolloutView& v) { seen[w] = v; };
+    train_ppo(cfg, false, {}, 0, {}, probes);
+  }
+  const auto& f = seen.at("f32");
+  EXPECT_LT(max_gap(f.ref_logprobs, f.logprobs, f.response_mask), 1e-6);  // float32: the policy itself
+  for (const std::string w : {"bf16", "q8_0"}) {
+    const auto& v = seen.at(w);
+    ASSERT_TRUE(torch::equal(v.ids, f.ids)) << w;
+    const double ref_gap = max_gap(v.ref_logprobs, f.ref_logprobs, f.response_mask);
+    EXPECT_GT(ref_gap, 1e-5) << w;
+    EXPECT_LT(ref_gap, 0.25) << w;
+    const double score_gap = (v.scores - f.scores).abs().max().item<double>();
+    EXPECT_GT(score_gap, 1e-6) << w;
+    EXPECT_LT(score_gap, 0.1 * (1 + f.scores.abs().max().item<double>())) << w;
+  }
+  auto cfg = one_step(tmp, "bad");
+  cfg.frozen_weights = "int4";
+  EXPECT_NE(error_of([&] { train_ppo(cfg, false, count_reward(5)); }).find("frozen_weights must be"), std::string::npos);
+}
+
 TEST(Ppo, LengthPenaltyMustBeFinite) {
   test::TempDir tmp;
   auto cfg = one_step(tmp, "nan");
