@@ -362,6 +362,28 @@ TEST(PgHand, KlTermIsK3DifferentiatedThroughLogp) {
   EXPECT_NEAR(item(off.kl), 0.078195, 1e-6);
 }
 
+// A micro-batch whose completions were all masked out (truncated ones, say) adds nothing: loss, gradient and
+// statistics 0, never NaN, while Grpo and DrGrpo still count its sequences (TRL clamps the token counts to 1).
+TEST(PgHand, AnAllPaddingMicroBatchAddsNothing) {
+  auto mask = torch::zeros({2, 3});
+  for (auto agg : {PgAggregation::Grpo, PgAggregation::Bnpo, PgAggregation::DrGrpo, PgAggregation::Dapo}) {
+    auto logprobs = torch::full({2, 3}, -kInf).requires_grad_(true);
+    ClippedPgOptions o;
+    o.aggregation = agg;
+    o.beta = 0.1;
+    o.max_completion_length = 3;
+    auto out = clipped_pg_loss(logprobs, torch::full({2, 3}, -kInf), torch::ones({2}), mask, o, torch::zeros({2, 3}));
+    out.loss.backward();
+    const auto what = "aggregation " + std::to_string(int(agg));
+    EXPECT_EQ(item(out.loss), 0.0) << what;
+    EXPECT_EQ(item(logprobs.grad().abs().sum()), 0.0) << what;
+    EXPECT_EQ(item(out.kl), 0.0) << what;
+    EXPECT_EQ(item(out.clip_ratio_region), 0.0) << what;
+    const bool per_sequence = agg == PgAggregation::Grpo || agg == PgAggregation::DrGrpo;
+    EXPECT_EQ(item(out.count), per_sequence ? 2.0 : agg == PgAggregation::Bnpo ? 1.0 : 0.0) << what;
+  }
+}
+
 // The normaliser contract: micro-batches given the whole batch's count (the sum of their counts) add up to the
 // whole batch's loss and gradient, for every aggregation that has a global form.
 TEST(PgGrad, MicroBatchesWithTheGlobalNormalizerAddUpToTheWholeBatch) {

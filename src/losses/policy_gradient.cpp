@@ -25,7 +25,7 @@ torch::Tensor grouped(const torch::Tensor& x, int64_t group_size, const char* fn
   check(x.defined() && x.dim() == 1 && x.size(0) > 0 && x.size(0) % group_size == 0,
         std::string(fn) + ": expected (N) with N a positive multiple of group_size " + std::to_string(group_size) +
             ", got " + shape_of(x));
-  return x.to(torch::kFloat32).view({-1, group_size});
+  return x.to(torch::kFloat32).reshape({-1, group_size});
 }
 
 void check_like_mask(const torch::Tensor& t, const torch::Tensor& mask, const char* fn, const char* name) {
@@ -39,15 +39,14 @@ void check_per_row(const torch::Tensor& t, int64_t B, const char* fn, const char
         std::string(fn) + ": " + name + " must be (B) with B = " + std::to_string(B) + ", got " + shape_of(t));
 }
 
-// TRL's nanstd: the unbiased standard deviation of the non-NaN entries, along `dim` (keepdim) or
-// over everything; NaN where fewer than two entries count.
+// TRL's nanstd: the unbiased standard deviation of the non-NaN entries along `dim` (kept as a
+// dimension of size 1), or of all entries as a scalar; NaN where fewer than two entries count.
 torch::Tensor nanstd(const torch::Tensor& x, std::optional<int64_t> dim = std::nullopt) {
-  auto dims = dim ? std::vector<int64_t>{*dim} : std::vector<int64_t>{};
-  auto mean = torch::nanmean(x, dims, /*keepdim=*/true);
-  auto var = torch::nanmean((x - mean).pow(2), dims, /*keepdim=*/true);
-  auto n = torch::isnan(x).logical_not().sum(dims, /*keepdim=*/true).to(torch::kFloat32);
-  var = torch::where(n > 1, var * n / (n - 1), std::numeric_limits<float>::quiet_NaN());
-  return dim ? var.sqrt() : var.sqrt().reshape({});
+  if (!dim) return nanstd(x.reshape({1, -1}), 1).reshape({});
+  auto mean = torch::nanmean(x, {*dim}, /*keepdim=*/true);
+  auto var = torch::nanmean((x - mean).pow(2), {*dim}, /*keepdim=*/true);
+  auto n = torch::isnan(x).logical_not().sum({*dim}, /*keepdim=*/true).to(torch::kFloat32);
+  return torch::where(n > 1, var * n / (n - 1), std::numeric_limits<float>::quiet_NaN()).sqrt();
 }
 
 // The token-level pieces every clipped loss shares: the log-ratio (0 on padding, so a padded
@@ -96,8 +95,10 @@ Clipped clipped_surrogate(const torch::Tensor& log_ratio, const torch::Tensor& A
   return c;
 }
 
-torch::Tensor share(const torch::Tensor& flags, const torch::Tensor& keep) {
-  return masked_mean(flags.expand_as(keep).to(torch::kFloat32), keep);
+// Mean of x (broadcast to keep's shape) over the real tokens; 0 when there are none, as TRL's
+// clamped counts give for a micro-batch whose completions were all masked out.
+torch::Tensor token_mean(const torch::Tensor& x, const torch::Tensor& keep) {
+  return torch::where(keep, x.to(torch::kFloat32), 0.0).sum() / keep.sum().to(torch::kFloat32).clamp_min(1.0);
 }
 
 torch::Tensor divide(const torch::Tensor& sum, const torch::Tensor& count, const std::optional<double>& normalizer,
@@ -142,10 +143,11 @@ torch::Tensor kl_penalized_scores(const torch::Tensor& scores, const torch::Tens
   check_per_row(scores, mask.size(0), "kl_penalized_scores", "scores");
   torch::NoGradGuard no_grad;
   auto keep = mask.to(logprobs.device()) != 0;
-  // Padding zeroed before the estimate: exp of a padded garbage log-ratio could overflow to inf.
+  // Padding zeroed before the estimate, so its KL is 0 (k1 and k3 of equal logprobs) and a padded
+  // -inf or garbage log-ratio never reaches exp.
   auto kl = kl_estimate(torch::where(keep, logprobs.to(torch::kFloat32), 0.0),
                         torch::where(keep, ref_logprobs.to(logprobs.device(), torch::kFloat32), 0.0), estimator);
-  return scores.to(logprobs.device(), torch::kFloat32) - beta * torch::where(keep, kl, 0.0).sum(1);
+  return scores.to(logprobs.device(), torch::kFloat32) - beta * kl.sum(1);
 }
 
 // ---- DAPO dynamic sampling ---------------------------------------------------------------
@@ -212,7 +214,7 @@ PgLossOutput clipped_pg_loss(const torch::Tensor& logprobs, const torch::Tensor&
     auto ref = torch::where(r.keep, ref_logprobs.to(r.logp.device(), torch::kFloat32), 0.0).detach();
     auto kl = kl_estimate(r.logp, ref, KlEstimator::K3);  // differentiated through logp, as GRPO
     if (options.beta != 0) per_token = per_token + options.beta * kl;
-    out.kl = masked_mean(kl.detach(), mask);
+    out.kl = token_mean(kl.detach(), r.keep);
   }
   per_token = torch::where(r.keep, per_token, 0.0);
 
@@ -240,9 +242,9 @@ PgLossOutput clipped_pg_loss(const torch::Tensor& logprobs, const torch::Tensor&
   out.loss = divide(sum, out.count, options.normalizer, fn);
 
   torch::NoGradGuard no_grad;
-  out.clip_ratio_low = share(clipped.low, r.keep);
-  out.clip_ratio_high = share(clipped.high, r.keep);
-  out.clip_ratio_region = share(clipped.low | clipped.high, r.keep);
+  out.clip_ratio_low = token_mean(clipped.low, r.keep);
+  out.clip_ratio_high = token_mean(clipped.high, r.keep);
+  out.clip_ratio_region = token_mean(clipped.low | clipped.high, r.keep);
   return out;
 }
 
