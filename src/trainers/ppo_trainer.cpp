@@ -11,6 +11,7 @@
 #include "dist/process_group.h"
 #include "formats/formats.h"
 #include "generate/generator.h"
+#include "losses/policy_gradient.h"
 #include "losses/ppo.h"
 #include "model/model.h"
 #include "model/reward_model.h"
@@ -142,6 +143,20 @@ void validate(const PpoConfig& c) {
   check(c.old_logprobs == "recompute" || c.old_logprobs == "generator",
         "ppo: old_logprobs must be recompute or generator, got '" + c.old_logprobs + "'");
   // The generator samples in float32; a bf16 update's first ratio would be off by bf16 rounding.
+  const auto& a = c.algorithm;
+  check(a == "ppo" || a == "grpo" || a == "rloo" || a == "reinforce++",
+        "ppo: algorithm must be ppo, grpo, rloo or reinforce++, got '" + a + "'");
+  check_range(c.group_size >= 1, "group_size", c.group_size, ">= 1");
+  check_range(a == "ppo" || a == "reinforce++" || c.group_size >= 2, "group_size", c.group_size,
+              ">= 2 for " + a + " (its baseline is the other samples of the prompt)");
+  check(c.rollout_batch % c.group_size == 0, "ppo: rollout_batch (" + std::to_string(c.rollout_batch) +
+                                                 ") must be a multiple of group_size (" + std::to_string(c.group_size) + ")");
+  check(c.scale_rewards == "group" || c.scale_rewards == "batch" || c.scale_rewards == "none",
+        "ppo: scale_rewards must be group, batch or none, got '" + c.scale_rewards + "'");
+  check(c.loss_type == "dapo" || c.loss_type == "grpo" || c.loss_type == "bnpo" || c.loss_type == "dr_grpo",
+        "ppo: loss_type must be dapo, grpo, bnpo or dr_grpo, got '" + c.loss_type + "'");
+  check_range(std::isfinite(c.clip_range_high) && c.clip_range_high >= 0, "clip_range_high", c.clip_range_high,
+              "a finite number >= 0 (0: clip_range)");
   check(c.frozen_weights == "f32" || c.frozen_weights == "bf16" || c.frozen_weights == "q8_0",
         "ppo: frozen_weights must be f32, bf16 or q8_0, got '" + c.frozen_weights + "'");
   check(c.frozen_weights != "q8_0" || parse_device(c.train.device).is_cpu(),
@@ -173,6 +188,10 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
                                 std::to_string(world) + ")");
   const int64_t share = cfg.rollout_batch / world, first_row = group.rank() * share;
   const auto estimator = cfg.kl_estimator == "k3" ? KlEstimator::K3 : KlEstimator::K1;
+  const auto aggregation = cfg.loss_type == "grpo"      ? PgAggregation::Grpo
+                           : cfg.loss_type == "bnpo"    ? PgAggregation::Bnpo
+                           : cfg.loss_type == "dr_grpo" ? PgAggregation::DrGrpo
+                                                        : PgAggregation::Dapo;
   torch::manual_seed(tc.seed);
   const LoadOptions lo{tc.device, tc.dtype};
 
@@ -191,9 +210,11 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
   ref.model->eval();
   for (auto& p : ref.model->parameters()) p.set_requires_grad(false);
   const uint64_t ref_fingerprint = ref.model->is_packed() ? 0 : weights_fingerprint(*ref.model);
-  ValueModel value = make_value_model(cfg, lo);
+  // A value model (critic) for PPO only; the other algorithms' baselines come from the samples.
+  const bool critic = cfg.algorithm == "ppo";
+  ValueModel value = critic ? make_value_model(cfg, lo) : ValueModel{Transformer(nullptr), {}};
   policy.model->set_checkpoint_activations(tc.checkpoint_activations);
-  value.net->set_checkpoint_activations(tc.checkpoint_activations);
+  if (critic) value.net->set_checkpoint_activations(tc.checkpoint_activations);
   const auto dev = policy.model->device();
   RewardFn reward = reward_in;
   std::shared_ptr<LoadedModel> rm;
@@ -210,8 +231,10 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
   // 2. One optimizer over policy and value parameters; the KL controller.
   AdamW::NamedParams params;
   for (auto& [n, p] : named_trainable(*policy.model)) params.emplace_back("policy." + n, p);
-  for (auto& [n, p] : named_trainable(*value.net)) params.emplace_back("value." + n, p);
-  params.emplace_back("value.score.bias", value.bias);
+  if (critic) {
+    for (auto& [n, p] : named_trainable(*value.net)) params.emplace_back("value." + n, p);
+    params.emplace_back("value.score.bias", value.bias);
+  }
   AdamW opt(params, {tc.adam_beta1, tc.adam_beta2, tc.adam_eps, tc.weight_decay, tc.adam_tf_epsilon});
   std::unique_ptr<KlController> kl_ctl;
   if (cfg.adaptive_kl) kl_ctl = std::make_unique<AdaptiveKlController>(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon);
@@ -259,8 +282,10 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
     std::vector<std::string> prompt_texts;
     std::vector<std::vector<int32_t>> prompt_ids;
     Rollout r;
+    const std::string* p_text = nullptr;
     for (int64_t i = 0; i < cfg.rollout_batch; ++i) {
-      const auto& p = prompts[rng() % prompts.size()];
+      if (i % cfg.group_size == 0) p_text = &prompts[rng() % prompts.size()];  // a group: G samples of one prompt
+      const auto& p = *p_text;
       auto ids = encode_prompt(tok, p);
       if (static_cast<int64_t>(ids.size()) > cfg.max_prompt_length)
         ids.erase(ids.begin(), ids.end() - cfg.max_prompt_length);
@@ -328,6 +353,10 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
       // The old log-probs and values under the update's precision (training_autocast), so the
       // first update's ratio starts at 1.
       auto values_part = [&] {
+        if (!critic) {
+          old_values = torch::zeros({B, r.R}, torch::TensorOptions().device(dev));
+          return;
+        }
         const auto autocast = training_autocast(tc);
         old_values = response_values(value, r, all_rows);
       };
@@ -427,7 +456,23 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
     auto shaped = per_token_rewards(old_logp, ref_logp, scores, r.response_mask, kl_ctl->value(), estimator);
     auto rewards = cfg.whiten_rewards ? masked_whiten(shaped.rewards, r.response_mask, /*shift_mean=*/false) : shaped.rewards;
     auto adv = gae(rewards, old_values, r.response_mask, cfg.gamma, cfg.lam);
-    auto advantages = masked_whiten(adv.advantages, r.response_mask);
+    // Per-token advantages (B, R) for ppo, grpo and reinforce++; per-sequence (B) for rloo.
+    torch::Tensor advantages;
+    if (cfg.algorithm == "ppo") {
+      advantages = masked_whiten(adv.advantages, r.response_mask);
+    } else if (cfg.algorithm == "grpo") {
+      const auto scaling = cfg.scale_rewards == "group"   ? RewardScaling::Group
+                           : cfg.scale_rewards == "batch" ? RewardScaling::Batch
+                                                          : RewardScaling::None;
+      advantages = grpo_advantages(scores, cfg.group_size, scaling).unsqueeze(1).expand({-1, r.R}).contiguous();
+    } else if (cfg.algorithm == "rloo") {
+      advantages = rloo_advantages(kl_penalized_scores(scores, old_logp, ref_logp, r.response_mask, kl_ctl->value(), estimator),
+                                   cfg.group_size, cfg.normalize_advantages);
+    } else {  // reinforce++
+      advantages = reinforce_pp_advantages(old_logp, ref_logp, scores, r.response_mask, kl_ctl->value(), cfg.gamma, estimator)
+                       .advantages;
+    }
+    m["objective/advantage_std"] = advantages.std().item<double>();
     const double kl = shaped.kl.sum(1).mean().item<double>();
     m["objective/kl"] = kl;
     m["objective/rlhf_reward"] = m["objective/scores"] - kl_ctl->value() * kl;
@@ -443,7 +488,7 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
     // 7. PPO epochs over minibatches reshuffled each epoch, gradient accumulation on top.
     t0 = Clock::now();
     policy.model->train();
-    value.net->train();
+    if (critic) value.net->train();
     Metrics sums;
     int64_t n_mb = 0;
     for (int64_t epoch = 0; epoch < cfg.ppo_epochs; ++epoch) {
@@ -452,6 +497,18 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
       for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[rng() % i]);
       for (int64_t mb = 0; mb < cfg.minibatches; ++mb) {
         opt.zero_grad();
+        // grpo and rloo: the whole minibatch's normaliser (tokens, sequences or micro-batches, as
+        // the aggregation counts them), over every micro-batch and rank.
+        std::optional<double> pg_normalizer;
+        if (cfg.algorithm == "rloo" || aggregation == PgAggregation::Grpo || aggregation == PgAggregation::DrGrpo) {
+          pg_normalizer = double(mb_size);
+        } else if (aggregation == PgAggregation::Bnpo) {
+          pg_normalizer = double(tc.grad_accum_steps * world);
+        } else {
+          const auto all = torch::tensor(std::vector<int64_t>(order.begin() + mb * mb_size, order.begin() + (mb + 1) * mb_size),
+                                         torch::kLong).to(dev);
+          pg_normalizer = r.response_mask.index_select(0, all).sum().item<double>();
+        }
         for (int64_t k = 0; k < tc.grad_accum_steps; ++k) {
           // This rank's share of the micro-batch; its losses (token means) are weighted by its
           // share of the micro-batch's tokens, so the sum over ranks is the whole micro-batch's.
@@ -468,9 +525,8 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
           // optimizer): their forwards and backwards run side by side on the CPU, each
           // backward giving exactly its part of the gradient of
           // pg_loss + vf_coef * vf_loss - ent_coef * entropy.
-          PolicyLossOutput pl;
           ValueLossOutput vl;
-          torch::Tensor entropy;
+          torch::Tensor entropy, pg_loss, clipfrac, log_ratio;
           const double scale = weight / double(tc.grad_accum_steps);
           auto policy_part = [&] {
             torch::Tensor logp, logits;
@@ -478,11 +534,38 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
               const auto autocast = training_autocast(tc);  // the forward pass only
               std::tie(logp, logits) = response_logprobs(policy.model, r, rows, cfg.temperature);
             }
-            pl = ppo_policy_loss(logp, old_logp.index_select(0, rows), advantages.index_select(0, rows), mask, cfg.clip_range);
+            const auto old = old_logp.index_select(0, rows), A = advantages.index_select(0, rows);
             entropy = entropy_from_logits(logits, mask);
-            ((pl.loss - cfg.ent_coef * entropy) * scale).backward();
+            log_ratio = torch::where(mask != 0, logp.detach() - old, 0.0);
+            if (cfg.algorithm == "ppo" || cfg.algorithm == "reinforce++") {
+              // Token means over this rank's part of the micro-batch, weighted by its share.
+              auto pl = ppo_policy_loss(logp, old, A, mask, cfg.clip_range);
+              pg_loss = pl.loss * scale;
+              clipfrac = pl.clipfrac * weight;
+            } else {
+              // Sums over this rank's rows divided by the whole minibatch's normaliser, so the
+              // micro-batches' and ranks' parts add up to the minibatch's loss.
+              const double high = cfg.clip_range_high > 0 ? cfg.clip_range_high : cfg.clip_range;
+              PgLossOutput pl;
+              if (cfg.algorithm == "rloo") {
+                pl = rloo_policy_loss(logp, old, A, mask, cfg.clip_range, high, pg_normalizer);
+              } else {
+                ClippedPgOptions o;
+                o.aggregation = aggregation;
+                o.epsilon_low = cfg.clip_range;
+                o.epsilon_high = high;
+                o.beta = kl_ctl->value();
+                o.max_completion_length = cfg.max_new_tokens;
+                o.normalizer = pg_normalizer;
+                pl = clipped_pg_loss(logp, old, A, mask, o, ref_logp.index_select(0, rows));
+              }
+              pg_loss = pl.loss;
+              clipfrac = pl.clip_ratio_region * weight;
+            }
+            (pg_loss - cfg.ent_coef * scale * entropy).backward();
           };
           auto value_part = [&] {
+            if (!critic) return;
             torch::Tensor vals;
             {
               const auto autocast = training_autocast(tc);
@@ -496,16 +579,19 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
           if (dev.is_cpu()) side_by_side(policy_part, value_part);
           else policy_part(), value_part();
           if (epoch == 0 && mb == 0 && k == 0) {
-            const double off = std::max(std::abs(pl.ratio_max.item<double>() - 1), std::abs(pl.ratio_min.item<double>() - 1));
+            const double off = (log_ratio.exp() - 1).abs().max().item<double>();
             check(off <= cfg.logprob_tolerance, "ppo: the probability ratio on the first minibatch is not 1 (off by " +
                                                     std::to_string(off) + "): rollout and update see different models");
           }
-          sums["loss/policy"] += weight * pl.loss.item<double>();
-          sums["loss/value"] += weight * vl.loss.item<double>();
-          sums["policy/clipfrac"] += weight * pl.clipfrac.item<double>();
-          sums["policy/approxkl"] += weight * pl.approxkl.item<double>();
-          sums["val/clipfrac"] += weight * vl.clipfrac.item<double>();
+          // Each figure summed so that dividing by the micro-steps gives the minibatches' mean.
+          sums["loss/policy"] += pg_loss.item<double>() * double(tc.grad_accum_steps);
+          sums["policy/clipfrac"] += clipfrac.item<double>();
+          sums["policy/approxkl"] += weight * 0.5 * masked_mean(log_ratio.pow(2), mask).item<double>();
           sums["policy/entropy_avg"] += weight * entropy.item<double>();
+          if (critic) {
+            sums["loss/value"] += weight * vl.loss.item<double>();
+            sums["val/clipfrac"] += weight * vl.clipfrac.item<double>();
+          }
           ++n_mb;
         }
         std::vector<double> none;
@@ -523,11 +609,12 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
       for (auto& [k, x] : sums) x = v[i++];
     }
     for (const auto& [k, v] : sums) m[k] = v / double(n_mb);
-    m["val/explained_variance"] = explained_variance(old_values, adv.returns, r.response_mask).item<double>();
+    if (critic) m["val/explained_variance"] = explained_variance(old_values, adv.returns, r.response_mask).item<double>();
     m["time/training_s"] = seconds_since(t0);
     kl_ctl->update(kl, cfg.rollout_batch);
 
-    for (const char* k : {"loss/policy", "loss/value", "objective/kl"}) check_finite(m[k], k, it + 1, run);
+    for (const char* k : {"loss/policy", "objective/kl"}) check_finite(m[k], k, it + 1, run);
+    if (critic) check_finite(m["loss/value"], "loss/value", it + 1, run);
     if (group.is_main()) run.log(m);
     last = m;
     char figures[96];

@@ -15,6 +15,23 @@ namespace rlhf {
 
 struct PpoConfig {
   TrainConfig train;               // model = the policy; train_data = prompts JSONL; max_steps = PPO iterations
+  // The policy-gradient algorithm on the same rollout, scoring and update loop:
+  //   "ppo"          GAE over a value model's estimates, KL in the per-token rewards (below)
+  //   "grpo"         group-relative advantages (group_size samples a prompt), no value model, the
+  //                  k3 KL to the reference as a loss term (kl_coef; 0 leaves it out), loss_type
+  //                  and scale_rewards as TRL's GRPOTrainer (Dr. GRPO: loss_type dr_grpo,
+  //                  scale_rewards none; DAPO: loss_type dapo, clip_range_high 0.28)
+  //   "rloo"         leave-one-out baseline within each group, the KL folded into the score, one
+  //                  importance ratio per sequence (TRL's RLOOTrainer)
+  //   "reinforce++"  PPO's per-token rewards, their returns as advantages whitened over the
+  //                  whole batch, no value model (OpenRLHF's REINFORCE++)
+  // losses/policy_gradient.h has the math of each.
+  std::string algorithm = "ppo";
+  int64_t group_size = 1;          // samples per prompt (>= 2 for grpo and rloo); rollout_batch counts samples
+  std::string scale_rewards = "group";  // grpo: divide by the group's std, the batch's, or none
+  std::string loss_type = "dapo";  // grpo: dapo, grpo, bnpo or dr_grpo aggregation
+  double clip_range_high = 0;      // grpo, rloo: upper clip epsilon; 0 = clip_range
+  bool normalize_advantages = false;  // rloo: whiten the advantages over the batch
   std::string reward_model;        // reward model folder (rlhf rm train); required on the CLI
   std::string value_model;         // empty: the reward model (head included, its normalisation folded in), else the policy with a zero head
   int64_t rollout_batch = 16;      // prompts (= responses) per PPO iteration
@@ -55,6 +72,12 @@ struct PpoConfig {
   template <class V>
   void visit(V&& v) {
     visit_train_fields(train, v);
+    v("algorithm", algorithm, "ppo, grpo, rloo or reinforce++ (the advantage and loss; the rest of the loop is shared)");
+    v("group_size", group_size, "Samples per prompt (grpo and rloo need >= 2; rollout_batch counts samples)");
+    v("scale_rewards", scale_rewards, "grpo: scale the group-centred rewards by the group's std, the batch's, or none");
+    v("loss_type", loss_type, "grpo: how token losses are averaged: dapo (over the minibatch's tokens), grpo, bnpo or dr_grpo");
+    v("clip_range_high", clip_range_high, "grpo, rloo: upper ratio clip epsilon (DAPO's clip-higher: 0.28); 0 = clip_range");
+    v("normalize_advantages", normalize_advantages, "rloo: whiten the leave-one-out advantages over the batch");
     v("reward_model", reward_model, "Reward model folder (from rlhf rm train)");
     v("value_model", value_model, "Value model init: empty = the reward model; 'policy' = the policy with a zero head");
     v("rollout_batch", rollout_batch, "Prompts (responses) per PPO iteration");

@@ -11,6 +11,7 @@
 #include "../test_util.h"
 #include "core/io.h"
 #include "formats/formats.h"
+#include "formats/safetensors.h"
 #include "model/model.h"
 #include "feedback/labeler.h"
 #include "trainers/ppo_trainer.h"
@@ -100,6 +101,37 @@ TEST(Ppo, ToyRewardGoesUpWithFiniteKl) {
   auto again = load_model(stories()).model->weights();
   for (const auto& [name, t] : before) EXPECT_TRUE(torch::equal(t, again.at(name))) << name;
 }
+
+// The critic-free algorithms on the same loop and toy reward: 4 prompts x 4 samples an
+// iteration, no value model; each raises the lexicon score.
+class PpoAlgorithms : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(PpoAlgorithms, ToyRewardGoesUp) {
+  test::TempDir tmp;
+  auto cfg = toy_config(tmp, "run");
+  cfg.algorithm = GetParam();
+  cfg.group_size = 4;
+  cfg.kl_coef = 0.02;
+  auto final_metrics = train_ppo(cfg, false, lexicon_reward());
+  EXPECT_EQ(final_metrics.at("ref/unchanged"), 1.0);
+  auto m = metrics_of(tmp / "run");
+  ASSERT_EQ(m.size(), 12u);
+  const double first = (m[0]["objective/scores"].get<double>() + m[1]["objective/scores"].get<double>()) / 2;
+  const double last = (m[10]["objective/scores"].get<double>() + m[11]["objective/scores"].get<double>()) / 2;
+  EXPECT_GT(last, first + 0.5) << GetParam() << ": first " << first << " last " << last;
+  for (const auto& row : m) {
+    EXPECT_TRUE(std::isfinite(row["loss/policy"].get<double>()));
+    EXPECT_FALSE(row.contains("loss/value"));  // no critic
+    EXPECT_GT(row["objective/advantage_std"].get<double>(), 0.0);
+  }
+  // No value model in the checkpoint: the policy's parameters only.
+  const auto ck = read_safetensors(tmp / "run" / "checkpoint" / "model.safetensors");
+  ASSERT_FALSE(ck.empty());
+  for (const auto& [name, t] : ck) EXPECT_EQ(name.rfind("value.", 0), std::string::npos) << name;
+}
+
+INSTANTIATE_TEST_SUITE_P(CriticFree, PpoAlgorithms, ::testing::Values("grpo", "rloo", "reinforce++"),
+                         [](const auto& info) { return info.param == "reinforce++" ? std::string("reinforce_pp") : info.param; });
 
 TEST(Ppo, ResumeEqualsAnUninterruptedRun) {
   test::TempDir tmp;
@@ -402,4 +434,18 @@ TEST(Ppo, LengthPenaltyMustBeFinite) {
   auto cfg = one_step(tmp, "nan");
   cfg.length_penalty = std::nan("");
   EXPECT_NE(error_of([&] { train_ppo(cfg, false, count_reward(5)); }).find("length_penalty"), std::string::npos);
+}
+
+TEST(Ppo, AlgorithmSettingsAreChecked) {
+  test::TempDir tmp;
+  auto cfg = one_step(tmp, "bad");
+  cfg.algorithm = "a2c";
+  EXPECT_NE(error_of([&] { train_ppo(cfg, false, count_reward(5)); }).find("algorithm must be"), std::string::npos);
+  cfg.algorithm = "grpo";
+  EXPECT_NE(error_of([&] { train_ppo(cfg, false, count_reward(5)); }).find(">= 2 for grpo"), std::string::npos);
+  cfg.group_size = 4;  // rollout_batch 6
+  EXPECT_NE(error_of([&] { train_ppo(cfg, false, count_reward(5)); }).find("multiple of group_size"), std::string::npos);
+  cfg.group_size = 2;
+  cfg.loss_type = "sum";
+  EXPECT_NE(error_of([&] { train_ppo(cfg, false, count_reward(5)); }).find("loss_type must be"), std::string::npos);
 }
