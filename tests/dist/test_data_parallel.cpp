@@ -114,7 +114,9 @@ TEST(DataParallelResume, ARunResumesOnAnotherNumberOfRanks) {
   expect_same_run(dir / "whole", dir / "split", 4);
 }
 
-TEST(DataParallelPpo, TwoRanksEqualOneProcess) {
+class DataParallelPpo : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(DataParallelPpo, TwoRanksEqualOneProcess) {
   // Rollouts of 8 (4 generated and scored per rank), gathered; 2 minibatches of 2 micro-batches
   // of 2 rows, one per rank. The same metrics (scores and entropies of the samples, KL, losses,
   // clip fractions) and weights. (Responses run to the length limit, so the missing-EOS penalty
@@ -128,15 +130,23 @@ TEST(DataParallelPpo, TwoRanksEqualOneProcess) {
   const std::string args = "ppo --model " + stories() + " --reward-model " + (dir / "rm" / "model").string() +
                            " --train-data " + (dir / "sft.jsonl").string() +
                            " --rollout-batch 8 --minibatches 2 --grad-accum-steps 2 --ppo-epochs 2 --max-steps 2 "
-                           "--max-new-tokens 12 --penalize-missing-eos false --lr 0.0003 --adaptive-kl true --progress false --run-dir ";
+                           "--max-new-tokens 12 --penalize-missing-eos false --lr 0.0003 --adaptive-kl true --progress false " +
+                           (GetParam() == "ppo" ? "" : "--algorithm " + GetParam() + " --group-size 2 ") + "--run-dir ";
   auto one = test::run_cli(args + (dir / "one").string());
   ASSERT_EQ(one.exit_code, 0) << one.output;
   auto two = test::run_cli("launch --nproc 2 -- " + std::string(RLHF_CLI_PATH) + " " + args + (dir / "two").string());
   ASSERT_EQ(two.exit_code, 0) << two.output;
-  expect_same_run(dir / "one", dir / "two", 2,
-                  {"objective/scores", "objective/entropy", "objective/kl", "kl_coef", "response_length", "loss/policy", "loss/value",
-                   "policy/clipfrac", "policy/approxkl", "policy/entropy_avg", "val/explained_variance"});
+  std::vector<std::string> keys{"objective/scores", "objective/entropy", "objective/kl", "kl_coef", "response_length",
+                                "objective/advantage_std", "loss/policy", "policy/clipfrac", "policy/approxkl",
+                                "policy/entropy_avg"};
+  if (GetParam() == "ppo") keys.insert(keys.end(), {"loss/value", "val/explained_variance"});
+  expect_same_run(dir / "one", dir / "two", 2, keys);
 }
+
+// grpo: groups of 2 samples, the advantages over the gathered rollout, the loss normalized by the
+// whole minibatch's tokens.
+INSTANTIATE_TEST_SUITE_P(Algorithms, DataParallelPpo, ::testing::Values("ppo", "grpo"));
+
 
 TEST(DataParallelChecks, BatchesMustSplitOverRanks) {
   test::TempDir dir;
