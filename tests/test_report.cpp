@@ -100,6 +100,9 @@ TEST(Report, PpoRunHasOnePlotPerMetricWithOnePointPerFiniteValue) {
   EXPECT_EQ(html.find("nan"), std::string::npos);
   EXPECT_EQ(lower(html).find("<script"), std::string::npos);
   EXPECT_NE(html.find("PPO run"), std::string::npos);
+  // A run of another algorithm on the PPO loop is titled by its config's `algorithm`.
+  write_file_atomic(tmp / "config.toml", "seed = 0\nalgorithm = \"grpo\"\n");
+  EXPECT_NE(read_file(write_report(tmp.path)).find("GRPO run"), std::string::npos);
 }
 
 TEST(Report, ReadMetricLogKeepsNullsAsNanAndUsesStepOrRecordNumber) {

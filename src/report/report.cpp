@@ -46,6 +46,7 @@ constexpr Titled kOtherTitles[] = {
     {"policy/entropy_avg", "Entropy per token (nats)"},
     {"policy/approxkl", "Approximate KL of the update"},
     {"val/clipfrac", "Value clip fraction"},
+    {"objective/advantage_std", "Standard deviation of the advantages"},
     {"val/explained_variance", "Explained variance of the values"},
     {"grad_norm", "Gradient norm"},
     {"lr", "Learning rate"},
@@ -54,6 +55,22 @@ constexpr Titled kOtherTitles[] = {
     {"eval/margin", "Held-out reward margin"},
     {"eval/perplexity", "Held-out perplexity"},
 };
+
+// The policy-gradient algorithm of a PPO-loop run, from its config.toml (`algorithm = "grpo"`),
+// upper-cased for headings: "PPO" when the file or the line is missing.
+std::string policy_algorithm(const fs::path& run) {
+  if (fs::exists(run / "config.toml")) {
+    std::istringstream in(read_file(run / "config.toml"));
+    for (std::string line; std::getline(in, line);) {
+      const auto q = line.find('"');
+      if (line.rfind("algorithm", 0) != 0 || q == std::string::npos) continue;
+      std::string name = line.substr(q + 1, line.find('"', q + 1) - q - 1);
+      for (auto& c : name) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+      if (!name.empty()) return name;
+    }
+  }
+  return "PPO";
+}
 
 std::string title_of(const std::string& metric) {
   for (const auto& t : kHeadline)
@@ -297,7 +314,7 @@ std::string pipeline_body(const fs::path& run) {
   if (fs::exists(run / "ppo" / "metrics.jsonl")) {
     std::vector<size_t> skipped;
     const auto log = read_metric_log(run / "ppo" / "metrics.jsonl", &skipped);
-    if (!log.empty()) o += "<h2>PPO</h2>\n" + curves_html(log, run / "ppo" / "metrics.jsonl", skipped);
+    if (!log.empty()) o += "<h2>" + policy_algorithm(run / "ppo") + "</h2>\n" + curves_html(log, run / "ppo" / "metrics.jsonl", skipped);
   }
   std::string rm;
   json result;
@@ -323,7 +340,7 @@ std::string trainer_body(const fs::path& run, std::string& kind) {
   std::vector<size_t> skipped;
   const auto log = read_metric_log(run / "metrics.jsonl", &skipped);
   if (log.empty()) return "";
-  kind = log.count("objective/kl") ? "PPO run" : log.count("rewards/margins") ? "DPO run" : log.count("margin") ? "reward-model run" : "training run";
+  kind = log.count("objective/kl") ? policy_algorithm(run) + " run" : log.count("rewards/margins") ? "DPO run" : log.count("margin") ? "reward-model run" : "training run";
   std::string o = "<h2>Training curves</h2>\n";
   if (auto last = last_finite(log, "eval/accuracy")) o += accuracy_line(last->second, "step " + fmt_value(last->first));
   return o + curves_html(log, run / "metrics.jsonl", skipped);
