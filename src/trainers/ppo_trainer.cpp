@@ -141,6 +141,9 @@ void validate(const PpoConfig& c) {
               "a finite number >= 0");
   // PPO runs its own loop (not train/train_loop.h's): N ranks would be N copies of one run.
   check(dist_env_from_environment().world == 1, "ppo: PPO does not run data-parallel yet (WORLD_SIZE > 1); run one process");
+  // Dropout would make the update's model differ from the rollout's (eval mode) one: the first
+  // minibatch's ratio guard would fail.
+  check(c.train.lora_dropout == 0, "ppo: lora_dropout must be 0 (the rollout and the update must see the same model)");
   check(c.old_logprobs == "recompute" || c.old_logprobs == "generator",
         "ppo: old_logprobs must be recompute or generator, got '" + c.old_logprobs + "'");
   // The generator samples in float32; a bf16 update's first ratio would be off by bf16 rounding.
@@ -163,15 +166,19 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
   torch::manual_seed(tc.seed);
   const LoadOptions lo{tc.device, tc.dtype};
 
-  // 1. Policy, frozen reference (eval mode, no gradients), value model, reward.
+  // 1. Policy, frozen reference (eval mode, no gradients), value model, reward. With LoRA the
+  // reference is the policy itself with its adapters off (LoraDisabled): no second copy.
   auto policy = load_model(tc.model, lo);
   check(policy.tokenizer != nullptr, tc.model + ": no tokenizer found with the model");
   const Tokenizer& tok = *policy.tokenizer;
-  auto ref = load_model(tc.model, lo);
+  apply_lora(policy.model, tc);
+  auto ref = tc.lora_r > 0 ? LoadedModel{policy.config, policy.model, nullptr} : load_model(tc.model, lo);
   ref.model->eval();
-  for (auto& p : ref.model->parameters()) p.set_requires_grad(false);
-  const uint64_t ref_fingerprint = weights_fingerprint(*ref.model);
+  if (tc.lora_r == 0)
+    for (auto& p : ref.model->parameters()) p.set_requires_grad(false);
+  const uint64_t ref_fingerprint = weights_fingerprint(*ref.model);  // the base weights (adapters aside)
   ValueModel value = make_value_model(cfg, lo);
+  apply_lora(value.net, tc, {"score"});
   policy.model->set_checkpoint_activations(tc.checkpoint_activations);
   value.net->set_checkpoint_activations(tc.checkpoint_activations);
   const auto dev = policy.model->device();
@@ -308,6 +315,7 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
       };
       auto ref_part = [&] {
         const auto autocast = training_autocast(tc);
+        const LoraDisabled base_only;  // with LoRA, the reference is the policy's base
         ref_logp = response_logprobs(ref.model, r, all_rows, cfg.temperature).first;
       };
       if (dev.is_cpu()) {
