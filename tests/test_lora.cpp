@@ -175,8 +175,9 @@ TEST(Lora, OnlyAdaptersAndModulesToSaveGetGradients) {
   for (const auto& p : m->named_parameters()) {
     const bool trains = trainable.contains(p.key());
     EXPECT_EQ(p.value().grad().defined(), trains) << p.key();
-    if (trains && p.key().find("lora_B") != std::string::npos)  // A's gradient is 0 while B = 0
+    if (trains && p.key().find("lora_B") != std::string::npos) {  // A's gradient is 0 while B = 0
       EXPECT_GT(p.value().grad().abs().sum().item<double>(), 0.0) << p.key();
+    }
   }
   const auto saved = lora_weights(*m);
   EXPECT_TRUE(saved.contains("base_model.model.score.weight"));
@@ -341,7 +342,9 @@ TEST(LoraTraining, SftTrainsAdaptersOnlyAndExportsTheMergedModelAndTheAdapter) {
   for (const auto& [name, w] : want) {
     EXPECT_TRUE(torch::equal(got.at(name), w)) << name;
     const bool adapted = name.find("_proj.weight") != std::string::npos;
-    if (!adapted) EXPECT_TRUE(torch::equal(got.at(name), base_w.at(name))) << name;
+    if (!adapted) {
+      EXPECT_TRUE(torch::equal(got.at(name), base_w.at(name))) << name;
+    }
     changed += adapted && !torch::equal(got.at(name), base_w.at(name));
   }
   EXPECT_EQ(changed, 5 * 7);  // every projection of stories260K's 5 layers

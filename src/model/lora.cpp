@@ -82,7 +82,7 @@ torch::Tensor LoraAdapterImpl::forward(const torch::Tensor& x) {
   return F::linear(F::linear(h, lora_A), lora_B) * scale;
 }
 
-torch::Tensor LoraAdapterImpl::delta() {
+torch::Tensor LoraAdapterImpl::delta() const {
   torch::NoGradGuard no_grad;
   return torch::matmul(lora_B.to(torch::kFloat32), lora_A.to(torch::kFloat32)) * scale;
 }

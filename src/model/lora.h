@@ -40,7 +40,7 @@ class LoraAdapterImpl : public torch::nn::Module {
  public:
   LoraAdapterImpl(int64_t in, int64_t offset, int64_t rows, const LoraConfig& c, const torch::TensorOptions& options);
   torch::Tensor forward(const torch::Tensor& x);  // (..., in) -> (..., rows): scale * B A dropout(x)
-  torch::Tensor delta();                          // (rows, in) float32: scale * B A, the update of the weight
+  torch::Tensor delta() const;                    // (rows, in) float32: scale * B A, the update of the weight
   torch::Tensor lora_A;  // (r, in), kaiming-uniform (a = sqrt(5)) as PEFT
   torch::Tensor lora_B;  // (rows, r), zeros
   int64_t offset, rows;

@@ -24,7 +24,7 @@ BUILD = Path(os.environ.get("RLHF_BUILD", REPO / "build"))
 RLHF = BUILD / "bin" / "rlhf"
 LOGITS = BUILD / "bin" / "rlhf_logits_tool"
 DATA = Path(os.environ.get("RLHF_DATA", REPO.parent / "shared" / "data"))
-IDS = [[1, 403, 407, 261, 378, 426, 306, 263, 385, 262, 500, 412], [1, 365, 411, 344, 297, 433, 276, 292, 46, 2]]
+IDS = [[1, 403, 407, 261, 378, 426, 306, 263, 385, 262, 500, 412], [1, 365, 411, 344, 297, 433, 276, 292, 46, 77]]  # no pad or EOS id: a classifier reads the last token
 TOL = 1e-4
 
 
@@ -106,13 +106,23 @@ def main():
         lcfg = peft.LoraConfig(r=3, lora_alpha=7, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
                                init_lora_weights=False, task_type="CAUSAL_LM")
         theirs = peft.get_peft_model(base_model(), lcfg).eval()
+        with torch.no_grad():  # B as small as a trained adapter's: logits move by O(1), not O(10)
+            for name, p in theirs.named_parameters():
+                if "lora_B" in name:
+                    p.mul_(0.05)
         theirs.save_pretrained(tmp / "peft_adapter")
         want = hf_logits(theirs)
         assert max_gap(want, base_logits) > 1e-2
         run(RLHF, "lora", "merge", "--base", base, "--adapter", tmp / "peft_adapter", "--out", tmp / "merged")
         gap = max_gap(our_logits(tmp / "merged"), want)
         assert gap < TOL, f"peft's adapter merged by us: logits differ by {gap}"
-        print(f"peft adapter merged by rlhf lora merge == peft (max |diff| {gap:.2e})")
+        # Our merged weights are peft's merge_and_unload() ones.
+        ours_sd = transformers.AutoModelForCausalLM.from_pretrained(tmp / "merged", dtype=torch.float32).state_dict()
+        theirs_sd = theirs.merge_and_unload().state_dict()
+        assert set(ours_sd) == set(theirs_sd), sorted(set(ours_sd) ^ set(theirs_sd))
+        wgap = max(float((ours_sd[k] - theirs_sd[k]).abs().max()) for k in ours_sd)
+        assert wgap < 1e-6, f"merged weights differ from peft's merge_and_unload by {wgap}"
+        print(f"peft adapter merged by rlhf lora merge == peft (logits max |diff| {gap:.2e}, weights {wgap:.1e})")
 
 
 if __name__ == "__main__":
