@@ -1,6 +1,7 @@
 #include "model/model.h"
 
 #include "core/error.h"
+#include "formats/peft.h"
 
 namespace rlhf {
 
@@ -56,6 +57,20 @@ LoadedModel load_model(const std::filesystem::path& path, const LoadOptions& opt
   return out;
 } catch (...) {
   rethrow_naming(path.string());  // std::bad_alloc and the like name the file too
+}
+
+LoadedModel load_model_with_adapter(const std::filesystem::path& path, const std::filesystem::path& adapter_dir,
+                                    const LoadOptions& options) {
+  auto adapter = read_peft_adapter(adapter_dir);
+  check(adapter.task_type == "CAUSAL_LM",
+        adapter_dir.string() + ": a " + adapter.task_type +
+            " adapter (a reward or value model's); only language-model (CAUSAL_LM) adapters are loaded onto a base");
+  LoadOptions f32 = options;
+  f32.weights = "f32";
+  auto lm = load_model(path, f32);
+  attach_lora(*lm.model, adapter.config);
+  load_lora_weights(*lm.model, adapter.weights, (adapter_dir / "adapter_model.safetensors").string());
+  return lm;
 }
 
 }  // namespace rlhf

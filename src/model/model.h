@@ -32,6 +32,11 @@ struct LoadedModel {
 
 // Reads any supported format (HF folder, .gguf, llama2.c .bin) into an eval-mode model.
 LoadedModel load_model(const std::filesystem::path& path, const LoadOptions& options = {});
+// load_model (float32 matrices), then a language model's LoRA adapter folder (formats/peft.h)
+// attached on top: ready to run, or to merge (merged_weights, model/lora.h). Error for a
+// reward model's (SEQ_CLS) adapter: its run writes the merged model itself.
+LoadedModel load_model_with_adapter(const std::filesystem::path& path, const std::filesystem::path& adapter_dir,
+                                    const LoadOptions& options = {});
 
 torch::Device parse_device(const std::string& name);  // Error for unknown / unavailable
 torch::Dtype parse_dtype(const std::string& name);    // Error for unsupported names

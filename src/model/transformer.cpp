@@ -112,12 +112,27 @@ ProjectionImpl::ProjectionImpl(int64_t in, int64_t out, bool has_bias, bool pack
 }
 
 torch::Tensor ProjectionImpl::forward(const torch::Tensor& x) {
+  torch::Tensor y;
   if (packed_.defined()) {
     check_inference(packed_, x);
-    return packed_linear(x, packed_, bias);
+    y = packed_linear(x, packed_, bias);
+  } else if (own_kernel_applies(x, weight)) {
+    y = packed_linear(x, float_view(weight), bias);
+  } else {
+    y = F::linear(x, weight, bias);
   }
-  if (own_kernel_applies(x, weight)) return packed_linear(x, float_view(weight), bias);
-  return F::linear(x, weight, bias);
+  if (lora_.empty() || !lora_enabled()) return y;
+  // Each adapter adds to its rows in place: the base product's backward needs x and W, not y.
+  for (auto& [target, adapter] : lora_) y.narrow(-1, adapter->offset, adapter->rows).add_(adapter(x));
+  return y;
+}
+
+void ProjectionImpl::add_lora(const std::string& target, LoraAdapter adapter) {
+  check(adapter->offset >= 0 && adapter->offset + adapter->rows <= weight.size(0),
+        "add_lora: rows [" + std::to_string(adapter->offset) + ", " + std::to_string(adapter->offset + adapter->rows) +
+            ") outside a " + shape_str(weight.sizes()) + " projection");
+  adapter->train(is_training());  // a new module starts in training mode, whatever the model's
+  lora_.emplace_back(target, register_module("lora_" + target, adapter));
 }
 
 void ProjectionImpl::set_packed(PackedWeight w) {
@@ -434,6 +449,7 @@ TensorMap canonical_parameters(torch::nn::Module& m, const ModelConfig& cfg) {
   TensorMap out;
   for (const auto& p : m.named_parameters()) {
     const std::string& name = p.key();
+    if (is_lora_parameter(name)) continue;  // adapters are not weights of the model (model/lora.h)
     auto cut = [&](const std::string& fused) { return name.find(fused) != std::string::npos; };
     if (cut("self_attn.qkv_proj.")) {
       auto prefix = name.substr(0, name.find("qkv_proj.")), suffix = name.substr(name.rfind('.'));

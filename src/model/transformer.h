@@ -10,6 +10,7 @@
 #include "kernels/attention_kernel.h"
 #include "kernels/packed_linear.h"
 #include "model/config.h"
+#include "model/lora.h"
 #include "model/tensor_map.h"
 
 namespace rlhf {
@@ -62,10 +63,15 @@ class ProjectionImpl : public torch::nn::Module {
   void set_packed(PackedWeight w);  // releases the float weight's memory
   void unpack();                    // the packed weight, dequantized, becomes the float parameter again
   const PackedWeight& packed() const { return packed_; }
+  // A LoRA adapter (model/lora.h) on the rows of the output that HF module `target` ("q_proj")
+  // owns; registered as the submodule "lora_<target>". Forward adds it unless LoraDisabled.
+  void add_lora(const std::string& target, LoraAdapter adapter);
+  const std::vector<std::pair<std::string, LoraAdapter>>& lora() const { return lora_; }
   torch::Tensor weight;  // (out, in)
   torch::Tensor bias;    // (out), or undefined
  private:
   PackedWeight packed_;  // undefined unless packed
+  std::vector<std::pair<std::string, LoraAdapter>> lora_;  // by target, in the order added
 };
 TORCH_MODULE(Projection);
 
@@ -159,13 +165,15 @@ class TransformerImpl : public torch::nn::Module {
   // they are when they are in its format, else they are dequantized (and repacked).
   void load_weights(const TensorMap& weights, const std::string& source,
                     const std::map<std::string, PackedWeight>& packed = {});
-  TensorMap weights();               // canonical name -> parameter (shares storage); Error when packed
+  TensorMap weights();               // canonical name -> parameter (shares storage), LoRA adapters aside; Error when packed
   bool is_packed() const { return matrices_ != WeightFormat::F32; }
   WeightFormat matrix_format() const { return matrices_; }
   void unpack();  // packed matrices -> float32 parameters (dequantized); the model can train and save again
   // Bytes of the projection and LM-head matrices as held: what one decoding step reads.
   int64_t matrix_bytes() const;
   const ModelConfig& config() const { return cfg_; }
+  // The LoRA adapters attached (attach_lora, model/lora.h); r = 0: none.
+  const LoraConfig& lora() const { return lora_; }
   // Activation checkpointing: while gradients are on, each block keeps only its input and is
   // recomputed in the backward pass (model/checkpoint.h). Off by default.
   void set_checkpoint_activations(bool on) { checkpoint_activations_ = on; }
@@ -176,6 +184,8 @@ class TransformerImpl : public torch::nn::Module {
   ModelConfig cfg_;
   bool checkpoint_activations_ = false;
   WeightFormat matrices_ = WeightFormat::F32;
+  LoraConfig lora_;
+  friend void attach_lora(TransformerImpl& model, const LoraConfig& c);
   Body model{nullptr};
   Projection lm_head{nullptr};         // null when tied to embed_tokens or a classifier
   torch::nn::Linear score{nullptr};    // (num_labels, C) classification head, or null

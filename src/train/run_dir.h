@@ -4,6 +4,7 @@
 //   metrics.jsonl   one JSON line per step (optimizer step, or PPO iteration)
 //   checkpoint/     model.safetensors, optimizer.safetensors, state.json {step, config, extra}
 //   model/          the trained model (written by the trainer at the end)
+//   adapter/        with LoRA: the adapter in PEFT's layout (model/ then holds it merged)
 // Checkpoints are crash-safe: a new one is written complete (state.json last, every file and
 // folder synced) into checkpoint.tmp/, then swapped in through checkpoint.old/; a run killed at
 // any moment, even inside a save, resumes from the newest complete checkpoint, and metrics
@@ -62,6 +63,10 @@ class RunDir {
   int64_t last_checkpoint_step() const { return last_saved_; }
   const std::filesystem::path& path() const { return dir_; }
   std::filesystem::path model_dir() const { return dir_ / "model"; }
+  // adapter/ beside a run's model/ (trainers export through the model folder they are given).
+  static std::filesystem::path adapter_dir_beside(const std::filesystem::path& model_dir) {
+    return model_dir.parent_path() / "adapter";
+  }
 
  private:
   std::filesystem::path dir_;

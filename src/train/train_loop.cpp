@@ -46,6 +46,30 @@ void validate(const TrainConfig& c) {
   check(c.precision == "float32" || c.precision == "bf16", "precision must be float32 or bf16, got '" + c.precision + "'");
   check(c.precision != "bf16" || c.dtype == "float32",
         "precision = bf16 needs dtype = float32 (its master weights), got dtype = '" + c.dtype + "'");
+  check_range(c.lora_r >= 0, "lora_r", c.lora_r, ">= 0 (0: full fine-tuning)");
+  if (c.lora_r > 0) {
+    check_range(finite(c.lora_alpha) && c.lora_alpha > 0, "lora_alpha", c.lora_alpha, "a finite number > 0");
+    check_range(c.lora_dropout >= 0 && c.lora_dropout < 1, "lora_dropout", c.lora_dropout, "in [0, 1)");
+    parse_lora_targets(c.lora_target_modules);
+    // A checkpointed block is run twice (model/checkpoint.h): a second dropout mask would
+    // differentiate another function than the one that gave the loss.
+    check(c.lora_dropout == 0 || !c.checkpoint_activations,
+          "lora_dropout > 0 does not go with checkpoint_activations (the recomputed block would draw another "
+          "dropout mask); set one of them off");
+  }
+}
+
+LoraConfig lora_config(const TrainConfig& c) {
+  LoraConfig out;
+  out.r = c.lora_r;
+  if (c.lora_r == 0) return out;
+  out.alpha = c.lora_alpha;
+  out.dropout = c.lora_dropout;
+  out.target_modules = parse_lora_targets(c.lora_target_modules);
+  std::error_code ec;
+  const auto abs = std::filesystem::absolute(c.model, ec);
+  out.base_model = ec ? c.model : abs.lexically_normal().string();
+  return out;
 }
 
 Autocast training_autocast(const TrainConfig& c) { return Autocast(torch::Device(c.device), c.precision == "bf16"); }
@@ -125,6 +149,9 @@ Metrics TrainLoop::run(const TrainHooks& hooks, bool resume, int64_t stop_after)
   for (int64_t step = start; step < total_steps_; ++step) {
     const auto ts = std::chrono::steady_clock::now();
     std::optional<StepProfiler> profile(std::in_place, step + 1);  // RLHF_PROFILE=N (train/profile.h)
+    // Randomness in the step (LoRA's dropout) is a function of (seed, step, rank), as the data
+    // order is: a resumed run draws what an uninterrupted one would.
+    torch::manual_seed(static_cast<uint64_t>(cfg_.seed) * 1000003ull + static_cast<uint64_t>(step * group_.world() + group_.rank()));
     const auto batch = step_examples(step);
     const double count = hooks.count(batch);  // of the whole batch, on every rank
     check(count > 0, "step " + std::to_string(step + 1) + ": the batch has nothing to train on");

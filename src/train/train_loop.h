@@ -22,6 +22,7 @@
 #include "dist/gradient_reducer.h"
 #include "dist/process_group.h"
 #include "model/autocast.h"
+#include "model/lora.h"
 #include "train/optimizer.h"
 #include "train/run_dir.h"
 
@@ -57,6 +58,11 @@ struct TrainConfig {
   bool skip_bad = false;
   bool progress = true;
   double dist_bucket_mb = 25.0;      // data-parallel: gradient all-reduce bucket size
+  // LoRA (model/lora.h): with lora_r > 0 only the adapters train; the base stays frozen.
+  int64_t lora_r = 0;
+  double lora_alpha = 16.0;
+  double lora_dropout = 0.0;
+  std::string lora_target_modules = "q_proj,v_proj";
 };
 
 template <class V>
@@ -96,7 +102,18 @@ void visit_train_fields(TrainConfig& c, V&& v) {
   v("dist_bucket_mb", c.dist_bucket_mb,
     "Data-parallel runs: MiB of gradients per all-reduce bucket; each bucket is sent as soon as its gradients are "
     "final, overlapping the rest of the backward pass");
+  v("lora_r", c.lora_r,
+    "LoRA rank: > 0 trains low-rank adapters on the frozen model instead of all of it (RUN_DIR/adapter: the "
+    "adapter in PEFT's layout; RUN_DIR/model: the model with it merged); 0: full fine-tuning");
+  v("lora_alpha", c.lora_alpha, "LoRA alpha: the adapters' update is scaled by lora_alpha / lora_r");
+  v("lora_dropout", c.lora_dropout, "Dropout on the LoRA adapters' input while training");
+  v("lora_target_modules", c.lora_target_modules,
+    "Projections that get adapters, comma-separated: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, "
+    "down_proj, or all-linear (all of them)");
 }
+
+// The LoRA settings of the shared fields (r = 0: none); base_model is `model`.
+LoraConfig lora_config(const TrainConfig& c);
 
 // Range checks of the shared fields (an Error naming the field and the value): a NaN or
 // negative lr, zero epochs or an eval_fraction of 1.5 stop before anything is loaded.

@@ -40,6 +40,7 @@ Metrics train_dpo(DpoConfig cfg, bool resume, int64_t stop_after) {
   auto lm = load_model(tc.model, {tc.device, tc.dtype});
   check(lm.tokenizer != nullptr, tc.model + ": no tokenizer found with the model");
   lm.model->set_checkpoint_activations(tc.checkpoint_activations);
+  apply_lora(lm.model, tc);
   const Tokenizer& tok = *lm.tokenizer;
   const auto dev = lm.model->device();
   const int32_t pad = training_pad_id(tok);
@@ -82,17 +83,24 @@ Metrics train_dpo(DpoConfig cfg, bool resume, int64_t stop_after) {
     return Logps{lp.narrow(0, 0, n), lp.narrow(0, n, n), len.narrow(0, 0, n), len.narrow(0, n, n)};
   };
 
-  // 1. Reference logps, once, from a frozen copy of the starting (or given) model.
+  // 1. Reference logps, once, from a frozen copy of the starting (or given) model; with LoRA
+  // and no ref_model, from the model itself with its adapters off (no copy).
   {
-    auto ref = load_model(cfg.ref_model.empty() ? tc.model : cfg.ref_model, {tc.device, tc.dtype});
-    for (auto& p : ref.model->parameters()) p.set_requires_grad(false);
+    const bool base_is_ref = tc.lora_r > 0 && cfg.ref_model.empty();
+    LoadedModel copy;
+    if (!base_is_ref) {
+      copy = load_model(cfg.ref_model.empty() ? tc.model : cfg.ref_model, {tc.device, tc.dtype});
+      for (auto& p : copy.model->parameters()) p.set_requires_grad(false);
+    }
+    Transformer& ref = base_is_ref ? lm.model : copy.model;
+    const LoraDisabled base_only;
     torch::NoGradGuard no_grad;
     const size_t bs = std::max<int64_t>(1, tc.batch_size / tc.grad_accum_steps);
     for (auto* set : {&train, &eval})
       for (size_t begin = 0; begin < set->size(); begin += bs) {
         std::vector<size_t> idx(std::min(bs, set->size() - begin));
         std::iota(idx.begin(), idx.end(), begin);
-        auto lp = logps(ref.model, *set, idx);
+        auto lp = logps(ref, *set, idx);
         for (size_t k = 0; k < idx.size(); ++k) {
           (*set)[idx[k]].ref_chosen = lp.chosen[k].item<double>();
           (*set)[idx[k]].ref_rejected = lp.rejected[k].item<double>();

@@ -24,7 +24,7 @@ struct DpoConfig {
   template <class V>
   void visit(V&& v) {
     visit_train_fields(train, v);
-    v("ref_model", ref_model, "Reference model; empty: the starting model (frozen copy)");
+    v("ref_model", ref_model, "Reference model; empty: the starting model (a frozen copy; with LoRA, the model itself with its adapters off)");
     v("beta", beta, "DPO temperature: strength of the implicit KL to the reference");
     v("label_smoothing", label_smoothing, "Assumed label noise (conservative DPO); 0: plain DPO");
     v("loss_type", loss_type, "sigmoid (DPO) or ipo");

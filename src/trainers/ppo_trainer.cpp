@@ -140,6 +140,9 @@ void validate(const PpoConfig& c) {
   check(c.kl_estimator == "k1" || c.kl_estimator == "k3", "ppo: kl_estimator must be k1 or k3, got '" + c.kl_estimator + "'");
   check_range(finite(c.logprob_tolerance) && c.logprob_tolerance >= 0, "logprob_tolerance", c.logprob_tolerance,
               "a finite number >= 0");
+  // Dropout would make the update's model differ from the rollout's (eval mode) one: the first
+  // minibatch's ratio guard would fail.
+  check(c.train.lora_dropout == 0, "ppo: lora_dropout must be 0 (the rollout and the update must see the same model)");
   check(c.old_logprobs == "recompute" || c.old_logprobs == "generator",
         "ppo: old_logprobs must be recompute or generator, got '" + c.old_logprobs + "'");
   // The generator samples in float32; a bf16 update's first ratio would be off by bf16 rounding.
@@ -195,10 +198,12 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
   torch::manual_seed(tc.seed);
   const LoadOptions lo{tc.device, tc.dtype};
 
-  // 1. Policy, frozen reference (eval mode, no gradients), value model, reward.
+  // 1. Policy, frozen reference (eval mode, no gradients), value model, reward. With LoRA the
+  // reference is the policy itself with its adapters off (LoraDisabled): no second copy.
   auto policy = load_model(tc.model, lo);
   check(policy.tokenizer != nullptr, tc.model + ": no tokenizer found with the model");
   const Tokenizer& tok = *policy.tokenizer;
+  apply_lora(policy.model, tc);
   // The frozen models, packed for inference when asked (kernels/packed_linear.h): a packed
   // model cannot train (its forward refuses autograd), so it is frozen by construction.
   LoadOptions frozen = lo;
@@ -206,13 +211,16 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
     if (parse_device(lo.device).is_cpu()) frozen.weights = cfg.frozen_weights;
     else frozen.dtype = "bfloat16";
   }
-  auto ref = load_model(tc.model, frozen);
+  auto ref = tc.lora_r > 0 ? LoadedModel{policy.config, policy.model, nullptr} : load_model(tc.model, frozen);
   ref.model->eval();
-  for (auto& p : ref.model->parameters()) p.set_requires_grad(false);
+  if (tc.lora_r == 0)
+    for (auto& p : ref.model->parameters()) p.set_requires_grad(false);
+  // The base weights (adapters aside).
   const uint64_t ref_fingerprint = ref.model->is_packed() ? 0 : weights_fingerprint(*ref.model);
   // A value model (critic) for PPO only; the other algorithms' baselines come from the samples.
   const bool critic = cfg.algorithm == "ppo";
   ValueModel value = critic ? make_value_model(cfg, lo) : ValueModel{Transformer(nullptr), {}};
+  if (critic) apply_lora(value.net, tc, {"score"});
   policy.model->set_checkpoint_activations(tc.checkpoint_activations);
   if (critic) value.net->set_checkpoint_activations(tc.checkpoint_activations);
   const auto dev = policy.model->device();
@@ -374,6 +382,7 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
       auto ref_part = [&] {
         // Packed matrices compute in float32 on their own kernels (no autocast).
         const auto autocast = ref.model->is_packed() ? Autocast(dev, false) : training_autocast(tc);
+        const LoraDisabled base_only;  // with LoRA, the reference is the policy's base
         ref_logp = response_logprobs(ref.model, r, all_rows, cfg.temperature).first;
       };
       if (dev.is_cpu()) {

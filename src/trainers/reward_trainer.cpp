@@ -43,6 +43,7 @@ Metrics train_reward_model(RewardConfig cfg, bool resume, int64_t stop_after) {
   rm.model->load_weights(files.weights, tc.model);
   rm.model->to(parse_device(tc.device), parse_dtype(tc.dtype));
   rm.model->set_checkpoint_activations(tc.checkpoint_activations);
+  apply_lora(rm.model, tc, {"score"});  // the fresh head trains whole
   rm.tokenizer = std::move(files.tokenizer);
   const Tokenizer& tok = *rm.tokenizer;
   const auto dev = rm.model->device();

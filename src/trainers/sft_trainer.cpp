@@ -24,6 +24,7 @@ Metrics train_sft(SftConfig cfg, bool resume, int64_t stop_after) {
   auto lm = load_model(tc.model, {tc.device, tc.dtype});
   check(lm.tokenizer != nullptr, tc.model + ": no tokenizer found with the model");
   lm.model->set_checkpoint_activations(tc.checkpoint_activations);
+  apply_lora(lm.model, tc);
   const Tokenizer& tok = *lm.tokenizer;
   const auto device = lm.model->device();
   ReadOptions ro{tc.skip_bad};

@@ -10,6 +10,8 @@
 #include "data/collate.h"
 #include "data/datasets.h"
 #include "formats/formats.h"
+#include "formats/peft.h"
+#include "model/lora.h"
 #include "model/model.h"
 #include "train/train_loop.h"
 
@@ -81,11 +83,21 @@ inline AdamW::NamedParams named_trainable(torch::nn::Module& m) {
   return out;
 }
 
-// A hash of every parameter's bytes (FNV-1a), to check that a frozen model stayed
-// bit-identical through training without keeping a second copy of it.
+// LoRA per the shared fields (nothing when lora_r = 0): adapters on `model`, everything else
+// frozen but `modules_to_save` (a reward or value model's "score" head).
+inline void apply_lora(Transformer& model, const TrainConfig& tc, std::vector<std::string> modules_to_save = {}) {
+  if (tc.lora_r == 0) return;
+  auto c = lora_config(tc);
+  c.modules_to_save = std::move(modules_to_save);
+  attach_lora(*model, c);
+}
+
+// A hash of every parameter's bytes (FNV-1a) but LoRA adapters' (the base weights), to check
+// that a frozen model stayed bit-identical through training without keeping a second copy of it.
 inline uint64_t weights_fingerprint(torch::nn::Module& m) {
   uint64_t h = 1469598103934665603ull;
   for (const auto& p : m.named_parameters()) {
+    if (is_lora_parameter(p.key())) continue;
     auto t = p.value().detach().to(torch::kCPU).contiguous();
     for (char c : p.key()) h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ull;
     const auto* bytes = static_cast<const unsigned char*>(t.data_ptr());
@@ -95,11 +107,14 @@ inline uint64_t weights_fingerprint(torch::nn::Module& m) {
 }
 
 // Writes a trained model in the Hugging Face layout (CPU copies of its canonical weights).
+// With LoRA adapters: the model with them merged, and the adapter in PEFT's layout in
+// adapter/ beside `dir` (train/run_dir.h), for peft or `rlhf lora merge` on another base.
 inline void write_trained_model(const std::filesystem::path& dir, Transformer& model, const ModelConfig& config,
                                 const Tokenizer* tok) {
-  TensorMap w;
-  for (auto& [name, t] : model->weights()) w[name] = t.detach().to(torch::kCPU);
-  write_hf_dir(dir, config, w, tok);
+  write_hf_dir(dir, config, merged_weights(*model), tok);
+  if (model->lora().r > 0)
+    write_peft_adapter(RunDir::adapter_dir_beside(dir),
+                       {model->lora(), config.num_labels > 0 ? "SEQ_CLS" : "CAUSAL_LM", lora_weights(*model)});
 }
 
 }  // namespace rlhf

@@ -236,6 +236,9 @@ void add_trainer(CLI::App& parent, const std::string& name, const std::string& h
     for (const auto& [k, v] : m) j[k] = v;
     std::cout << j.dump() << "\n";
     std::cerr << "model written to " << (std::filesystem::path(cfg->train.run_dir) / "model").string() << "\n";
+    if (cfg->train.lora_r > 0)
+      std::cerr << "LoRA adapter (PEFT layout) written to "
+                << (std::filesystem::path(cfg->train.run_dir) / "adapter").string() << "\n";
   });
 }
 
@@ -448,6 +451,7 @@ int main(int argc, char** argv) {
   cli::add_react(app);
   cli::add_cai(app);
   cli::add_redteam(app);
+  cli::add_lora(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
