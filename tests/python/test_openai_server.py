@@ -203,8 +203,9 @@ def test_concurrent_streams_equal_sequential(srv):
     # Decoded together, not one after another: some step ran many rows, and there were far
     # fewer steps than tokens (one at a time takes a step per token). How many rows each step
     # holds depends on how fast the 16 clients' requests arrive (one CI run on the shared 2-core
-    # machine saw 3.7 tokens per step), so the bound leaves room for a slow start.
-    assert after["max_batch"] >= 8, after
+    # machine saw 3.7 tokens per step, another under load a largest step of 6 rows), so the bound
+    # leaves room for a slow start.
+    assert after["max_batch"] >= 4, after
     steps, tokens = after["steps"] - before["steps"], after["tokens"] - before["tokens"]
     assert steps < tokens / 2, (steps, tokens)
 
