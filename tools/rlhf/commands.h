@@ -12,5 +12,6 @@ void add_reason_commands(CLI::App& app);
 void add_cai(CLI::App& app);    // cmd_cai.cpp: rlhf cai revise
 void add_rlaif(CLI::App& app);  // cmd_rlaif.cpp: rlhf rlaif label|agreement
 void add_redteam(CLI::App& app);  // cmd_redteam.cpp: rlhf redteam eval
+void add_tictactoe(CLI::App& app);  // cmd_tictactoe.cpp: the tic-tac-toe example
 
 }  // namespace rlhf::cli
