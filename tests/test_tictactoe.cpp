@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include "core/error.h"
+#include "test_util.h"
 #include <set>
 
 #include "rl/env_ppo.h"
@@ -323,4 +324,16 @@ TEST(EnvPpo, UpdatesMoveThePolicyTowardTheRewardedActionAndNeverToAnIllegalOne) 
   for (int i = 0; i < 5; ++i) ppo_update(net, opt, collect_episodes(ptrs, net, rng), cfg, i, 5, rng);
   EXPECT_GT(p_action(1), 0.9);
   EXPECT_EQ(p_action(2), 0.0);
+}
+
+TEST(TicTacToe, TheCommandRejectsBadSettingsBeforeTraining) {
+  for (const auto& [flags, says] : std::vector<std::pair<std::string, std::string>>{
+           {"--minibatches 3", "minibatches (3) must be > 0 and divide episodes_per_update (128)"},
+           {"--blunder-rate 2", "a blunder rate is a probability"},
+           {"--games 0", "games must be > 0"},
+           {"--lr-schedule steep", "lr_schedule must be linear, cosine or constant"}}) {
+    const auto r = test::run_cli("tictactoe " + flags);
+    EXPECT_EQ(r.exit_code, 1) << flags;
+    EXPECT_NE(r.output.find(says), std::string::npos) << flags << ": " << r.output;
+  }
 }

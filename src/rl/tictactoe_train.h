@@ -33,7 +33,7 @@
 namespace rlhf {
 
 struct TicTacToeConfig {
-  int64_t games = 24576;
+  int64_t games = 32768;
   int64_t seed = 0;
   double perfect_share = 0.5;
   double blunder_rate = 0.3;
