@@ -13,5 +13,6 @@ void add_cai(CLI::App& app);    // cmd_cai.cpp: rlhf cai revise
 void add_rlaif(CLI::App& app);  // cmd_rlaif.cpp: rlhf rlaif label|agreement
 void add_redteam(CLI::App& app);  // cmd_redteam.cpp: rlhf redteam eval
 void add_lora(CLI::App& app);     // cmd_lora.cpp: rlhf lora merge
+void add_tictactoe(CLI::App& app);  // cmd_tictactoe.cpp: the tic-tac-toe example
 
 }  // namespace rlhf::cli

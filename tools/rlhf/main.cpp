@@ -452,6 +452,7 @@ int main(int argc, char** argv) {
   cli::add_cai(app);
   cli::add_redteam(app);
   cli::add_lora(app);
+  cli::add_tictactoe(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
