@@ -1,7 +1,8 @@
 // Tic-tac-toe: the board and its rules, perfect play (the game value of every reachable
-// position, solved once by minimax), the opponents an agent meets (random, perfect), the game
-// as an Env for one side, and exact evaluation of a deterministic policy against both
-// opponents: every game the opponent can make is enumerated, so the figures are not samples.
+// position, solved once by minimax), the opponents an agent meets (random, perfect, perfect
+// with blunders), the game as an Env for one side, and exact evaluation of a deterministic
+// policy against the random and the perfect player: every game the opponent can make is
+// enumerated, so the figures are not samples.
 #pragma once
 #include <array>
 #include <cstdint>
@@ -16,7 +17,6 @@ namespace rlhf::tictactoe {
 
 // Cell contents and players. X moves first.
 enum Mark : int8_t { kEmpty = 0, kX = 1, kO = 2 };
-inline Mark other(Mark p) { return p == kX ? kO : kX; }
 const char* mark_name(Mark p);  // "X", "O", "-"
 
 // Cells are numbered 0..8 row by row: cell = 3 * row + column.
