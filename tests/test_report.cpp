@@ -105,7 +105,7 @@ TEST(Report, PpoRunHasOnePlotPerMetricWithOnePointPerFiniteValue) {
   EXPECT_NE(read_file(write_report(tmp.path)).find("GRPO run"), std::string::npos);
   write_file_atomic(tmp / "config.toml", "seed = 0\nalgorithm = \"online_dpo\"\n");
   EXPECT_NE(read_file(write_report(tmp.path)).find("Online DPO run"), std::string::npos);
-  write_file_atomic(tmp / "config.toml", "seed = 0\nalgorithm = \"best_of_n\"\n");
+  write_file_atomic(tmp / "config.toml", "seed = 0\nalgorithm = 'best_of_n'\n");  // as a run writes it
   EXPECT_NE(read_file(write_report(tmp.path)).find("Best-of-n run"), std::string::npos);
 }
 

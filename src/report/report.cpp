@@ -73,9 +73,9 @@ std::string policy_algorithm(const fs::path& run) {
   if (fs::exists(run / "config.toml")) {
     std::istringstream in(read_file(run / "config.toml"));
     for (std::string line; std::getline(in, line);) {
-      const auto q = line.find('"');
+      const auto q = line.find_first_of("\"'");  // a run's config.toml writes 'literal' strings
       if (line.rfind("algorithm", 0) != 0 || q == std::string::npos) continue;
-      std::string name = line.substr(q + 1, line.find('"', q + 1) - q - 1);
+      std::string name = line.substr(q + 1, line.find(line[q], q + 1) - q - 1);
       if (name == "online_dpo") return "Online DPO";
       if (name == "best_of_n") return "Best-of-n";
       for (auto& c : name) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
