@@ -13,6 +13,7 @@
 
 #include "core/error.h"
 #include "core/io.h"
+#include "formats/gguf_writer.h"
 #include "formats/peft.h"
 #include "formats/safetensors.h"
 #include "model/lora.h"
@@ -328,6 +329,15 @@ TEST(LoraTraining, SftTrainsAdaptersOnlyAndExportsTheMergedModelAndTheAdapter) {
   const auto j = json::parse(read_file(tmp / "sft" / "adapter" / "adapter_config.json"));
   EXPECT_EQ(j["r"], 4);
   EXPECT_EQ(j["base_model_name_or_path"], fs::absolute(stories()).lexically_normal().string());
+  // The merged model is an ordinary model: it converts to GGUF (llama.cpp, `rlhf generate`) exactly.
+  const auto merged = read_model_files(tmp / "sft" / "model");
+  write_gguf(tmp / "sft.gguf", merged.config, merged.weights, merged.tokenizer.get(), GgufFileType::F32);
+  const auto back = read_model_files(tmp / "sft.gguf");
+  ASSERT_EQ(back.weights.size(), got.size());
+  for (const auto& [name, w] : got) {
+    ASSERT_TRUE(back.weights.count(name)) << name;
+    EXPECT_TRUE(torch::equal(back.weights.at(name).to(torch::kFloat32), w.to(torch::kFloat32))) << name;
+  }
 }
 
 TEST(LoraTraining, ResumeEqualsAnUninterruptedRun) {

@@ -32,7 +32,8 @@ apps = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(apps)
 log, run, wilson = apps.log, apps.run, apps.wilson
 
-# Per algorithm: its settings on top of rl.toml. Every row samples rollout_batch completions an
+RL_CONFIG = os.path.join(HERE, "rl.toml")
+# Per algorithm: its settings on top of rl.toml (as command-line flags). Every row samples rollout_batch completions an
 # iteration for the same number of iterations: the same budget of samples. group_size is the
 # samples per prompt (ppo: 1 each of rollout_batch prompts).
 ALGORITHMS = {
@@ -42,14 +43,6 @@ ALGORITHMS = {
     "online_dpo": {"algorithm": "online_dpo", "group_size": 2},
     "best_of_n": {"algorithm": "best_of_n", "group_size": 8},
 }
-
-
-def toml_value(v):
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    return json.dumps(v)  # a TOML basic string is a JSON string for these values
 
 
 def train_sft(args, data_dir):
@@ -83,18 +76,13 @@ def train_sft(args, data_dir):
 def train_rl(args, name, start, data_dir):
     """One algorithm from the start model; returns (model folder, its metrics lines, wall seconds)."""
     run_dir = os.path.join(args.out, "rl", name)
-    settings = {**ALGORITHMS[name], "seed": args.seed, "progress": False}
+    settings = {**ALGORITHMS[name], "seed": args.seed}
     if args.iterations:
         settings["max_steps"] = args.iterations
-    config = os.path.join(args.out, "rl", name + ".toml")
-    os.makedirs(os.path.dirname(config), exist_ok=True)
-    with open(os.path.join(HERE, "rl.toml")) as f:
-        base = f.read()
-    with open(config, "w") as f:
-        f.write(base + "\n# examples/arith_rl/run.py: this row's settings\n")
-        f.writelines(f"{k} = {toml_value(v)}\n" for k, v in settings.items())
-    log(f"{name}: rlhf ppo --config {os.path.relpath(config, ROOT)} ...")
-    _, secs = run([args.rlhf, "ppo", "--config", config, "--model", start, "--run-dir", run_dir,
+    flags = [x for k, v in settings.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    log(f"{name}: rlhf ppo --config {os.path.relpath(RL_CONFIG, ROOT)} {' '.join(flags)} ...")
+    os.makedirs(os.path.join(args.out, "rl"), exist_ok=True)
+    _, secs = run([args.rlhf, "ppo", "--config", RL_CONFIG, *flags, "--model", start, "--run-dir", run_dir,
                    "--train-data", os.path.join(data_dir, "rl_prompts.jsonl")],
                   log_file=os.path.join(args.out, "rl", name + ".log"))
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
@@ -104,23 +92,25 @@ def train_rl(args, name, start, data_dir):
 
 
 def answers(args, model, data_dir, temperature, tag):
-    """Held-out answers of a model: 1 if the last `The answer is N.` matches the gold answer, else 0."""
+    """Held-out answers of a model: per problem, 1 if the last `The answer is N.` matches the gold
+    answer (else 0), and 1 if the response worked on a scratchpad (else 0)."""
     out = os.path.join(args.out, "eval", f"{tag}_t{temperature:g}.jsonl")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     template = os.path.join(args.out, "eval", "template.txt")
     with open(template, "w") as f:
         f.write("{question}")  # the held-out questions are whole prompts
     run([args.rlhf, "cot", "--model", model, "--template", template, "--questions",
-         os.path.join(data_dir, "heldout.jsonl"), "--out", out, "--max-tokens", "20", "--temperature",
+         os.path.join(data_dir, "heldout.jsonl"), "--out", out, "--max-tokens", "40", "--temperature",
          str(temperature), "--seed", str(args.seed), "--stop", "\\n"])
     pattern = re.compile(task.ANSWER_PATTERN)
-    correct = []
+    correct, scratch = [], []
     with open(out) as f:
         for line in f:
             r = json.loads(line)
             found = pattern.findall(r["reasoning"])
             correct.append(int(bool(found) and found[-1] == r["gold"]))
-    return correct
+            scratch.append(int(task.uses_scratchpad(r["reasoning"])))
+    return correct, scratch
 
 
 def paired_ci(before, after, seed, reps=2000):
@@ -136,15 +126,18 @@ def paired_ci(before, after, seed, reps=2000):
 
 
 def summary_row(name, greedy, sampled, base_sampled, seed, trained=None):
-    """A table row; `trained` = (metrics lines, wall seconds, rollout_batch) of a trained row."""
-    n = len(greedy)
+    """A table row from answers() of greedy and sampled decoding; `trained` = (metrics lines, wall
+    seconds, rollout_batch) of a trained row."""
+    (g, g_scratch), (s, s_scratch) = greedy, sampled
+    n = len(g)
     row = {"algorithm": name, "n": n}
-    for key, xs in (("greedy", greedy), ("sampled", sampled)):
+    for key, xs in (("greedy", g), ("sampled", s)):
         k = sum(xs)
         row[key] = {"accuracy": k / n, "ci95": list(wilson(k, n))}
+    row["scratchpad_share"] = {"greedy": sum(g_scratch) / n, "sampled": sum(s_scratch) / n}
     if base_sampled is not None:
-        row["sampled_change"] = sum(sampled) / n - sum(base_sampled) / n
-        row["sampled_change_ci95"] = list(paired_ci(base_sampled, sampled, seed))
+        row["sampled_change"] = sum(s) / n - sum(base_sampled[0]) / n
+        row["sampled_change_ci95"] = list(paired_ci(base_sampled[0], s, seed))
     if trained:
         metrics, secs, rollout = trained
         tail = metrics[-max(1, len(metrics) // 10):]  # the last tenth of the iterations
@@ -158,17 +151,18 @@ def summary_row(name, greedy, sampled, base_sampled, seed, trained=None):
 
 
 def format_table(rows):
-    lines = ["| algorithm | held-out n | greedy accuracy [95%] | sampled (T = 1) accuracy [95%] | "
-             "sampled change vs SFT [95%] | KL to SFT (nats) | generated tok/s |",
-             "|---|---:|---|---|---|---:|---:|"]
+    lines = ["| algorithm | greedy accuracy [95%] | sampled (T = 1) accuracy [95%] | sampled change vs start [95%] "
+             "| scratchpad share (sampled) | KL to start (nats) | generated tok/s |",
+             "|---|---|---|---|---:|---:|---:|"]
     for r in rows:
         g, s = r["greedy"], r["sampled"]
         change = (f"{r['sampled_change']:+.3f} [{r['sampled_change_ci95'][0]:+.3f}, {r['sampled_change_ci95'][1]:+.3f}]"
                   if "sampled_change" in r else "")
         kl = f"{r['kl']:.3f}" if "kl" in r else ""
         tps = f"{r['tokens_per_s']:.0f}" if "tokens_per_s" in r else ""
-        lines.append(f"| {r['algorithm']} | {r['n']} | {g['accuracy']:.3f} [{g['ci95'][0]:.3f}, {g['ci95'][1]:.3f}] | "
-                     f"{s['accuracy']:.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}] | {change} | {kl} | {tps} |")
+        lines.append(f"| {r['algorithm']} | {g['accuracy']:.3f} [{g['ci95'][0]:.3f}, {g['ci95'][1]:.3f}] | "
+                     f"{s['accuracy']:.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}] | {change} | "
+                     f"{r['scratchpad_share']['sampled']:.2f} | {kl} | {tps} |")
     return "\n".join(lines)
 
 
@@ -198,16 +192,15 @@ def main():
     base_g = answers(args, start, data_dir, 0, "start")
     base_s = answers(args, start, data_dir, 1, "start")
     rows = [summary_row("start (SFT)" if not args.model else "start", base_g, base_s, None, args.seed)]
-    log(f"start: greedy {sum(base_g)}/{len(base_g)}, sampled {sum(base_s)}/{len(base_s)}")
+    log(f"start: greedy {sum(base_g[0])}/{len(base_g[0])}, sampled {sum(base_s[0])}/{len(base_s[0])}")
     for name in names:
         model, metrics, secs = train_rl(args, name, start, data_dir)
         g = answers(args, model, data_dir, 0, name)
         s = answers(args, model, data_dir, 1, name)
-        with open(os.path.join(args.out, "rl", name + ".toml")) as f:
-            rollout = int(re.findall(r"^rollout_batch\s*=\s*(\d+)", f.read(), re.M)[-1])
+        rollout = int(re.search(r"^rollout_batch\s*=\s*(\d+)", open(RL_CONFIG).read(), re.M).group(1))
         row = summary_row(name, g, s, base_s, args.seed, (metrics, secs, rollout))
         rows.append(row)
-        log(f"{name}: greedy {sum(g)}/{len(g)}, sampled {sum(s)}/{len(s)}, kl {row['kl']:.3f}")
+        log(f"{name}: greedy {sum(g[0])}/{len(g[0])}, sampled {sum(s[0])}/{len(s[0])}, kl {row['kl']:.3f}")
 
     md = format_table(rows)
     minutes = (time.time() - apps.T0) / 60

@@ -180,3 +180,83 @@ TEST(Pipeline, MixWithAllPromptsToTheAiNeedsNoPeople) {
   EXPECT_THROW(run_pipeline(c, false), Error);
   EXPECT_FALSE(std::filesystem::exists(tmp / "run2" / "rankings.jsonl"));
 }
+
+// Every policy algorithm runs as the pipeline's PPO stage (`[ppo] algorithm`), on the same
+// labels and reward model: the labeling and reward-model stages run once for the suite, each
+// algorithm's run starts from copies of their outputs, so only its policy stage, the evaluation
+// and the report run. The report titles the stage by its algorithm and draws its own curves.
+struct AlgorithmRun {
+  const char* algorithm;
+  int64_t group_size;
+  const char* title;   // the report's heading of the policy stage
+  const char* metric;  // a curve only this family of algorithms logs
+};
+
+class PipelineAlgorithms : public ::testing::TestWithParam<AlgorithmRun> {
+ protected:
+  static void SetUpTestSuite() {
+    shared_ = new test::TempDir();
+    auto c = base_config(*shared_ / "base");
+    c.ppo.train.max_steps = 1;
+    run_pipeline(c, false);
+  }
+  static void TearDownTestSuite() {
+    delete shared_;
+    shared_ = nullptr;
+  }
+  static PipelineConfig base_config(const std::filesystem::path& run_dir) {
+    auto c = small_pipeline((test::data_dir() / "stories260K" / "stories260K.gguf").string(), run_dir);
+    c.label_prompts = 12;
+    c.k = 2;
+    c.rm.train.eval_fraction = 0.25;
+    c.rm.norm_samples = 8;
+    c.ppo.max_new_tokens = 12;
+    c.ppo.train.max_steps = 2;
+    c.ppo.rollout_batch = 8;
+    c.ppo.minibatches = 2;
+    c.eval_prompts = 4;
+    return c;
+  }
+  static test::TempDir* shared_;
+};
+test::TempDir* PipelineAlgorithms::shared_ = nullptr;
+
+TEST_P(PipelineAlgorithms, RunsAsThePolicyStageWithItsOwnCurves) {
+  const auto& a = GetParam();
+  test::TempDir tmp;
+  const auto run = tmp / "run";
+  std::filesystem::create_directories(run);
+  std::filesystem::copy(*shared_ / "base" / "rankings.jsonl", run / "rankings.jsonl");
+  std::filesystem::copy(*shared_ / "base" / "rm", run / "rm", std::filesystem::copy_options::recursive);
+  auto c = base_config(run);
+  c.ppo.algorithm = a.algorithm;
+  c.ppo.group_size = a.group_size;
+  const auto s = run_pipeline(c, false);
+  EXPECT_TRUE(s["gold_after"].is_number());
+  EXPECT_TRUE(s["kl"].is_number());
+  // The reward model was reused, not retrained.
+  EXPECT_EQ(read_file(run / "rm" / "model" / "model.safetensors"),
+            read_file(*shared_ / "base" / "rm" / "model" / "model.safetensors"));
+  EXPECT_NE(read_file(run / "ppo" / "config.toml").find(std::string("algorithm = '") + a.algorithm + "'"),
+            std::string::npos);
+  const auto lines = read_file(run / "ppo" / "metrics.jsonl");
+  EXPECT_EQ(std::count(lines.begin(), lines.end(), '\n'), 2);  // one line per iteration
+  const auto report = read_file(run / "report.html");
+  EXPECT_NE(report.find(std::string("<h2>") + a.title + "</h2>"), std::string::npos) << a.title;
+  for (const std::string m : {"objective/scores", "objective/kl", a.metric})
+    EXPECT_NE(report.find("data-metric=\"" + m + "\""), std::string::npos) << m;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    EachAlgorithm, PipelineAlgorithms,
+    ::testing::Values(AlgorithmRun{"ppo", 1, "PPO", "loss/value"}, AlgorithmRun{"grpo", 4, "GRPO", "objective/advantage_std"},
+                      AlgorithmRun{"rloo", 4, "RLOO", "objective/advantage_std"},
+                      AlgorithmRun{"reinforce++", 1, "REINFORCE++", "objective/advantage_std"},
+                      AlgorithmRun{"online_dpo", 2, "Online DPO", "rewards/margins"},
+                      AlgorithmRun{"best_of_n", 4, "Best-of-n", "objective/kept_fraction"}),
+    [](const auto& info) {
+      std::string n = info.param.algorithm;
+      for (auto& ch : n)
+        if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+      return n;
+    });
