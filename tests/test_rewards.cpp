@@ -254,6 +254,16 @@ TEST(Rewards, PpoWithABadSpecStopsWithAClearMessage) {
     EXPECT_NE(r.output.find(says), std::string::npos) << flags << ": " << r.output;
     EXPECT_FALSE(std::filesystem::exists(tmp / "run" / "metrics.jsonl")) << flags;
   }
+  // The pipeline checks its PPO stage's reward before the first stage: its prompts carry no gold answers.
+  write_file_atomic(tmp / "p.toml", "policy = \"" + stories_gguf() + "\"\nprompts = \"" + path + "\"\nrun_dir = \"" +
+                                        (tmp / "pipe").string() + "\"\n[ppo]\nreward = \"model + exact_answer\"\n");
+  for (const auto& [flags, says] : std::vector<std::pair<std::string, std::string>>{
+           {"", "'exact_answer' needs gold fields"}, {"--ppo.reward 'model + 0.5*judge'", "`judge_model`"}}) {
+    const auto r = test::run_cli("pipeline " + (tmp / "p.toml").string() + " " + flags);
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_NE(r.output.find(says), std::string::npos) << r.output;
+    EXPECT_FALSE(std::filesystem::exists(tmp / "pipe" / "rankings.jsonl"));
+  }
   // The settings are listed with the command's help.
   const auto help = test::run_cli("ppo --help");
   for (const char* flag : {"--reward ", "--answer-field", "--answer-pattern", "--tests-field", "--format-pattern",
