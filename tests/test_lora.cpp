@@ -18,6 +18,7 @@
 #include "model/lora.h"
 #include "model/model.h"
 #include "model/transformer.h"
+#include "small_training_data.h"
 #include "test_util.h"
 #include "trainers/dpo_trainer.h"
 #include "trainers/ppo_trainer.h"
@@ -266,30 +267,6 @@ namespace {
 
 std::string stories() { return (test::data_dir() / "stories260K" / "stories260K.gguf").string(); }
 
-const std::vector<std::string> kWords{"the", "dog", "ran", "to", "a", "big", "tree", "and", "saw", "Lily",
-                                      "ball", "red", "park", "cat", "jumped", "over", "mom", "said", "hello"};
-
-std::string random_words(std::mt19937_64& rng, int n) {
-  std::string s;
-  for (int k = 0; k < n; ++k) s += " " + kWords[rng() % kWords.size()];
-  return s;
-}
-
-void write_data(const test::TempDir& tmp) {
-  std::mt19937_64 rng(5);
-  std::string sft, prefs, prompts;
-  for (int i = 0; i < 16; ++i) {
-    sft += json{{"prompt", "Once upon a time" + random_words(rng, 3)}, {"completion", random_words(rng, 10) + "."}}.dump() + "\n";
-    const auto a = random_words(rng, 5), b = random_words(rng, 4);
-    prefs += json{{"prompt", "Once upon a time"}, {"chosen", a + " happy" + b + "."}, {"rejected", a + " sad" + b + "."}}.dump() + "\n";
-  }
-  for (const char* p : {"Once upon a time", "The cat", "Tom and his dog", "There was a big"})
-    prompts += json{{"prompt", p}}.dump() + "\n";
-  write_file_atomic(tmp / "sft.jsonl", sft);
-  write_file_atomic(tmp / "prefs.jsonl", prefs);
-  write_file_atomic(tmp / "prompts.jsonl", prompts);
-}
-
 TrainConfig lora_train(const test::TempDir& tmp, const std::string& data, const std::string& run) {
   TrainConfig c;
   c.model = stories();
@@ -319,7 +296,7 @@ std::vector<json> metrics_of(const fs::path& run) {
 
 TEST(LoraTraining, SftTrainsAdaptersOnlyAndExportsTheMergedModelAndTheAdapter) {
   test::TempDir tmp;
-  write_data(tmp);
+  test::write_small_training_data(tmp);
   SftConfig c;
   c.train = lora_train(tmp, "sft.jsonl", "sft");
   train_sft(c, false);
@@ -355,7 +332,7 @@ TEST(LoraTraining, SftTrainsAdaptersOnlyAndExportsTheMergedModelAndTheAdapter) {
 
 TEST(LoraTraining, ResumeEqualsAnUninterruptedRun) {
   test::TempDir tmp;
-  write_data(tmp);
+  test::write_small_training_data(tmp);
   SftConfig straight, resumed;
   straight.train = lora_train(tmp, "sft.jsonl", "straight");
   resumed.train = lora_train(tmp, "sft.jsonl", "resumed");
@@ -377,7 +354,7 @@ TEST(LoraTraining, ResumeEqualsAnUninterruptedRun) {
 
 TEST(LoraTraining, RewardModelTrainsItsHeadWithTheAdapters) {
   test::TempDir tmp;
-  write_data(tmp);
+  test::write_small_training_data(tmp);
   RewardConfig c;
   c.train = lora_train(tmp, "prefs.jsonl", "rm");
   c.norm_samples = 0;
@@ -395,7 +372,7 @@ TEST(LoraTraining, RewardModelTrainsItsHeadWithTheAdapters) {
 
 TEST(LoraTraining, DpoTakesItsReferenceFromTheBase) {
   test::TempDir tmp;
-  write_data(tmp);
+  test::write_small_training_data(tmp);
   DpoConfig c;
   c.train = lora_train(tmp, "prefs.jsonl", "dpo");
   c.train.lr = 3e-3;
@@ -409,7 +386,7 @@ TEST(LoraTraining, DpoTakesItsReferenceFromTheBase) {
 
 TEST(LoraTraining, PpoReferenceIsThePoliciesBaseWithAdaptersOff) {
   test::TempDir tmp;
-  write_data(tmp);
+  test::write_small_training_data(tmp);
   PpoConfig c;
   c.train = lora_train(tmp, "prompts.jsonl", "ppo");
   c.train.max_steps = 2;

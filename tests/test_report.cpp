@@ -103,6 +103,10 @@ TEST(Report, PpoRunHasOnePlotPerMetricWithOnePointPerFiniteValue) {
   // A run of another algorithm on the PPO loop is titled by its config's `algorithm`.
   write_file_atomic(tmp / "config.toml", "seed = 0\nalgorithm = \"grpo\"\n");
   EXPECT_NE(read_file(write_report(tmp.path)).find("GRPO run"), std::string::npos);
+  write_file_atomic(tmp / "config.toml", "seed = 0\nalgorithm = \"online_dpo\"\n");
+  EXPECT_NE(read_file(write_report(tmp.path)).find("Online DPO run"), std::string::npos);
+  write_file_atomic(tmp / "config.toml", "seed = 0\nalgorithm = 'best_of_n'\n");  // as a run writes it
+  EXPECT_NE(read_file(write_report(tmp.path)).find("Best-of-n run"), std::string::npos);
 }
 
 TEST(Report, ReadMetricLogKeepsNullsAsNanAndUsesStepOrRecordNumber) {

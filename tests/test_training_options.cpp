@@ -16,6 +16,7 @@
 #include "core/io.h"
 #include "model/autocast.h"
 #include "model/transformer.h"
+#include "small_training_data.h"
 #include "test_util.h"
 #include "trainers/dpo_trainer.h"
 #include "trainers/ppo_trainer.h"
@@ -205,30 +206,6 @@ namespace {
 
 std::string stories() { return (test::data_dir() / "stories260K" / "stories260K.gguf").string(); }
 
-const std::vector<std::string> kWords{"the", "dog", "ran", "to", "a", "big", "tree", "and", "saw", "Lily",
-                                      "ball", "red", "park", "cat", "jumped", "over", "mom", "said", "hello"};
-
-std::string random_words(std::mt19937_64& rng, int n) {
-  std::string s;
-  for (int k = 0; k < n; ++k) s += " " + kWords[rng() % kWords.size()];
-  return s;
-}
-
-void write_data(const test::TempDir& tmp) {
-  std::mt19937_64 rng(5);
-  std::string sft, prefs, prompts;
-  for (int i = 0; i < 16; ++i) {
-    sft += json{{"prompt", "Once upon a time" + random_words(rng, 3)}, {"completion", random_words(rng, 10) + "."}}.dump() + "\n";
-    const auto a = random_words(rng, 5), b = random_words(rng, 4);
-    prefs += json{{"prompt", "Once upon a time"}, {"chosen", a + " happy" + b + "."}, {"rejected", a + " sad" + b + "."}}.dump() + "\n";
-  }
-  for (const char* p : {"Once upon a time", "The cat", "Tom and his dog", "There was a big"})
-    prompts += json{{"prompt", p}}.dump() + "\n";
-  write_file_atomic(tmp / "sft.jsonl", sft);
-  write_file_atomic(tmp / "prefs.jsonl", prefs);
-  write_file_atomic(tmp / "prompts.jsonl", prompts);
-}
-
 TrainConfig small_train(const test::TempDir& tmp, const std::string& data, const std::string& run,
                         const std::string& precision, bool checkpoint) {
   TrainConfig c;
@@ -265,7 +242,7 @@ std::vector<std::pair<std::string, Train>> trainers() {
 
 TEST(MixedPrecision, Bf16TrainerLossesStayWithinToleranceOfFloat32) {
   test::TempDir tmp;
-  write_data(tmp);
+  test::write_small_training_data(tmp);
   for (const auto& [name, train] : trainers()) {
     const std::string data = name == "sft" ? "sft.jsonl" : "prefs.jsonl";
     train(small_train(tmp, data, name + "_f32", "float32", false));
@@ -284,7 +261,7 @@ TEST(MixedPrecision, Bf16TrainerLossesStayWithinToleranceOfFloat32) {
 
 TEST(ActivationCheckpointing, TrainerLossesEqualThoseWithoutIt) {
   test::TempDir tmp;
-  write_data(tmp);
+  test::write_small_training_data(tmp);
   for (const auto& [name, train] : trainers()) {
     const std::string data = name == "sft" ? "sft.jsonl" : "prefs.jsonl";
     train(small_train(tmp, data, name + "_kept", "float32", false));
@@ -297,7 +274,7 @@ TEST(ActivationCheckpointing, TrainerLossesEqualThoseWithoutIt) {
 
 TEST(MixedPrecision, PpoIterationRunsWithBf16AndCheckpointing) {
   test::TempDir tmp;
-  write_data(tmp);
+  test::write_small_training_data(tmp);
   PpoConfig c;
   c.train = small_train(tmp, "prompts.jsonl", "ppo", "bf16", true);
   c.train.max_steps = 1;

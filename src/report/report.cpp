@@ -48,6 +48,17 @@ constexpr Titled kOtherTitles[] = {
     {"val/clipfrac", "Value clip fraction"},
     {"objective/advantage_std", "Standard deviation of the advantages"},
     {"val/explained_variance", "Explained variance of the values"},
+    {"objective/groups_with_signal", "Share of groups whose scores differ"},
+    {"objective/sampling_rounds", "Sampling rounds (dynamic sampling)"},
+    {"objective/scores_margin", "Score of chosen \u2212 rejected"},
+    {"objective/kept_fraction", "Share of prompts kept (best-of-n)"},
+    {"objective/best_score", "Score of the kept samples"},
+    {"rewards/chosen", "Implicit reward of chosen"},
+    {"rewards/rejected", "Implicit reward of rejected"},
+    {"rewards/margins", "Implicit reward margin"},
+    {"rewards/accuracies", "Implicit reward accuracy"},
+    {"logps/chosen", "Log-probability of chosen"},
+    {"logps/rejected", "Log-probability of rejected"},
     {"grad_norm", "Gradient norm"},
     {"lr", "Learning rate"},
     {"epoch", "Epoch"},
@@ -56,15 +67,17 @@ constexpr Titled kOtherTitles[] = {
     {"eval/perplexity", "Held-out perplexity"},
 };
 
-// The policy-gradient algorithm of a PPO-loop run, from its config.toml (`algorithm = "grpo"`),
-// upper-cased for headings: "PPO" when the file or the line is missing.
+// The algorithm of a PPO-loop run, from its config.toml (`algorithm = "grpo"`), as headings name
+// it ("GRPO", "Online DPO", "Best-of-n"): "PPO" when the file or the line is missing.
 std::string policy_algorithm(const fs::path& run) {
   if (fs::exists(run / "config.toml")) {
     std::istringstream in(read_file(run / "config.toml"));
     for (std::string line; std::getline(in, line);) {
-      const auto q = line.find('"');
+      const auto q = line.find_first_of("\"'");  // a run's config.toml writes 'literal' strings
       if (line.rfind("algorithm", 0) != 0 || q == std::string::npos) continue;
-      std::string name = line.substr(q + 1, line.find('"', q + 1) - q - 1);
+      std::string name = line.substr(q + 1, line.find(line[q], q + 1) - q - 1);
+      if (name == "online_dpo") return "Online DPO";
+      if (name == "best_of_n") return "Best-of-n";
       for (auto& c : name) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
       if (!name.empty()) return name;
     }

@@ -5,7 +5,7 @@
 
 #include "core/error.h"
 #include "losses/ppo.h"
-#include "trainers/trainer_util.h"
+#include "train/optimizer.h"
 
 namespace rlhf {
 

@@ -208,4 +208,11 @@ double grad_norm(const AdamW::NamedParams& params) {
 
 double clip_scale(double norm, double max_norm) { return max_norm > 0 && norm > max_norm ? max_norm / (norm + 1e-6) : 1.0; }
 
+AdamW::NamedParams named_trainable(torch::nn::Module& m) {
+  AdamW::NamedParams out;
+  for (const auto& p : m.named_parameters())
+    if (p.value().requires_grad()) out.emplace_back(p.key(), p.value());
+  return out;
+}
+
 }  // namespace rlhf

@@ -47,6 +47,10 @@ class AdamW {
 double lr_at(int64_t step, int64_t total, int64_t warmup, double peak, const std::string& schedule);
 
 // The global L2 norm of the parameters' gradients (missing ones count as zero).
+// Trainable parameters (requires_grad) under stable (module) names, for the optimizer and
+// checkpoints.
+AdamW::NamedParams named_trainable(torch::nn::Module& m);
+
 double grad_norm(const AdamW::NamedParams& params);
 // Gradient clipping: the factor that brings a gradient of global norm `norm` down to at most
 // max_norm, max_norm / (norm + 1e-6) as torch.nn.utils.clip_grad_norm_ (1 when under the

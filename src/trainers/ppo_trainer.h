@@ -6,6 +6,7 @@
 // rollout, and trains on its share of each micro-batch; the result is one process's run.
 #pragma once
 #include <functional>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -26,9 +27,16 @@ struct PpoConfig {
   //                  importance ratio per sequence (TRL's RLOOTrainer)
   //   "reinforce++"  PPO's per-token rewards, their returns as advantages whitened over the
   //                  whole batch, no value model (OpenRLHF's REINFORCE++)
+  //   "online_dpo"   per prompt, its best- and worst-scored samples as a chosen/rejected pair and
+  //                  the DPO loss (dpo_beta, dpo_loss) against the reference (Guo et al. 2024;
+  //                  TRL's OnlineDPOTrainer), sequence log-probs at temperature 1 as TRL's
+  //   "best_of_n"    per prompt, its best-scored sample (if >= best_of_n_min_score), and the SFT
+  //                  loss on it (rejection-sampling fine-tuning, RAFT)
+  // These two train on one item per prompt (rollout_batch / group_size of them an iteration,
+  // split into the minibatches), not on every sample; kl_coef only weighs objective/rlhf_reward.
   // losses/policy_gradient.h has the math of each.
   std::string algorithm = "ppo";
-  int64_t group_size = 1;          // samples per prompt (>= 2 for grpo and rloo); rollout_batch counts samples
+  int64_t group_size = 1;          // samples per prompt (>= 2 but for ppo and reinforce++); rollout_batch counts samples
   std::string scale_rewards = "group";  // grpo: divide by the group's std, the batch's, or none
   std::string loss_type = "dapo";  // grpo: dapo, grpo, bnpo or dr_grpo aggregation
   double clip_range_high = 0;      // grpo, rloo: upper clip epsilon; 0 = clip_range
@@ -37,7 +45,7 @@ struct PpoConfig {
   RewardSpec reward;               // what scores a response: a weighted sum of terms (rewards/rewards.h)
   std::string value_model;         // empty: the reward model (head included, its normalisation folded in), else the policy with a zero head
   int64_t rollout_batch = 16;      // prompts (= responses) per PPO iteration
-  int64_t minibatches = 4;         // per PPO epoch; rollout_batch must divide evenly
+  int64_t minibatches = 4;         // per PPO epoch; rollout_batch (online_dpo, best_of_n: / group_size) must divide evenly
   int64_t ppo_epochs = 4;
   int64_t max_new_tokens = 32;
   int64_t max_prompt_length = 128;
@@ -65,6 +73,14 @@ struct PpoConfig {
   // for inference on the CPU (half / about a quarter of the memory; on a GPU "bf16" loads them in
   // bfloat16). Their log-probs and scores then carry that rounding: the KL starts near, not at, 0.
   std::string frozen_weights = "f32";
+  // grpo, rloo: DAPO's dynamic sampling. Groups whose scores are all alike have advantage 0 and
+  // only dilute the batch; further rounds of fresh prompts replace them, up to
+  // max_sampling_rounds rounds in all (then zero-signal groups fill the batch).
+  bool dynamic_sampling = false;
+  int64_t max_sampling_rounds = 3;
+  double dpo_beta = 0.1;           // online_dpo: DPO's beta (TRL's default), apart from kl_coef (a reward penalty)
+  std::string dpo_loss = "sigmoid";  // online_dpo: sigmoid or ipo (on the summed log-ratios, as TRL's OnlineDPOTrainer)
+  double best_of_n_min_score = -std::numeric_limits<double>::infinity();  // best_of_n: -inf keeps every prompt's best
 
   PpoConfig() {
     train.run_dir = "runs/ppo";
@@ -74,8 +90,11 @@ struct PpoConfig {
   template <class V>
   void visit(V&& v) {
     visit_train_fields(train, v);
-    v("algorithm", algorithm, "ppo, grpo, rloo or reinforce++ (the advantage and loss; the rest of the loop is shared)");
-    v("group_size", group_size, "Samples per prompt (grpo and rloo need >= 2; rollout_batch counts samples)");
+    v("algorithm", algorithm,
+      "ppo, grpo, rloo, reinforce++, online_dpo or best_of_n (the advantage or pairs and the loss; the rest of the "
+      "loop is shared)");
+    v("group_size", group_size,
+      "Samples per prompt (>= 2 for grpo, rloo, online_dpo and best_of_n; rollout_batch counts samples)");
     v("scale_rewards", scale_rewards, "grpo: scale the group-centred rewards by the group's std, the batch's, or none");
     v("loss_type", loss_type, "grpo: how token losses are averaged: dapo (over the minibatch's tokens), grpo, bnpo or dr_grpo");
     v("clip_range_high", clip_range_high, "grpo, rloo: upper ratio clip epsilon (DAPO's clip-higher: 0.28); 0 = clip_range");
@@ -84,7 +103,9 @@ struct PpoConfig {
     reward.visit(v);
     v("value_model", value_model, "Value model init: empty = the reward model; 'policy' = the policy with a zero head");
     v("rollout_batch", rollout_batch, "Prompts (responses) per PPO iteration");
-    v("minibatches", minibatches, "Minibatches per PPO epoch (rollout_batch must divide evenly)");
+    v("minibatches", minibatches,
+      "Minibatches per PPO epoch (rollout_batch must divide evenly; for online_dpo and best_of_n, rollout_batch / "
+      "group_size)");
     v("ppo_epochs", ppo_epochs, "Passes over each rollout, reshuffled each time");
     v("max_new_tokens", max_new_tokens, "Response length at most");
     v("max_prompt_length", max_prompt_length, "Prompt tokens at most (cut from the left)");
@@ -112,6 +133,15 @@ struct PpoConfig {
     v("frozen_weights", frozen_weights,
       "Reference and reward model matrices: f32, or bf16 / q8_0 packed for inference on the CPU (less memory; their "
       "log-probs and scores carry that rounding); on a GPU, bf16 loads them in bfloat16");
+    v("dynamic_sampling", dynamic_sampling,
+      "grpo, rloo: DAPO's dynamic sampling: replace groups whose scores are all equal (no signal) by groups of "
+      "further rounds of fresh prompts");
+    v("max_sampling_rounds", max_sampling_rounds,
+      "dynamic_sampling: rounds of sampling an iteration at most; zero-signal groups fill what they leave");
+    v("dpo_beta", dpo_beta, "online_dpo: DPO's beta (the implicit reward's scale)");
+    v("dpo_loss", dpo_loss, "online_dpo: sigmoid (DPO) or ipo, on the summed sequence log-ratios");
+    v("best_of_n_min_score", best_of_n_min_score,
+      "best_of_n: keep a prompt's best sample only if it scores at least this; -inf keeps every prompt's");
   }
 };
 

@@ -75,14 +75,6 @@ inline torch::Tensor shared_prompt_hidden(Transformer& model, const SharedPrompt
   return h.reshape({-1, h.size(-1)});
 }
 
-// Trainable parameters under stable (module) names, for the optimizer and checkpoints.
-inline AdamW::NamedParams named_trainable(torch::nn::Module& m) {
-  AdamW::NamedParams out;
-  for (const auto& p : m.named_parameters())
-    if (p.value().requires_grad()) out.emplace_back(p.key(), p.value());
-  return out;
-}
-
 // LoRA per the shared fields (nothing when lora_r = 0): adapters on `model`, everything else
 // frozen but `modules_to_save` (a reward or value model's "score" head).
 inline void apply_lora(Transformer& model, const TrainConfig& tc, std::vector<std::string> modules_to_save = {}) {

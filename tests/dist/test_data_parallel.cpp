@@ -127,9 +127,12 @@ TEST_P(DataParallelPpo, TwoRanksEqualOneProcess) {
                           " --batch-size 4 --max-steps 1 --max-length 48 --norm-samples 0 --progress false --run-dir " +
                           (dir / "rm").string());
   ASSERT_EQ(rm.exit_code, 0) << rm.output;
+  // online_dpo trains on 4 pairs (one per prompt): 1 minibatch of 2 micro-batches of 2 pairs, one per rank.
+  const bool dpo = GetParam() == "online_dpo";
   const std::string args = "ppo --model " + stories() + " --reward-model " + (dir / "rm" / "model").string() +
-                           " --train-data " + (dir / "sft.jsonl").string() +
-                           " --rollout-batch 8 --minibatches 2 --grad-accum-steps 2 --ppo-epochs 2 --max-steps 2 "
+                           " --train-data " + (dir / "sft.jsonl").string() + " --rollout-batch 8 --minibatches " +
+                           (dpo ? "1" : "2") +
+                           " --grad-accum-steps 2 --ppo-epochs 2 --max-steps 2 "
                            "--max-new-tokens 12 --penalize-missing-eos false --lr 0.0003 --adaptive-kl true --progress false " +
                            (GetParam() == "ppo" ? "" : "--algorithm " + GetParam() + " --group-size 2 ") + "--run-dir ";
   auto one = test::run_cli(args + (dir / "one").string());
@@ -137,15 +140,17 @@ TEST_P(DataParallelPpo, TwoRanksEqualOneProcess) {
   auto two = test::run_cli("launch --nproc 2 -- " + std::string(RLHF_CLI_PATH) + " " + args + (dir / "two").string());
   ASSERT_EQ(two.exit_code, 0) << two.output;
   std::vector<std::string> keys{"objective/scores", "objective/entropy", "objective/kl", "kl_coef", "response_length",
-                                "objective/advantage_std", "loss/policy", "policy/clipfrac", "policy/approxkl",
-                                "policy/entropy_avg"};
+                                "loss/policy", "policy/entropy_avg"};
+  if (dpo) keys.insert(keys.end(), {"rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"});
+  else keys.insert(keys.end(), {"objective/advantage_std", "policy/clipfrac", "policy/approxkl"});
   if (GetParam() == "ppo") keys.insert(keys.end(), {"loss/value", "val/explained_variance"});
   expect_same_run(dir / "one", dir / "two", 2, keys);
 }
 
 // grpo: groups of 2 samples, the advantages over the gathered rollout, the loss normalized by the
-// whole minibatch's tokens.
-INSTANTIATE_TEST_SUITE_P(Algorithms, DataParallelPpo, ::testing::Values("ppo", "grpo"));
+// whole minibatch's tokens. online_dpo: pairs chosen on the gathered rollout, the loss
+// normalized by the whole minibatch's pairs.
+INSTANTIATE_TEST_SUITE_P(Algorithms, DataParallelPpo, ::testing::Values("ppo", "grpo", "online_dpo"));
 
 
 TEST(DataParallelChecks, BatchesMustSplitOverRanks) {

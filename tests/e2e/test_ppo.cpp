@@ -103,7 +103,8 @@ TEST(Ppo, ToyRewardGoesUpWithFiniteKl) {
 }
 
 // The critic-free algorithms on the same loop and toy reward: 4 prompts x 4 samples an
-// iteration, no value model; each raises the lexicon score.
+// iteration, no value model; each raises the lexicon score. online_dpo trains on each prompt's
+// best and worst sample as a pair, best_of_n on its best sample alone.
 class PpoAlgorithms : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(PpoAlgorithms, ToyRewardGoesUp) {
@@ -112,6 +113,7 @@ TEST_P(PpoAlgorithms, ToyRewardGoesUp) {
   cfg.algorithm = GetParam();
   cfg.group_size = 4;
   cfg.kl_coef = 0.02;
+  const bool per_prompt = GetParam() == "online_dpo" || GetParam() == "best_of_n";
   auto final_metrics = train_ppo(cfg, false, lexicon_reward());
   EXPECT_EQ(final_metrics.at("ref/unchanged"), 1.0);
   auto m = metrics_of(tmp / "run");
@@ -122,7 +124,15 @@ TEST_P(PpoAlgorithms, ToyRewardGoesUp) {
   for (const auto& row : m) {
     EXPECT_TRUE(std::isfinite(row["loss/policy"].get<double>()));
     EXPECT_FALSE(row.contains("loss/value"));  // no critic
-    EXPECT_GT(row["objective/advantage_std"].get<double>(), 0.0);
+    if (!per_prompt) EXPECT_GT(row["objective/advantage_std"].get<double>(), 0.0);
+    if (GetParam() == "online_dpo")
+      for (const char* k : {"rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+                            "logps/rejected", "objective/scores_margin", "objective/kl", "objective/entropy"})
+        EXPECT_TRUE(row.contains(k)) << k;
+    if (GetParam() == "best_of_n") {
+      EXPECT_EQ(row["objective/kept_fraction"].get<double>(), 1.0);  // no min_score: every prompt's best
+      EXPECT_GE(row["objective/best_score"].get<double>(), row["objective/scores"].get<double>());
+    }
   }
   // No value model in the checkpoint: the policy's parameters only.
   const auto ck = read_safetensors(tmp / "run" / "checkpoint" / "model.safetensors");
@@ -130,7 +140,7 @@ TEST_P(PpoAlgorithms, ToyRewardGoesUp) {
   for (const auto& [name, t] : ck) EXPECT_EQ(name.rfind("value.", 0), std::string::npos) << name;
 }
 
-INSTANTIATE_TEST_SUITE_P(CriticFree, PpoAlgorithms, ::testing::Values("grpo", "rloo", "reinforce++"),
+INSTANTIATE_TEST_SUITE_P(CriticFree, PpoAlgorithms, ::testing::Values("grpo", "rloo", "reinforce++", "online_dpo", "best_of_n"),
                          [](const auto& info) { return info.param == "reinforce++" ? std::string("reinforce_pp") : info.param; });
 
 TEST(Ppo, ResumeEqualsAnUninterruptedRun) {
@@ -448,4 +458,176 @@ TEST(Ppo, AlgorithmSettingsAreChecked) {
   cfg.group_size = 2;
   cfg.loss_type = "sum";
   EXPECT_NE(error_of([&] { train_ppo(cfg, false, count_reward(5)); }).find("loss_type must be"), std::string::npos);
+  cfg.loss_type = "dapo";
+  auto error = [&](const std::function<void(PpoConfig&)>& change) {
+    auto c = cfg;
+    change(c);
+    return error_of([&] { train_ppo(c, false, count_reward(5)); });
+  };
+  auto has = [](const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; };
+  EXPECT_TRUE(has(error([](PpoConfig& c) { c.algorithm = "online_dpo", c.group_size = 1; }), ">= 2 for online_dpo"));
+  EXPECT_TRUE(has(error([](PpoConfig& c) { c.algorithm = "best_of_n", c.group_size = 1; }), ">= 2 for best_of_n"));
+  EXPECT_TRUE(has(error([](PpoConfig& c) { c.algorithm = "online_dpo", c.dpo_beta = 0; }), "dpo_beta"));
+  EXPECT_TRUE(has(error([](PpoConfig& c) { c.algorithm = "online_dpo", c.dpo_loss = "hinge"; }), "dpo_loss must be"));
+  EXPECT_TRUE(has(error([](PpoConfig& c) { c.algorithm = "best_of_n", c.best_of_n_min_score = std::nan(""); }),
+                  "best_of_n_min_score"));
+  EXPECT_TRUE(has(error([](PpoConfig& c) { c.algorithm = "ppo", c.group_size = 1, c.dynamic_sampling = true; }),
+                  "dynamic_sampling is for grpo and rloo"));
+  EXPECT_TRUE(has(error([](PpoConfig& c) { c.dynamic_sampling = true, c.max_sampling_rounds = 0; }), "max_sampling_rounds"));
+  // online_dpo and best_of_n split rollout_batch / group_size units (3 here) into the minibatches.
+  EXPECT_TRUE(has(error([](PpoConfig& c) { c.algorithm = "online_dpo", c.minibatches = 2; }),
+                  "rollout_batch / group_size (3) must be a multiple of minibatches"));
+}
+
+namespace {
+
+// Summed log-probs (B) of each row's response at temperature 1, computed here from the model.
+torch::Tensor sequence_logprobs_t1(Transformer& model, const PpoRolloutView& v) {
+  return torch::where(v.response_mask != 0, token_logprobs(model, v, 1.0), 0.0).sum(1);
+}
+
+}  // namespace
+
+TEST(Ppo, OnlineDpoStartsAtLog2PerPairWithLogprobsAtTemperature1) {
+  // Policy = reference at the first update: every pair's log-ratio difference is 0, so the
+  // sigmoid loss is log 2 per pair and the implicit rewards are 0; IPO's is (0 - 1/(2 beta))^2.
+  // logps/chosen is the chosen samples' summed log-probs at temperature 1 (as TRL's), though
+  // they were sampled at 0.7. Pairs: per group of 2, the first unless the second scored higher.
+  test::TempDir tmp;
+  auto run = [&](const std::string& loss, PpoRolloutView* seen) {
+    auto cfg = one_step(tmp, loss);
+    cfg.algorithm = "online_dpo";
+    cfg.group_size = 2;
+    cfg.rollout_batch = 8;  // 4 pairs, one minibatch, one epoch: the metrics are of the first update
+    cfg.temperature = 0.7;
+    cfg.dpo_loss = loss;
+    PpoProbes probes;
+    probes.on_rollout = [seen](const PpoRolloutView& v) { *seen = v; };
+    RewardFn chars = [](const auto&, const std::vector<std::string>& r, const auto&) {
+      std::vector<double> out;
+      for (const auto& t : r) out.push_back(double(t.size()) / 100);
+      return out;
+    };
+    return train_ppo(cfg, false, chars, 0, {}, probes);
+  };
+  PpoRolloutView seen;
+  const auto m = run("sigmoid", &seen);
+  EXPECT_NEAR(m.at("loss/policy"), std::log(2.0), 1e-5);
+  for (const char* k : {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"})
+    EXPECT_NEAR(m.at(k), 0.0, 1e-5) << k;
+  auto lm = load_model(stories());
+  const auto seq = sequence_logprobs_t1(lm.model, seen);
+  const auto s = seen.scores.to(torch::kCPU);
+  double chosen = 0, rejected = 0, margin = 0;
+  for (int64_t p = 0; p < 4; ++p) {
+    const int64_t c = s[2 * p].item<double>() >= s[2 * p + 1].item<double>() ? 2 * p : 2 * p + 1, r = 4 * p + 1 - c;
+    chosen += seq[c].item<double>() / 4;
+    rejected += seq[r].item<double>() / 4;
+    margin += (s[c] - s[r]).item<double>() / 4;
+  }
+  EXPECT_NEAR(m.at("logps/chosen"), chosen, 1e-3);
+  EXPECT_NEAR(m.at("logps/rejected"), rejected, 1e-3);
+  EXPECT_NEAR(m.at("objective/scores_margin"), margin, 1e-6);
+  // At 0.7 the summed log-probs differ: the test tells the temperatures apart.
+  const auto seq_07 = torch::where(seen.response_mask != 0, token_logprobs(lm.model, seen, 0.7), 0.0).sum(1);
+  EXPECT_GT((seq_07 - seq).abs().max().item<double>(), 0.1);
+  PpoRolloutView seen_ipo;
+  EXPECT_NEAR(run("ipo", &seen_ipo).at("loss/policy"), 1.0 / (4 * 0.1 * 0.1), 1e-3);  // dpo_beta 0.1
+}
+
+TEST(Ppo, BestOfNFineTunesOnEachPromptsBestSampleAboveMinScore) {
+  // 4 prompts x 4 samples scored by their length in characters; a prompt is kept when its best
+  // sample reaches the median best. loss/policy of the one update (before it) is the token-mean
+  // NLL at temperature 1 of the kept best samples, EOS included, computed here from the model.
+  test::TempDir tmp;
+  RewardFn chars = [](const auto&, const std::vector<std::string>& r, const auto&) {
+    std::vector<double> out;
+    for (const auto& t : r) out.push_back(double(t.size()));
+    return out;
+  };
+  auto cfg = one_step(tmp, "probe");
+  cfg.algorithm = "best_of_n";
+  cfg.group_size = 4;
+  cfg.rollout_batch = 16;
+  cfg.temperature = 0.8;
+  PpoRolloutView seen;
+  PpoProbes probes;
+  probes.on_rollout = [&seen](const PpoRolloutView& v) { seen = v; };
+  train_ppo(cfg, false, chars, 0, {}, probes);
+  // The same run (same seeds, same samples) with a threshold dropping some prompts.
+  const auto s = seen.scores.to(torch::kCPU).reshape({4, 4});
+  const auto best = std::get<0>(s.max(1));  // (4)
+  const double threshold = std::get<0>(best.sort()).index({2}).item<double>();  // 2 of 4 at least
+  cfg.best_of_n_min_score = threshold;
+  cfg.train.run_dir = (tmp / "threshold").string();
+  PpoRolloutView again;
+  probes.on_rollout = [&again](const PpoRolloutView& v) { again = v; };
+  const auto m = train_ppo(cfg, false, chars, 0, {}, probes);
+  ASSERT_TRUE(torch::equal(again.ids, seen.ids));
+  auto lm = load_model(stories());
+  const auto logp = token_logprobs(lm.model, seen, 1.0);
+  double nll = 0, tokens = 0, kept = 0, best_sum = 0;
+  for (int64_t p = 0; p < 4; ++p) {
+    const int64_t b = 4 * p + s[p].argmax().item<int64_t>();  // the first of equals
+    if (best[p].item<double>() < threshold) continue;
+    ++kept;
+    best_sum += best[p].item<double>();
+    nll -= torch::where(seen.response_mask[b] != 0, logp[b], 0.0).sum().item<double>();
+    tokens += seen.response_mask[b].sum().item<double>();
+  }
+  ASSERT_LT(kept, 4);  // the threshold dropped a prompt
+  EXPECT_EQ(m.at("objective/kept_fraction"), kept / 4);
+  EXPECT_NEAR(m.at("objective/best_score"), best_sum / kept, 1e-4);
+  EXPECT_NEAR(m.at("loss/policy"), nll / tokens, 1e-4);
+}
+
+TEST(Ppo, DynamicSamplingReplacesGroupsWithoutSignal) {
+  // Scores vary between samples for two of the five prompts and are constant for the others: a
+  // GRPO batch of 4 groups has few groups with signal. Dynamic sampling draws further rounds of
+  // prompts until every group of the batch has signal (the rollout keeps its 16 rows); with
+  // every score constant it gives up after max_sampling_rounds and fills the batch anyway.
+  test::TempDir tmp;
+  auto varied = [](bool any) -> RewardFn {
+    return [any](const std::vector<std::string>& p, const std::vector<std::string>& r, const auto&) {
+      std::vector<double> out;
+      for (size_t i = 0; i < r.size(); ++i)
+        out.push_back(any && (p[i] == "The cat" || p[i] == "Tom and his dog") ? double(r[i].size()) : 1.0);
+      return out;
+    };
+  };
+  auto run = [&](const std::string& name, bool dynamic, bool any, PpoRolloutView* seen) {
+    auto cfg = toy_config(tmp, name);
+    cfg.algorithm = "grpo";
+    cfg.group_size = 4;
+    cfg.train.max_steps = 2;
+    cfg.ppo_epochs = 1;
+    cfg.max_new_tokens = 12;
+    cfg.dynamic_sampling = dynamic;
+    cfg.max_sampling_rounds = 6;
+    PpoProbes probes;
+    probes.on_rollout = [seen](const PpoRolloutView& v) { *seen = v; };
+    train_ppo(cfg, false, varied(any), 0, {}, probes);
+    return metrics_of(tmp / name);
+  };
+  PpoRolloutView plain_seen, dynamic_seen, none_seen;
+  const auto plain = run("plain", false, true, &plain_seen);
+  const auto dynamic = run("dynamic", true, true, &dynamic_seen);
+  ASSERT_EQ(plain.size(), 2u);
+  ASSERT_EQ(dynamic.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_LT(plain[i]["objective/groups_with_signal"].get<double>(), 1.0) << i;
+    EXPECT_FALSE(plain[i].contains("objective/sampling_rounds"));
+    EXPECT_EQ(dynamic[i]["objective/groups_with_signal"].get<double>(), 1.0) << i;
+    EXPECT_GT(dynamic[i]["objective/sampling_rounds"].get<double>(), 1.0) << i;
+  }
+  // The last batch, read directly: 16 rows, every group's scores differ.
+  ASSERT_EQ(dynamic_seen.scores.size(0), 16);
+  const auto groups = dynamic_seen.scores.to(torch::kCPU).reshape({4, 4});
+  for (int64_t g = 0; g < 4; ++g) EXPECT_GT((groups[g].max() - groups[g].min()).item<double>(), 0.0) << g;
+  const auto none = run("none", true, false, &none_seen);
+  for (const auto& row : none) {
+    EXPECT_EQ(row["objective/groups_with_signal"].get<double>(), 0.0);
+    EXPECT_EQ(row["objective/sampling_rounds"].get<double>(), 6.0);
+  }
+  EXPECT_EQ(none_seen.scores.size(0), 16);
 }
