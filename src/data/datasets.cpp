@@ -187,6 +187,12 @@ std::vector<std::string> read_prompts(const std::filesystem::path& path, const R
                                  [&](const json& r, const std::string&) { return string_field(r, "prompt"); });
 }
 
+std::vector<PromptRow> read_prompt_rows(const std::filesystem::path& path, const ReadOptions& opt, ReadStats* stats) {
+  return read_jsonl<PromptRow>(path, opt, stats, [&](const json& r, const std::string& where) {
+    return PromptRow{string_field(r, "prompt"), r, where};
+  });
+}
+
 std::vector<PreferencePair> read_preferences(const std::filesystem::path& path, const ReadOptions& opt,
                                              ReadStats* stats) {
   return read_jsonl<PreferencePair>(path, opt, stats, [](const json& r, const std::string&) {

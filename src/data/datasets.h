@@ -63,6 +63,15 @@ std::vector<SftExample> read_sft(const std::filesystem::path& path, const ReadOp
 // Prompts for rollouts: {"prompt": ...} per line (other fields ignored).
 std::vector<std::string> read_prompts(const std::filesystem::path& path, const ReadOptions& opt = {},
                                       ReadStats* stats = nullptr);
+// The prompts with their whole rows, for what reads other fields beside the prompt (the
+// verifiers' gold answers and tests, rewards/rewards.h); `where` is "<file>:<line>".
+struct PromptRow {
+  std::string prompt;
+  nlohmann::json row;
+  std::string where;
+};
+std::vector<PromptRow> read_prompt_rows(const std::filesystem::path& path, const ReadOptions& opt = {},
+                                        ReadStats* stats = nullptr);
 std::vector<PreferencePair> read_preferences(const std::filesystem::path& path, const ReadOptions& opt = {},
                                              ReadStats* stats = nullptr);
 std::vector<Ranking> read_rankings(const std::filesystem::path& path, const ReadOptions& opt = {},

@@ -161,6 +161,12 @@ json run_pipeline(const PipelineConfig& cfg, bool force) {
   check_range(cfg.eval_samples > 0, "eval_samples", cfg.eval_samples, "> 0");
   validate(cfg.rm);
   validate(cfg.ppo);
+  // PPO's reward: `model` is the reward model trained below; the pipeline's prompts carry no
+  // gold answers or tests for the verifiers that read them.
+  for (const auto& t : parse_reward_terms(cfg.ppo.reward.terms))
+    check(t.name != "exact_answer" && t.name != "lua_tests",
+          "pipeline: [ppo] reward: the term '" + t.name + "' needs gold fields the pipeline's prompts do not carry");
+  check_reward_spec(cfg.ppo.reward, "", {.reward_model = (run / "rm" / "model").string()});
   check(cfg.feedback_method == "auto" || cfg.feedback_method == "logprobs" || cfg.feedback_method == "votes",
         "pipeline: feedback_method must be auto, logprobs or votes, got '" + cfg.feedback_method + "'");
   const auto split = split_prompts(cfg);

@@ -224,11 +224,12 @@ void validate(const PpoConfig& c) {
 }
 
 Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t stop_after,
-                  const RolloutMetricsFn& rollout_metrics, const PpoProbes& probes) {
+                  const RolloutMetricsFn& rollout_metrics_in, const PpoProbes& probes) {
   const TrainConfig& tc = cfg.train;
   check(!tc.model.empty(), "ppo: `model` (the policy) is required");
   check(!tc.train_data.empty(), "ppo: `train_data` (prompts JSONL) is required");
-  check(reward_in || !cfg.reward_model.empty(), "ppo: `reward_model` is required");
+  if (!reward_in)
+    check_reward_spec(cfg.reward, tc.train_data, {.reward_model = cfg.reward_model, .skip_bad = tc.skip_bad});
   validate(cfg);
   // The update's units: every sample, or for online_dpo and best_of_n one per prompt (its pair,
   // its best sample), rollout_batch / group_size of them.
@@ -285,14 +286,19 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
   if (critic) value.net->set_checkpoint_activations(tc.checkpoint_activations);
   const auto dev = policy.model->device();
   RewardFn reward = reward_in;
-  std::shared_ptr<LoadedModel> rm;
+  RolloutMetricsFn rollout_metrics = rollout_metrics_in;
   if (!reward) {
-    rm = std::make_shared<LoadedModel>(load_reward_model(cfg.reward_model, frozen));
-    reward = [rm, &tc](const std::vector<std::string>& p, const std::vector<std::string>& r, const auto&) {
-      std::vector<std::pair<std::string, std::string>> texts;
-      for (size_t i = 0; i < p.size(); ++i) texts.emplace_back(p[i], r[i]);
-      return score_texts(*rm, texts, tc.max_length);
-    };
+    Reward built = make_reward(
+        cfg.reward, tc.train_data,
+        {.reward_model = cfg.reward_model, .load = frozen, .max_length = tc.max_length, .skip_bad = tc.skip_bad});
+    reward = [built](const auto& p, const auto& r, const auto& t) mutable { return built.scores(p, r, t); };
+    // Each term's mean over this rank's rows of the call just made (the reward runs first).
+    if (!built.model_only())
+      rollout_metrics = [built, outer = rollout_metrics_in](const auto& p, const auto& r) {
+        Metrics m = outer ? outer(p, r) : Metrics{};
+        for (const auto& [term, mean] : built.last_means()) m["reward/" + term] = mean;
+        return m;
+      };
   }
   const auto prompts = read_prompts(tc.train_data, {tc.skip_bad});
 

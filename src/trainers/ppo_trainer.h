@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "rewards/rewards.h"
 #include "train/train_loop.h"
 
 namespace rlhf {
@@ -40,7 +41,8 @@ struct PpoConfig {
   std::string loss_type = "dapo";  // grpo: dapo, grpo, bnpo or dr_grpo aggregation
   double clip_range_high = 0;      // grpo, rloo: upper clip epsilon; 0 = clip_range
   bool normalize_advantages = false;  // rloo: whiten the advantages over the batch
-  std::string reward_model;        // reward model folder (rlhf rm train); required on the CLI
+  std::string reward_model;        // reward model folder (rlhf rm train); the `model` term of the reward
+  RewardSpec reward;               // what scores a response: a weighted sum of terms (rewards/rewards.h)
   std::string value_model;         // empty: the reward model (head included, its normalisation folded in), else the policy with a zero head
   int64_t rollout_batch = 16;      // prompts (= responses) per PPO iteration
   int64_t minibatches = 4;         // per PPO epoch; rollout_batch (online_dpo, best_of_n: / group_size) must divide evenly
@@ -97,7 +99,8 @@ struct PpoConfig {
     v("loss_type", loss_type, "grpo: how token losses are averaged: dapo (over the minibatch's tokens), grpo, bnpo or dr_grpo");
     v("clip_range_high", clip_range_high, "grpo, rloo: upper ratio clip epsilon (DAPO's clip-higher: 0.28); 0 = clip_range");
     v("normalize_advantages", normalize_advantages, "rloo: whiten the leave-one-out advantages over the batch");
-    v("reward_model", reward_model, "Reward model folder (from rlhf rm train)");
+    v("reward_model", reward_model, "Reward model folder (from rlhf rm train), the reward's `model` term");
+    reward.visit(v);
     v("value_model", value_model, "Value model init: empty = the reward model; 'policy' = the policy with a zero head");
     v("rollout_batch", rollout_batch, "Prompts (responses) per PPO iteration");
     v("minibatches", minibatches,
@@ -178,7 +181,8 @@ struct PpoProbes {
   std::function<void(torch::Tensor& logprobs)> before_update;     // (B, R) the old log-probs, before the first epoch
 };
 
-// Runs PPO; `reward` overrides cfg.reward_model when given. Writes RUN_DIR/model (the policy).
+// Runs PPO; `reward` overrides cfg.reward (the spec) when given. A spec other than "model" alone
+// logs each term's batch mean as reward/<term>. Writes RUN_DIR/model (the policy).
 Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward = {}, int64_t stop_after = 0,
                   const RolloutMetricsFn& rollout_metrics = {}, const PpoProbes& probes = {});
 

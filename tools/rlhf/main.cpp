@@ -444,7 +444,9 @@ int main(int argc, char** argv) {
   cli::add_serve(app);
   add_label(app);
   cli::add_reason_commands(app);
-  add_trainer<PpoConfig>(app, "ppo", "PPO against a reward model with a KL penalty to the frozen starting policy",
+  add_trainer<PpoConfig>(app, "ppo",
+                         "PPO against a reward (a reward model, verifiers, a judge: --reward) with a KL penalty to the "
+                         "frozen starting policy",
                          [](PpoConfig c, bool resume) { return train_ppo(c, resume); });
   cli::add_rag(app);
   cli::add_rlaif(app);
