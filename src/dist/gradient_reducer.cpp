@@ -16,7 +16,9 @@ GradientReducer::GradientReducer(ProcessGroup& group, std::vector<torch::Tensor>
   int64_t bytes = 0;
   for (size_t k = n; k-- > 0;) {
     const auto& p = params_[k];
-    check(p.is_floating_point() && p.device().is_cpu(), "gradient buckets: CPU float parameters only");
+    check(p.is_floating_point() && p.device().is_cpu(),
+          "data-parallel training runs on the CPU (Gloo); parameters on " + p.device().str() +
+              " would need c10d's NCCL backend, which rlhf.cpp does not use yet");
     const bool fits = !buckets_.empty() && bytes + p.nbytes() <= static_cast<size_t>(bucket_bytes) &&
                       params_[buckets_.back().params[0]].scalar_type() == p.scalar_type();
     if (!fits) {
