@@ -20,6 +20,7 @@ import random
 import re
 import sys
 import time
+import tomllib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -193,11 +194,12 @@ def main():
     base_s = answers(args, start, data_dir, 1, "start")
     rows = [summary_row("start (SFT)" if not args.model else "start", base_g, base_s, None, args.seed)]
     log(f"start: greedy {sum(base_g[0])}/{len(base_g[0])}, sampled {sum(base_s[0])}/{len(base_s[0])}")
+    with open(RL_CONFIG, "rb") as f:
+        rollout = tomllib.load(f)["rollout_batch"]  # samples an iteration, the same in every row
     for name in names:
         model, metrics, secs = train_rl(args, name, start, data_dir)
         g = answers(args, model, data_dir, 0, name)
         s = answers(args, model, data_dir, 1, name)
-        rollout = int(re.search(r"^rollout_batch\s*=\s*(\d+)", open(RL_CONFIG).read(), re.M).group(1))
         row = summary_row(name, g, s, base_s, args.seed, (metrics, secs, rollout))
         rows.append(row)
         log(f"{name}: greedy {sum(g[0])}/{len(g[0])}, sampled {sum(s[0])}/{len(s[0])}, kl {row['kl']:.3f}")
