@@ -4,7 +4,12 @@
 // large square at::mm timed in the same run). One JSON line per shape and row count, after
 // one line with the peak.
 //   bench_linear [ROWS...]   (default 1 4 16 64)
-// Each figure is the fastest of 3 timed batches of calls (each batch >= 20 ms).
+// Each figure is the fastest of 3 timed batches of calls (each batch >= 20 ms; 10 for a step). The products
+// of one shape are timed with the weight hot in cache; the last lines ("step") time all the
+// products of a whole SmolLM2-135M decoding step (30 layers and the LM head, 538 MB as float32,
+// twice the L3), so that every weight comes from memory as in decoding, against the memory
+// read bandwidth measured in the same run (sum over 1 GiB) and the roofline of that many rows:
+// min(sgemm peak, 2 x rows FLOP per weight x bandwidth / bytes per weight).
 #include <algorithm>
 #include <chrono>
 #include <iostream>
@@ -30,13 +35,13 @@ const Shape kShapes[] = {
     {"Qwen2.5-0.5B", "down", 896, 4864},      {"Qwen2.5-0.5B", "lm_head", 151936, 896},
 };
 
-// Seconds a call of f takes: the fastest of 3 batches, each long enough to time.
+// Seconds a call of f takes: the fastest of `batches` batches, each long enough to time.
 template <typename F>
-double seconds_per_call(F f) {
+double seconds_per_call(F f, int batches = 3) {
   using clock = std::chrono::steady_clock;
   f();  // warm-up: caches, OpenMP's threads, MKL's buffers
   double best = 1e30;
-  for (int batch = 0; batch < 3; ++batch) {
+  for (int batch = 0; batch < batches; ++batch) {
     int64_t calls = 0;
     const auto t0 = clock::now();
     double s = 0;
@@ -65,6 +70,10 @@ int main(int argc, char** argv) {
   std::cout << nlohmann::json{{"sgemm_peak_gflops", peak}, {"square", S}, {"threads", at::get_num_threads()}}.dump()
             << std::endl;
 
+  const auto big = torch::ones({int64_t(1) << 28});  // 1 GiB
+  const double bandwidth = big.nbytes() / seconds_per_call([&] { big.sum(); }) / 1e9;
+  std::cout << nlohmann::json{{"read_gb_per_s", bandwidth}}.dump() << std::endl;
+
   const std::vector<rlhf::WeightFormat> formats = {rlhf::WeightFormat::F32, rlhf::WeightFormat::BF16,
                                                    rlhf::WeightFormat::Q8_0};
   for (const Shape& shape : kShapes) {
@@ -86,6 +95,42 @@ int main(int argc, char** argv) {
       std::cout << nlohmann::json{{"model", shape.model}, {"proj", shape.name}, {"N", shape.N},
                                   {"K", shape.K},         {"rows", M},         {"gflops", gflops},
                                   {"vs_aten", vs_aten},   {"peak_share", peak_share}}
+                       .dump()
+                << std::endl;
+    }
+  }
+  // A whole decoding step of the SmolLM2-135M shape, weights cold.
+  const int64_t layers = 30;
+  std::vector<std::pair<int64_t, int64_t>> step_shapes;  // (N, K) in the order a step runs them
+  for (int64_t l = 0; l < layers; ++l)
+    for (const Shape& sh : kShapes)
+      if (std::string(sh.model) == "SmolLM2-135M" && std::string(sh.name) != "lm_head") step_shapes.emplace_back(sh.N, sh.K);
+  step_shapes.emplace_back(49152, 576);
+  for (auto f : formats) {
+    std::vector<rlhf::PackedWeight> ws;
+    int64_t bytes = 0, params = 0;
+    for (auto [N, K] : step_shapes) {
+      ws.push_back(rlhf::pack(torch::randn({N, K}) * 0.05, f));
+      bytes += ws.back().bytes();
+      params += N * K;
+    }
+    for (int64_t M : rows) {
+      std::vector<torch::Tensor> xs;
+      for (auto [N, K] : step_shapes) xs.push_back(torch::randn({M, K}));
+      const double s = seconds_per_call([&] {
+        for (size_t i = 0; i < ws.size(); ++i) rlhf::packed_linear(xs[i], ws[i]);
+      }, 10);  // a step is one call of 8-120 ms: the fastest of 10
+      const double gflops = 2.0 * M * params / s / 1e9;
+      const double roofline = std::min(peak, 2.0 * M * params / bytes * bandwidth);
+      std::cout << nlohmann::json{{"step", "SmolLM2-135M"},
+                                  {"weights", rlhf::weight_format_name(f)},
+                                  {"rows", M},
+                                  {"ms", s * 1e3},
+                                  {"gflops", gflops},
+                                  {"weight_gb_per_s", bytes / s / 1e9},
+                                  {"peak_share", gflops / peak},
+                                  {"roofline_gflops", roofline},
+                                  {"roofline_share", gflops / roofline}}
                        .dump()
                 << std::endl;
     }

@@ -1,7 +1,9 @@
 // Sampler chain stages against hand-computed distributions.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <random>
 #include <map>
 
 #include "generate/sampler.h"
@@ -125,4 +127,60 @@ TEST(Sampler, TemperatureDrawsMatchTheSharpenedDistribution) {
   for (int i = 0; i < N; ++i) counts[s.sample(logits, {}, rng)]++;
   EXPECT_NEAR(counts[0] / double(N), 0.25 / 0.38, 0.01);
   EXPECT_NEAR(counts[2] / double(N), 0.04 / 0.38, 0.01);
+}
+
+TEST(Sampler, VectorAndScalarExponentialsGiveTheSameBitsAndMatchExp) {
+  // The draw's exponentials: AVX-512 where the CPU has it, scalar code elsewhere. Both must give
+  // the same bits (a seed draws the same tokens on every CPU) and e^x within 3e-7 relative.
+  std::vector<float> l;
+  for (int i = 0; i < 20000; ++i) l.push_back(-90.0f + 90.0f * i / 19999.0f + (i % 7) * 1e-4f);
+  const float scale = 1.3f, shift = *std::max_element(l.begin(), l.end()) * scale;
+  std::vector<float> vec(l.size()), scalar(l.size());
+  rlhf::detail::exp_shifted(l.data(), l.size(), scale, shift, vec.data());
+  rlhf::detail::exp_shifted(l.data(), l.size(), scale, shift, scalar.data(), /*portable=*/true);
+  for (size_t i = 0; i < l.size(); ++i) {
+    ASSERT_EQ(vec[i], scalar[i]) << "at " << l[i];
+    const double x = std::max(static_cast<double>(l[i] * scale - shift), -87.0);
+    ASSERT_NEAR(scalar[i], std::exp(x), 3e-7 * std::exp(x)) << "at " << x;
+  }
+}
+
+TEST(Sampler, SampleWithLogprobDrawsWhatSampleDrawsAndItsLogSoftmax) {
+  // A 50,000-token row (the rollout path): the same token as sample() for the same generator
+  // state, and the log-probability token_logprob computes, at T = 1 and at T = 0.7.
+  std::mt19937_64 g(3);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  std::vector<float> logits(50000);
+  for (auto& x : logits) x = normal(g);
+  for (float t : {1.0f, 0.7f}) {
+    Sampler s({.temperature = t});
+    auto a = sequence_rng(11, 2), b = sequence_rng(11, 2);
+    for (int i = 0; i < 50; ++i) {
+      const Draw d = s.sample_with_logprob(logits, {}, a);
+      ASSERT_EQ(d.id, s.sample(logits, {}, b));
+      ASSERT_NEAR(d.logprob, token_logprob(logits, d.id, t), 2e-5);
+    }
+  }
+  // With a truncating stage the general path serves: still the same token and log-probability.
+  Sampler k({.temperature = 1.0f, .top_k = 5});
+  auto a = sequence_rng(4, 0), b = sequence_rng(4, 0);
+  const Draw d = k.sample_with_logprob(logits, {}, a);
+  EXPECT_EQ(d.id, k.sample(logits, {}, b));
+  EXPECT_FLOAT_EQ(d.logprob, token_logprob(logits, d.id, 1.0f));
+}
+
+TEST(Sampler, PlainDrawsOverALargeVocabularyMatchTheDistribution) {
+  // Four likely tokens among 40,000 near-impossible ones: the chunked inverse-CDF walk must
+  // land on each with its probability, whichever chunk it is in.
+  std::vector<float> logits(40000, -30.0f);
+  const int32_t ids[4] = {5, 63, 64, 39999};  // inside, at the end and start of a chunk, last
+  const double p[4] = {0.4, 0.3, 0.2, 0.1};
+  for (int i = 0; i < 4; ++i) logits[ids[i]] = static_cast<float>(std::log(p[i]));
+  Sampler s({.temperature = 1.0f});
+  auto rng = sequence_rng(9, 0);
+  std::map<int32_t, int> counts;
+  const int N = 20000;
+  for (int i = 0; i < N; ++i) counts[s.sample_with_logprob(logits, {}, rng).id]++;
+  for (int i = 0; i < 4; ++i) EXPECT_NEAR(counts[ids[i]] / double(N), p[i], 0.012) << ids[i];
+  EXPECT_EQ(counts.size(), 4u);  // the rest carry 40,000 * e^-30 ~ 4e-9 of the mass
 }

@@ -67,11 +67,11 @@ void generate_batch(Transformer& model, const Tokenizer& tok, std::vector<Slot>&
       for (int64_t r = begin; r < end; ++r) {
         Slot& s = slots[rows[r]];
         std::span<const float> row(cpu_logits.data_ptr<float>() + r * V, V);
-        const int32_t id = sampler.sample(row, s.context, s.rng);
-        next[r] = id;
-        s.out.tokens.push_back(id);
-        s.out.logprobs.push_back(token_logprob(row, id, opt.sampling.temperature));
-        s.context.push_back(id);
+        const Draw d = sampler.sample_with_logprob(row, s.context, s.rng);
+        next[r] = d.id;
+        s.out.tokens.push_back(d.id);
+        s.out.logprobs.push_back(d.logprob);
+        s.context.push_back(d.id);
       }
     });
     for (size_t r = 0; r < rows.size(); ++r) {

@@ -5,8 +5,95 @@
 #include <numeric>
 
 #include "core/error.h"
+#include "kernels/avx512_math.h"
 
 namespace rlhf {
+
+namespace {
+
+// ---- Plain temperature sampling over a large vocabulary ---------------------------------
+// e^x for x <= 0 as avx512::exp_nonpositive computes it, one value at a time, with the same
+// operations in the same order (explicit fmas, round to nearest even, exact scaling by 2^n):
+// the same bits on a CPU without AVX-512, so a seed draws the same tokens everywhere.
+float exp_nonpositive_scalar(float x) {
+  x = std::max(x, -87.0f);
+  const float n = std::nearbyint(x * 1.44269504088896341f);
+  float r = std::fma(-n, 0.693145751953125f, x);
+  r = std::fma(-n, 1.428606765330187e-06f, r);
+  float p = 1.0f / 720;
+  for (float c : {1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f}) p = std::fma(p, r, c);
+  return std::ldexp(p, static_cast<int>(n));
+}
+
+RLHF_AVX512 void exp_shifted_avx512(const float* l, int64_t n, float scale, float shift, float* out) {
+  const __m512 s = _mm512_set1_ps(scale), m = _mm512_set1_ps(shift);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)  // (l * scale) - shift: a product, then a difference, no fma (as the scalar twin)
+    _mm512_storeu_ps(out + i, avx512::exp_nonpositive(_mm512_sub_ps(_mm512_mul_ps(_mm512_loadu_ps(l + i), s), m)));
+  for (; i < n; ++i) {
+    const float prod = l[i] * scale;
+    out[i] = exp_nonpositive_scalar(prod - shift);
+  }
+}
+
+}  // namespace
+
+namespace detail {
+void exp_shifted(const float* l, int64_t n, float scale, float shift, float* out, bool portable) {
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  if (avx512 && !portable) return exp_shifted_avx512(l, n, scale, shift, out);
+  for (int64_t i = 0; i < n; ++i) {
+    const float prod = l[i] * scale;
+    out[i] = exp_nonpositive_scalar(prod - shift);
+  }
+}
+}  // namespace detail
+
+namespace {
+
+constexpr int64_t kChunk = 64;  // the draw walks chunk sums, then one chunk's values
+
+// Inverse-CDF draw from a row's logits at temperature 1 / inv_t, and the drawn token's
+// log-probability. The exponentials are computed once; the walk adds the same chunk sums in
+// the same order as the total, so the target u * total is always reached.
+Draw draw_plain(std::span<const float> logits, float inv_t, double u) {
+  const int64_t V = logits.size();
+  thread_local std::vector<float> e;
+  thread_local std::vector<double> chunk;
+  e.resize(V);
+  chunk.resize((V + kChunk - 1) / kChunk);
+  const float mx = *std::max_element(logits.begin(), logits.end()) * inv_t;
+  detail::exp_shifted(logits.data(), V, inv_t, mx, e.data());
+  double total = 0;
+  for (size_t c = 0; c < chunk.size(); ++c) {
+    double s = 0;
+    for (int64_t i = c * kChunk; i < std::min<int64_t>(V, (c + 1) * kChunk); ++i) s += e[i];
+    chunk[c] = s;
+    total += s;
+  }
+  const double target = u * total;
+  int32_t id = static_cast<int32_t>(V - 1);
+  double cdf = 0;
+  for (size_t c = 0; c < chunk.size(); ++c) {
+    if (target >= cdf + chunk[c]) {
+      cdf += chunk[c];
+      continue;
+    }
+    const int64_t end = std::min<int64_t>(V, (c + 1) * kChunk);
+    id = static_cast<int32_t>(end - 1);  // if rounding inside the chunk falls short of its sum
+    for (int64_t i = c * kChunk; i < end; ++i) {
+      cdf += e[i];
+      if (target < cdf) {
+        id = static_cast<int32_t>(i);
+        break;
+      }
+    }
+    break;
+  }
+  return {id, static_cast<float>(logits[id] * inv_t - mx - std::log(total))};
+}
+
+}  // namespace
 
 Candidates Candidates::from_logits(std::span<const float> logits) {
   Candidates c;
@@ -118,22 +205,9 @@ int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> 
   // Inverse-CDF draws with a 53-bit uniform: reproducible across platforms, unlike
   // std::discrete_distribution whose algorithm the standard leaves open.
   const double u = (rng() >> 11) * 0x1.0p-53;
-  if (chain_.empty() || (chain_.size() == 1 && params_.repetition_penalty == 1.0f && params_.top_k == 0 &&
-                         params_.top_p >= 1.0f && params_.min_p <= 0.0f)) {
-    // Plain temperature sampling, the rollout default: draw straight from the logits, in id
-    // order like the general path, without building a candidate list.
-    const float inv_t = 1.0f / params_.temperature;
-    const float mx = *std::max_element(logits.begin(), logits.end()) * inv_t;
-    double sum = 0;
-    for (float l : logits) sum += std::exp(l * inv_t - mx);
-    const double target = u * sum;
-    double cdf = 0;
-    for (size_t i = 0; i < logits.size(); ++i) {
-      cdf += std::exp(logits[i] * inv_t - mx);
-      if (target < cdf) return static_cast<int32_t>(i);
-    }
-    return static_cast<int32_t>(logits.size() - 1);
-  }
+  // Plain temperature sampling, the rollout default: draw straight from the logits, in id
+  // order like the general path, without building a candidate list.
+  if (plain()) return draw_plain(logits, 1.0f / params_.temperature, u).id;
   auto c = distribution(logits, context);
   if (greedy()) return c.ids[std::max_element(c.logits.begin(), c.logits.end()) - c.logits.begin()];
   auto probs = c.probabilities();
@@ -143,6 +217,18 @@ int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> 
     if (u < cdf) return c.ids[i];
   }
   return c.ids.back();
+}
+
+bool Sampler::plain() const {
+  return !greedy() && params_.repetition_penalty == 1.0f && params_.top_k == 0 && params_.top_p >= 1.0f &&
+         params_.min_p <= 0.0f;
+}
+
+Draw Sampler::sample_with_logprob(std::span<const float> logits, std::span<const int32_t> context,
+                                  std::mt19937_64& rng) const {
+  if (plain()) return draw_plain(logits, 1.0f / params_.temperature, (rng() >> 11) * 0x1.0p-53);
+  const int32_t id = sample(logits, context, rng);
+  return {id, token_logprob(logits, id, params_.temperature)};
 }
 
 float token_logprob(std::span<const float> logits, int32_t token, float temperature) {

@@ -63,17 +63,28 @@ struct MinP : SamplerStage {
   void apply(Candidates& c, std::span<const int32_t>) const override;
 };
 
+// A drawn token and token_logprob(logits, id, temperature) of it.
+struct Draw {
+  int32_t id;
+  float logprob;
+};
+
 class Sampler {
  public:
   explicit Sampler(const SamplingParams& params);
   // Picks a token from a row of logits (V). `rng` is the sequence's own generator.
   int32_t sample(std::span<const float> logits, std::span<const int32_t> context, std::mt19937_64& rng) const;
+  // The same pick and its log-probability at the sampling temperature (the generator's
+  // rollout path): for plain temperature sampling one pass of exponentials serves both.
+  Draw sample_with_logprob(std::span<const float> logits, std::span<const int32_t> context,
+                           std::mt19937_64& rng) const;
   // The distribution the pick draws from, as (ids, probabilities): for tests and debugging.
   Candidates distribution(std::span<const float> logits, std::span<const int32_t> context) const;
   bool greedy() const { return params_.temperature <= 0.0f; }
   const SamplingParams& params() const { return params_; }
 
  private:
+  bool plain() const;  // temperature sampling alone: no penalty, no truncation
   SamplingParams params_;
   std::vector<std::unique_ptr<SamplerStage>> chain_;
 };
@@ -82,6 +93,12 @@ class Sampler {
 // quantity PPO recomputes in the trainer (temperature 0 counts as 1). Penalties and
 // truncation (top-k/p, min-p) shape only the draw, not this number.
 float token_logprob(std::span<const float> logits, int32_t token, float temperature);
+
+namespace detail {
+// out[i] = e^(l[i] * scale - shift), for shift >= every l[i] * scale: AVX-512 where the CPU has
+// it, else (or when `portable`) scalar code that gives the same bits. Exposed for its test.
+void exp_shifted(const float* l, int64_t n, float scale, float shift, float* out, bool portable = false);
+}  // namespace detail
 
 // A sequence's generator from the run's seed and the sequence index (splitmix64 mixing), so
 // a sequence samples the same tokens whatever batch it is in.
