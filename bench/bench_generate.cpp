@@ -3,31 +3,36 @@
 // Driven by bench/generate_vs_transformers.py and bench/shapes_vs_peers.py, which run the
 // peers on the same work.
 //   bench_generate MODEL MAX_NEW_TOKENS BATCH [BATCH...] [--prompt-tokens N] [--device cpu|cuda]
-//                  [--weights auto|f32|bf16|q8_0]
+//                  [--weights auto|f32|bf16|q8_0] [--profile]
 // Without --prompt-tokens every row's prompt is "Once upon a time"; with it, N token ids drawn
 // at random (seed 0) from the tokenizer's range, the same for every row. Each line also gives
-// the prefill time of the batch's prompts alone (a run with one new token).
+// the prefill time of the batch's prompts alone (a run with one new token). --profile prints
+// each operator's self time per new token of the timed run to stderr (libtorch's profiler;
+// our kernels appear as rlhf::packed_linear and rlhf::decode_step_cpu), prefill included.
 #include <algorithm>
 #include <chrono>
 #include <iostream>
 
 #include "generate/generator.h"
 #include "model/model.h"
+#include "train/profile.h"
 
 int main(int argc, char** argv) {
   std::vector<std::string> pos;
   int64_t prompt_tokens = 0;
+  bool profile = false;
   rlhf::LoadOptions load;  // float32 unless --weights says otherwise
   for (int a = 1; a < argc; ++a) {
     const std::string arg = argv[a];
     if (arg == "--prompt-tokens" && a + 1 < argc) prompt_tokens = std::stol(argv[++a]);
     else if (arg == "--device" && a + 1 < argc) load.device = argv[++a];
     else if (arg == "--weights" && a + 1 < argc) load.weights = argv[++a];
+    else if (arg == "--profile") profile = true;
     else pos.push_back(arg);
   }
   if (pos.size() < 3) {
     std::cerr << "usage: bench_generate MODEL MAX_NEW_TOKENS BATCH [BATCH...] [--prompt-tokens N] [--device D] "
-                 "[--weights auto|f32|bf16|q8_0]\n";
+                 "[--weights auto|f32|bf16|q8_0] [--profile]\n";
     return 2;
   }
   try {
@@ -57,9 +62,14 @@ int main(int argc, char** argv) {
       auto t0 = std::chrono::steady_clock::now();
       rlhf::generate(lm.model, *lm.tokenizer, prompts, {.max_new_tokens = 1, .max_batch = batch});
       const double prefill_s = seconds(t0);
+      if (profile) rlhf::start_profile();
       t0 = std::chrono::steady_clock::now();
       auto out = rlhf::generate(lm.model, *lm.tokenizer, prompts, opt);
       const double s = seconds(t0);
+      if (profile) {
+        std::cerr << "batch " << batch << ", per new token: ";
+        rlhf::stop_profile(std::cerr, opt.max_new_tokens);
+      }
       size_t n = 0;
       for (const auto& g : out) n += g.tokens.size();
       const double steps_per_s = double(n) / batch / s;  // one step decodes every row

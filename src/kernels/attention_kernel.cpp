@@ -692,6 +692,7 @@ bool decode_step_cpu_applies(const torch::Tensor& x, int64_t head_dim) {
 torch::Tensor decode_step_cpu(const torch::Tensor& qkv_in, int64_t H, int64_t Hkv, const torch::Tensor& cos,
                               const torch::Tensor& sin, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
                               int64_t past, const torch::Tensor& start) {
+  RECORD_FUNCTION("rlhf::decode_step_cpu", std::vector<c10::IValue>());  // named in RLHF_PROFILE's tables
   check(qkv_in.dim() == 4 && qkv_in.size(1) == 1 && qkv_in.size(2) == H + 2 * Hkv && k_cache.dim() == 4 &&
             k_cache.sizes() == v_cache.sizes() && k_cache.is_contiguous() && v_cache.is_contiguous() &&
             qkv_in.size(0) == k_cache.size(0) && k_cache.size(1) == Hkv && qkv_in.size(3) == k_cache.size(2) &&

@@ -560,6 +560,7 @@ torch::Tensor dequantize_rows(const PackedWeight& w, const torch::Tensor& index)
 }
 
 torch::Tensor packed_linear(const torch::Tensor& x, const PackedWeight& w, const torch::Tensor& bias) {
+  RECORD_FUNCTION("rlhf::packed_linear", std::vector<c10::IValue>());  // named in RLHF_PROFILE's tables
   check_packed(w, "packed_linear");
   check(x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.dim() >= 1 && x.size(-1) == w.cols,
         "packed_linear: x must be float32 on the CPU with " + std::to_string(w.cols) + " features");
