@@ -108,7 +108,8 @@ std::pair<torch::Tensor, torch::Tensor> response_logprobs(Transformer& m, const 
                                                           double temperature) {
   const auto [ids, mask, P] = view_rows(r, rows);
   // The LM head only where a response token is predicted (not over the prompt).
-  auto logits = m->logits(m->hidden_states(ids, positions_from_mask(mask), mask).narrow(1, P - 1, r.R)) / temperature;
+  auto logits = m->logits(m->hidden_states(ids, positions_from_mask(mask), mask).narrow(1, P - 1, r.R));
+  if (temperature != 1.0) logits = logits / temperature;  // at T = 1 no pass over the (B, R, V) logits
   auto targets = ids.narrow(1, P, r.R);
   auto logp = torch::log_softmax(logits, -1).gather(2, targets.unsqueeze(-1)).squeeze(-1);
   return {logp, logits};
@@ -700,7 +701,12 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
               std::tie(logp, logits) = response_logprobs(policy.model, r, rows, temperature);
             }
             const auto old = old_logp.index_select(0, rows);
-            entropy = entropy_from_logits(logits, mask);
+            if (cfg.ent_coef != 0) {
+              entropy = entropy_from_logits(logits, mask);
+            } else {  // logged only: without a graph, whose backward over the (B, R, V) logits would add zeros
+              torch::NoGradGuard no_grad;
+              entropy = entropy_from_logits(logits.detach(), mask);
+            }
             if (!per_prompt || first_step) {
               // The ratio guard's log-probs are at the sampling temperature, as the old ones.
               auto at_t = logp.detach();
@@ -759,7 +765,7 @@ Metrics train_ppo(PpoConfig cfg, bool resume, const RewardFn& reward_in, int64_t
               pg_loss = pl.loss;
               clipfrac = pl.clip_ratio_region * weight;
             }
-            (pg_loss - cfg.ent_coef * scale * entropy).backward();
+            (cfg.ent_coef != 0 ? pg_loss - cfg.ent_coef * scale * entropy : pg_loss).backward();
           };
           auto value_part = [&] {
             if (!critic) return;

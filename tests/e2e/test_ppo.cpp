@@ -12,6 +12,7 @@
 #include "core/io.h"
 #include "formats/formats.h"
 #include "formats/safetensors.h"
+#include "losses/ppo.h"
 #include "model/model.h"
 #include "feedback/labeler.h"
 #include "trainers/ppo_trainer.h"
@@ -234,6 +235,32 @@ TEST(Ppo, TemperatureReachesPolicyAndReference) {
   // The test can tell the temperatures apart: at 1 the log-probs are far from these.
   EXPECT_GT(max_gap(token_logprobs(lm.model, seen, 1.0), expected, seen.response_mask), 0.05);
   EXPECT_LT(std::abs(m.at("objective/kl")), 1e-4);  // policy = reference at the first rollout
+}
+
+TEST(Ppo, EntropyBonusRaisesEntropyAndIsOnlyLoggedAtZero) {
+  // One update on the same rollout (same seeds) with ent_coef 0 and 5: both log the same
+  // policy/entropy_avg (the rollout's, before the update; at 0 it is computed without a graph,
+  // for the log only), and only the bonus moves the policy towards a flatter distribution.
+  test::TempDir tmp;
+  auto run = [&](double ent_coef, const std::string& name, PpoRolloutView& seen) {
+    auto cfg = one_step(tmp, name);
+    cfg.ent_coef = ent_coef;
+    cfg.train.lr = 3e-3;
+    PpoProbes probes;
+    probes.on_rollout = [&seen](const PpoRolloutView& v) { seen = v; };
+    return train_ppo(cfg, false, count_reward(5), 0, {}, probes);
+  };
+  PpoRolloutView s0, s5;
+  const auto m0 = run(0.0, "ent0", s0), m5 = run(5.0, "ent5", s5);
+  ASSERT_TRUE(torch::equal(s0.ids, s5.ids));
+  EXPECT_NEAR(m0.at("policy/entropy_avg"), m5.at("policy/entropy_avg"), 1e-5);
+  auto entropy_after = [&](const std::string& name) {
+    auto lm = load_model(tmp / name / "model");
+    torch::NoGradGuard ng;
+    auto logits = lm.model->forward(s0.ids, positions_from_mask(s0.mask), s0.mask).narrow(1, s0.P - 1, s0.R);
+    return entropy_from_logits(logits, s0.response_mask).item<double>();
+  };
+  EXPECT_GT(entropy_after("ent5"), entropy_after("ent0") + 0.01);
 }
 
 TEST(Ppo, ValueModelStartsInRewardUnitsAlignedWithTheStates) {
