@@ -4,9 +4,9 @@
 // large square at::mm timed in the same run). One JSON line per shape and row count, after
 // one line with the peak.
 //   bench_linear [ROWS...]   (default 1 4 16 64)
-// Each figure is the fastest of 3 timed batches of calls (each batch >= 20 ms; 10 for a step). The products
-// of one shape are timed with the weight hot in cache; the last lines ("step") time all the
-// products of a whole SmolLM2-135M decoding step (30 layers and the LM head, 538 MB as float32,
+// Each figure is the fastest of 3 timed batches of calls (each batch >= 20 ms; of 10 for a
+// step). The products of one shape are timed with the weight hot in cache; the last lines
+// ("step") time all the products of a whole SmolLM2-135M decoding step (30 layers and the LM head, 538 MB as float32,
 // twice the L3), so that every weight comes from memory as in decoding, against the memory
 // read bandwidth measured in the same run (sum over 1 GiB) and the roofline of that many rows:
 // min(sgemm peak, 2 x rows FLOP per weight x bandwidth / bytes per weight).

@@ -135,11 +135,20 @@ TEST(Sampler, VectorAndScalarExponentialsGiveTheSameBitsAndMatchExp) {
   std::vector<float> l;
   for (int i = 0; i < 20000; ++i) l.push_back(-90.0f + 90.0f * i / 19999.0f + (i % 7) * 1e-4f);
   const float scale = 1.3f, shift = *std::max_element(l.begin(), l.end()) * scale;
+  const size_t finite = l.size();
+  // Non-finite logits (a broken model's) come out alike too: both give e^-87. In the middle of
+  // a block of 16, so the vector code meets them.
+  l.insert(l.begin() + 5, {NAN, -INFINITY});
   std::vector<float> vec(l.size()), scalar(l.size());
   rlhf::detail::exp_shifted(l.data(), l.size(), scale, shift, vec.data());
   rlhf::detail::exp_shifted(l.data(), l.size(), scale, shift, scalar.data(), /*portable=*/true);
+  for (size_t i = 0; i < l.size(); ++i) ASSERT_EQ(vec[i], scalar[i]) << "at " << i << ": " << l[i];
+  EXPECT_EQ(scalar[5], scalar[6]);
+  EXPECT_FLOAT_EQ(scalar[5], std::exp(-87.0f));
+  l.erase(l.begin() + 5, l.begin() + 7);
+  scalar.erase(scalar.begin() + 5, scalar.begin() + 7);
+  ASSERT_EQ(l.size(), finite);
   for (size_t i = 0; i < l.size(); ++i) {
-    ASSERT_EQ(vec[i], scalar[i]) << "at " << l[i];
     const double x = std::max(static_cast<double>(l[i] * scale - shift), -87.0);
     ASSERT_NEAR(scalar[i], std::exp(x), 3e-7 * std::exp(x)) << "at " << x;
   }

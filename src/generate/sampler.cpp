@@ -16,7 +16,7 @@ namespace {
 // operations in the same order (explicit fmas, round to nearest even, exact scaling by 2^n):
 // the same bits on a CPU without AVX-512, so a seed draws the same tokens everywhere.
 float exp_nonpositive_scalar(float x) {
-  x = std::max(x, -87.0f);
+  x = x > -87.0f ? x : -87.0f;  // as _mm512_max_ps(x, -87): NaN gives -87 too
   const float n = std::nearbyint(x * 1.44269504088896341f);
   float r = std::fma(-n, 0.693145751953125f, x);
   r = std::fma(-n, 1.428606765330187e-06f, r);
@@ -25,24 +25,24 @@ float exp_nonpositive_scalar(float x) {
   return std::ldexp(p, static_cast<int>(n));
 }
 
-RLHF_AVX512 void exp_shifted_avx512(const float* l, int64_t n, float scale, float shift, float* out) {
+// The whole blocks of 16 values; returns how many values it did.
+RLHF_AVX512 int64_t exp_shifted_avx512(const float* l, int64_t n, float scale, float shift, float* out) {
   const __m512 s = _mm512_set1_ps(scale), m = _mm512_set1_ps(shift);
   int64_t i = 0;
   for (; i + 16 <= n; i += 16)  // (l * scale) - shift: a product, then a difference, no fma (as the scalar twin)
     _mm512_storeu_ps(out + i, avx512::exp_nonpositive(_mm512_sub_ps(_mm512_mul_ps(_mm512_loadu_ps(l + i), s), m)));
-  for (; i < n; ++i) {
-    const float prod = l[i] * scale;
-    out[i] = exp_nonpositive_scalar(prod - shift);
-  }
+  return i;
 }
+
+// A 53-bit uniform in [0, 1) from the sequence's generator.
+double uniform53(std::mt19937_64& rng) { return (rng() >> 11) * 0x1.0p-53; }
 
 }  // namespace
 
 namespace detail {
 void exp_shifted(const float* l, int64_t n, float scale, float shift, float* out, bool portable) {
   static const bool avx512 = __builtin_cpu_supports("avx512f");
-  if (avx512 && !portable) return exp_shifted_avx512(l, n, scale, shift, out);
-  for (int64_t i = 0; i < n; ++i) {
+  for (int64_t i = avx512 && !portable ? exp_shifted_avx512(l, n, scale, shift, out) : 0; i < n; ++i) {
     const float prod = l[i] * scale;
     out[i] = exp_nonpositive_scalar(prod - shift);
   }
@@ -204,7 +204,7 @@ int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> 
     return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
   // Inverse-CDF draws with a 53-bit uniform: reproducible across platforms, unlike
   // std::discrete_distribution whose algorithm the standard leaves open.
-  const double u = (rng() >> 11) * 0x1.0p-53;
+  const double u = uniform53(rng);
   // Plain temperature sampling, the rollout default: draw straight from the logits, in id
   // order like the general path, without building a candidate list.
   if (plain()) return draw_plain(logits, 1.0f / params_.temperature, u).id;
@@ -226,7 +226,7 @@ bool Sampler::plain() const {
 
 Draw Sampler::sample_with_logprob(std::span<const float> logits, std::span<const int32_t> context,
                                   std::mt19937_64& rng) const {
-  if (plain()) return draw_plain(logits, 1.0f / params_.temperature, (rng() >> 11) * 0x1.0p-53);
+  if (plain()) return draw_plain(logits, 1.0f / params_.temperature, uniform53(rng));
   const int32_t id = sample(logits, context, rng);
   return {id, token_logprob(logits, id, params_.temperature)};
 }
